@@ -1,0 +1,107 @@
+# bench/cases/remote.py - case 7: remote throughput over loopback. Starts
+# one ppserver (-i 127.0.0.1 -p PORT -w 2 -s SECRET -t 120) from this
+# interpreter's bin/ (ppft's `ppserver`, or ours), then a client
+# pp.Server(ncpus=0, ppservers=("127.0.0.1:PORT",), secret=SECRET) runs
+# tiny jobs, one submit each (10,000 for ppc, 500 for ppft, fewer if a
+# 100-job probe shows they would take over ~15 s); reports jobs/s. The
+# server and its workers are killed at the end (and by the driver, which
+# also kills the whole process group). Only 127.0.0.1 is ever used.
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+
+
+def tiny(x):
+    return x + 1
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, limit):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return "exited with %s" % proc.returncode
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return None
+        except OSError:
+            time.sleep(0.05)
+    return "not listening after %.0f s" % limit
+
+
+def extra_args(ap):
+    ap.add_argument("--jobs", type=int, default=0)
+
+
+def main(args):
+    impl = args.impl
+    if impl not in ("ppft", "ppc"):
+        raise ValueError("remote has no %s variant" % impl)
+    bindir = os.path.dirname(sys.executable)
+    server = next((os.path.join(bindir, name) for name in ("ppserver", "ppserver.py")
+                   if os.path.exists(os.path.join(bindir, name))), None)
+    if server is None:
+        common.finish({"case": args.case, "impl": impl, "na": "not built"}, 0)
+    n = args.jobs or {("ppft", False): 500, ("ppft", True): 100,
+                      ("ppc", False): 10000, ("ppc", True): 2000}[(impl, bool(args.quick))]
+    pp = common.import_pp(impl)
+    extra = common.pp_info(pp)
+    port, secret = free_port(), secrets.token_hex(16)
+    log = tempfile.NamedTemporaryFile(prefix="ppserver-", suffix=".log", delete=False)
+    cmd = [server, "-i", "127.0.0.1", "-p", str(port), "-w", "2", "-s", secret, "-t", "120"]
+    common.PHASE[0] = "start ppserver"
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    piddir = os.environ.get("BENCH_PIDDIR")
+    if piddir:
+        with open(os.path.join(piddir, "ppserver.%d" % proc.pid), "w") as f:
+            f.write("%d\n" % proc.pid)
+    # no explicit kill here: common.finish() kills every descendant (the
+    # server and its workers, found while the server still lives) on every
+    # exit path, and the driver kills the process group and the pid file.
+    err = wait_port(port, proc, 20)
+    if err:
+        log.flush()
+        with open(log.name, errors="replace") as f:
+            tail = f.read().strip()
+        sys.stderr.write("ppserver log:\n%s\n" % tail[-3000:])
+        last = tail.splitlines()[-1] if tail else "(no output)"
+        raise RuntimeError("ppserver %s: %s" % (err, last[:200]))
+    common.PHASE[0] = "client connect + first job"
+    job_server = pp.Server(ncpus=0, ppservers=("127.0.0.1:%d" % port,), secret=secret)
+    if job_server.submit(tiny, (1,))() != 2:
+        raise RuntimeError("wrong warm-up result")
+    # a slow path must not eat the bench: a 100-job probe caps the timed
+    # count at ~15 s of work (jobs/s is then extrapolated from fewer jobs)
+    common.PHASE[0] = "probe"
+    t0 = common.now()
+    [j() for j in [job_server.submit(tiny, (i,)) for i in range(100)]]
+    r0 = 100 / (common.now() - t0)
+    asked = n
+    n = max(100, min(n, int(r0 * 15)))
+    common.PHASE[0] = "run"
+    t0 = common.now()
+    jobs = [job_server.submit(tiny, (i,)) for i in range(n)]
+    res = [j() for j in jobs]
+    t = common.now() - t0
+    if res != [i + 1 for i in range(n)]:
+        raise RuntimeError("wrong results")
+    os.unlink(log.name)
+    extra.update(value=n / t, unit="jobs/s", jobs=n, jobs_asked=asked, seconds=t, workers=2)
+    return extra
+
+
+if __name__ == "__main__":
+    common.run(main, common.parse_args(extra_args))

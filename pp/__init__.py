@@ -1,0 +1,154 @@
+"""Parallel Python with its engine in C.
+
+`import pp` gives the API of Parallel Python 1.6 / ppft: ``pp.Server``,
+``submit``, jobs called for their result, ``wait``, callbacks, ``Template``,
+``get_ncpus``/``set_ncpus``, ``get_active_nodes``, ``get_stats``,
+``print_stats``, ``destroy`` and ``DestroyedServerError``. The scheduler,
+queues, pipes, worker loop and statistics are C (module ``pp._ppc``); this
+file only names things and formats the statistics table.
+"""
+import ast
+import atexit
+import logging
+import os
+import pickle
+import time
+import weakref
+
+from . import _ppc
+from ._ppc import DestroyedServerError, RemoteError, RemoteTraceback, WorkerError
+
+__version__ = version = "1.7.0"
+__all__ = ["Server", "Template", "DestroyedServerError", "WorkerError", "RemoteError",
+           "RemoteTraceback", "version", "__version__"]
+
+logger = logging.getLogger("pp")
+
+
+class Statistics(object):
+    """Per-node statistics: ncpus, njobs and the total job time in seconds."""
+
+    def __init__(self, ncpus, njobs=0, time=0.0):
+        self.ncpus = ncpus
+        self.njobs = njobs
+        self.time = time
+
+    def __repr__(self):
+        return "Statistics(ncpus=%r, njobs=%r, time=%r)" % (self.ncpus, self.njobs, self.time)
+
+
+def _user_secret():
+    """The secret from PP_SECRET, or pp's classic pp_secret in ~/.pythonrc.py."""
+    env = os.environ.get("PP_SECRET")
+    if env:
+        return env
+    rc = os.path.expanduser("~/.pythonrc.py")
+    try:
+        with open(rc) as f:
+            tree = ast.parse(f.read(), rc)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pp_secret" for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            return value if isinstance(value, (str, bytes)) else None
+    return None
+
+
+def _destroy_at_exit(ref):
+    server = ref()
+    if server is not None:
+        server.destroy()
+
+
+class Server(_ppc.Server):
+    """Parallel Python job server.
+
+    Server(ncpus="autodetect", ppservers=(), secret=None, restart=False,
+           proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600,
+           raise_exceptions=True)
+
+    ncpus: local worker processes ("autodetect": one per available core);
+    0 runs jobs on remote nodes only.
+    ppservers: remote nodes, "host", "host:port" (default port 60000), or
+    "*" to use the nodes that announce themselves on the network.
+    secret: the cluster's shared secret (str or bytes); when None, the
+    PP_SECRET environment variable or pp_secret in ~/.pythonrc.py. Remote
+    nodes cannot be used without one.
+    socket_timeout: seconds a remote node may stay silent (no heartbeat)
+    before it is declared lost; jobs themselves may run longer.
+    restart: start a fresh worker process for every job.
+    proto: pickle protocol for arguments and results.
+    raise_exceptions: when True (default) job() re-raises an exception of the
+    job with its own type, the worker's traceback attached as __cause__;
+    when False, pp's old behaviour: the traceback is printed and job()
+    returns None.
+    """
+
+    default_port = 60000
+    default_secret = None
+
+    def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
+                 proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
+                 **node_options):
+        logger.debug("Creating server instance (pp-%s)", __version__)
+        if secret is None and (ppservers or node_options.get("_listen")):
+            secret = _user_secret()
+        _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
+                             raise_exceptions, **node_options)
+        atexit.register(_destroy_at_exit, weakref.ref(self))
+        logger.debug("pp local server started with %d workers", self.get_ncpus())
+
+    def get_stats(self):
+        """Node name -> Statistics (ncpus, njobs, time)."""
+        return {name: Statistics(*vals) for name, vals in self._stats().items()}
+
+    def print_stats(self):
+        """Print job execution statistics in pp's format."""
+        print("Job execution statistics:")
+        walltime = time.time() - self._created
+        statistics = list(self.get_stats().items())
+        totaljobs = sum(stat.njobs for _, stat in statistics)
+        print(" job count | % of all jobs | job time sum | time per job | job server")
+        for ppserver, stat in statistics:
+            if stat.njobs:
+                print("    %6i |        %6.2f |     %8.4f |  %11.6f | %s"
+                      % (stat.njobs, 100.0 * stat.njobs / totaljobs, stat.time,
+                         stat.time / stat.njobs, ppserver))
+        print("Time elapsed since server creation %s" % walltime)
+        print("%s active tasks, %s cores" % (self._active_tasks(), self.get_ncpus()))
+        print("")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+        return False
+
+
+class Template(object):
+    """Template(job_server, func, depfuncs=(), modules=(), callback=None,
+    callbackargs=(), group="default", globals=None): submit the same function
+    with the same settings many times, as template.submit(*args)."""
+
+    def __init__(self, job_server, func, depfuncs=(), modules=(), callback=None,
+                 callbackargs=(), group="default", globals=None):
+        self.job_server = job_server
+        self.func = func
+        self.depfuncs = depfuncs
+        self.modules = modules
+        self.callback = callback
+        self.callbackargs = callbackargs
+        self.group = group
+        self.globals = globals
+
+    def submit(self, *args):
+        """Submit func(*args) with the template's settings; returns the job."""
+        return self.job_server.submit(self.func, args, self.depfuncs, self.modules,
+                                      self.callback, self.callbackargs, self.group,
+                                      self.globals)

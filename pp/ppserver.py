@@ -1,0 +1,186 @@
+"""ppserver: make this machine a node of a pp cluster.
+
+Options as pp's ppserver.py. The daemon itself (listening socket,
+authentication, job relay, worker pool, heartbeats, discovery) is the C
+engine; this module parses options and the config file, handles signals,
+the pid file and the idle timeout.
+"""
+import configparser
+import getopt
+import logging
+import os
+import signal
+import sys
+import time
+
+USAGE = """Parallel Python Network Server (pp-%(version)s)
+Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
+                [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
+                [-k seconds] [-P pid_file]
+
+Options:
+-h                 : this help message
+-d                 : set log level to debug
+-f format          : log format
+-a                 : enable auto-discovery service
+-r                 : restart worker process after each task completion
+-n proto           : protocol number for pickle module
+-c path            : path to config file
+-i interface       : interface to listen on
+-b broadcast       : broadcast address for auto-discovery service
+-p port            : port to listen on (default 60000)
+-w nworkers        : number of workers to start (default: one per core)
+-s secret          : secret for authentication (or PP_SECRET, or the config file)
+-t seconds         : exit when no client has been connected for that long
+-k seconds         : liveness: a silent client is dropped after this long
+                     (default 3600); jobs may run longer
+-P pid_file        : file to write the process id to
+
+A secret is required: there is no built-in default. Give one with -s,
+the config file ([general] secret = ...), or the PP_SECRET variable.
+"""
+
+
+def _parse(argv):
+    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:")
+    cfg = {
+        "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
+        "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
+        "broadcast": "255.255.255.255", "port": 60000, "workers": "autodetect",
+        "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
+        "discover_port": 51000,
+    }
+    config_path = None
+    for o, a in opts:
+        if o == "-c":
+            config_path = a
+    if config_path:
+        cp = configparser.ConfigParser()
+        if not cp.read(config_path):
+            raise SystemExit("ppserver: cannot read config file %s" % config_path)
+        g = cp["general"] if cp.has_section("general") else {}
+        n = cp["network"] if cp.has_section("network") else {}
+        conv = {
+            ("general", "secret"): ("secret", str), ("general", "workers"): ("workers", int),
+            ("general", "debug"): ("debug", _bool), ("general", "proto"): ("proto", int),
+            ("general", "restart"): ("restart", _bool), ("general", "pid_file"): ("pid_file", str),
+            ("network", "autodiscovery"): ("autodiscovery", _bool),
+            ("network", "interface"): ("interface", str),
+            ("network", "broadcast"): ("broadcast", str), ("network", "port"): ("port", int),
+            ("network", "timeout"): ("timeout", float),
+            ("network", "socket_timeout"): ("socket_timeout", float),
+        }
+        for (sec, key), (name, fn) in conv.items():
+            src = g if sec == "general" else n
+            if key in src:
+                cfg[name] = fn(src[key])
+    for o, a in opts:
+        if o == "-h":
+            print(USAGE % {"version": _version()})
+            raise SystemExit(0)
+        elif o == "-d":
+            cfg["debug"] = True
+        elif o == "-f":
+            cfg["format"] = a
+        elif o == "-a":
+            cfg["autodiscovery"] = True
+        elif o == "-r":
+            cfg["restart"] = True
+        elif o == "-n":
+            cfg["proto"] = int(a)
+        elif o == "-i":
+            cfg["interface"] = a
+        elif o == "-b":
+            cfg["broadcast"] = a
+        elif o == "-p":
+            cfg["port"] = int(a)
+        elif o == "-w":
+            cfg["workers"] = int(a)
+        elif o == "-s":
+            cfg["secret"] = a
+        elif o == "-t":
+            cfg["timeout"] = float(a)
+        elif o == "-k":
+            cfg["socket_timeout"] = float(a)
+        elif o == "-P":
+            cfg["pid_file"] = a
+    if args:
+        raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
+    if not cfg["secret"]:
+        cfg["secret"] = os.environ.get("PP_SECRET") or None
+    return cfg
+
+
+def _bool(v):
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _version():
+    import pp
+    return pp.__version__
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = _parse(argv)
+    except (getopt.GetoptError, ValueError) as e:
+        sys.stderr.write("ppserver: %s\n\n" % e)
+        sys.stderr.write(USAGE % {"version": _version()})
+        return 2
+    if not cfg["secret"]:
+        sys.stderr.write(
+            "ppserver: refusing to start without a secret: anyone who can reach the port "
+            "could run code here.\nGive one with -s SECRET, with 'secret = ...' in the "
+            "[general] section of a config file (-c), or in the PP_SECRET environment "
+            "variable.\n")
+        return 2
+    logging.basicConfig(level=logging.DEBUG if cfg["debug"] else logging.INFO,
+                        format=cfg["format"])
+    log = logging.getLogger("pp")
+    import pp
+    stop = []
+
+    def on_term(signum, frame):
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        server = pp.Server(ncpus=cfg["workers"], secret=cfg["secret"], restart=cfg["restart"],
+                           proto=cfg["proto"], _listen=(cfg["interface"], cfg["port"]),
+                           _liveness=cfg["socket_timeout"], _announce=cfg["autodiscovery"],
+                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"])
+    except (OSError, ValueError, TypeError) as e:
+        sys.stderr.write("ppserver: %s\n" % e)
+        return 1
+    signal.signal(signal.SIGUSR1, lambda s, f: (server.print_stats(), sys.stdout.flush()))
+    port = server._server_info()[0]
+    if cfg["pid_file"]:
+        with open(cfg["pid_file"], "w") as f:
+            f.write("%d\n" % os.getpid())
+    log.info("ppserver %s listening on %s:%d with %d workers%s", pp.__version__,
+             cfg["interface"], port, server.get_ncpus(),
+             ", announcing itself" if cfg["autodiscovery"] else "")
+    sys.stdout.flush()
+    try:
+        while not stop:
+            time.sleep(0.2)
+            if cfg["timeout"] is not None:
+                _, nclients, idle = server._server_info()
+                if nclients == 0 and idle >= cfg["timeout"]:
+                    log.info("no client for %.0f s: exiting", idle)
+                    break
+    finally:
+        server.destroy()
+        if cfg["pid_file"]:
+            try:
+                os.unlink(cfg["pid_file"])
+            except OSError:
+                pass
+        log.info("ppserver stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

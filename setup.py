@@ -1,0 +1,37 @@
+# setup.py - builds the pp._ppc extension (engine in src/core, binding in
+# src/py). Metadata lives in pyproject.toml.
+import glob
+import os
+
+from setuptools import Extension, setup
+
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
+extra = os.environ.get("PPC_EXTRA_CFLAGS", "").split()
+ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
+
+WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/py/pyutil.c", "src/core/buf.c",
+          "src/core/frame.c"]
+
+setup(
+    ext_modules=[
+        # client and ppserver: engine, binding, authentication
+        Extension(
+            "pp._ppc",
+            sources=sorted(glob.glob("src/core/*.c"))
+            + sorted(f for f in glob.glob("src/py/*.c") if f not in WORKER)
+            + ["src/py/pyutil.c"],
+            include_dirs=["src/core", "src/py"],
+            libraries=["crypto"],
+            extra_compile_args=CFLAGS + extra,
+            extra_link_args=ldextra,
+        ),
+        # worker processes: only the worker loop, so they start fast
+        Extension(
+            "pp._ppcw",
+            sources=WORKER,
+            include_dirs=["src/core", "src/py"],
+            extra_compile_args=CFLAGS + extra,
+            extra_link_args=ldextra,
+        ),
+    ],
+)

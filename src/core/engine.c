@@ -1,0 +1,770 @@
+/* engine.c - the engine thread, its event loop, the run queue, the
+ * scheduler, completion and the caller-facing API (engine.h).
+ *
+ * Callers hand jobs over through a locked inbox; the engine thread is woken
+ * through an eventfd only when it sleeps, so a busy engine costs submitters
+ * no system call. Completed jobs are published to waiters in batches, one
+ * lock and at most one broadcast per loop turn. The engine thread never
+ * blocks except in epoll_wait, and never runs caller code. */
+#define _GNU_SOURCE
+#include "engine_int.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t ppc_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void deadline_after(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void wake_locked(ppc_engine *e)
+{
+    if (e->sleeping) {
+        uint64_t one = 1;
+        ssize_t r = write(e->wakefd, &one, sizeof one);
+        (void)r; /* EAGAIN means a wake-up is already pending */
+        e->sleeping = 0;
+    }
+}
+
+void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
+{
+    ppc_logmsg *m = malloc(sizeof *m);
+    if (!m)
+        return;
+    m->next = NULL;
+    m->level = level;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->msg, sizeof m->msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&e->mu);
+    if (e->log_tail)
+        e->log_tail->next = m;
+    else
+        e->log_head = m;
+    e->log_tail = m;
+    pthread_cond_signal(&e->cv_ev);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void ppc_engine_complete(ppc_engine *e, ppc_job *j)
+{
+    j->next = NULL;
+    if (e->done_tail)
+        e->done_tail->next = j;
+    else
+        e->done_head = j;
+    e->done_tail = j;
+}
+
+void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j)
+{
+    atomic_store(&j->state, PPC_JOB_QUEUED);
+    j->next = e->rq_head;
+    e->rq_head = j;
+    if (!e->rq_tail)
+        e->rq_tail = j;
+    e->rq_len++;
+}
+
+static ppc_job *rq_pop(ppc_engine *e)
+{
+    ppc_job *j = e->rq_head;
+    if (j) {
+        e->rq_head = j->next;
+        if (!e->rq_head)
+            e->rq_tail = NULL;
+        e->rq_len--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+/* Mark one job finished for its group; caller holds the lock. */
+static void finish_locked(ppc_engine *e, ppc_job *j)
+{
+    atomic_store_explicit(&j->state, PPC_JOB_DONE, memory_order_release);
+    if (j->group < e->ngroups && e->group_pending[j->group] > 0)
+        e->group_pending[j->group]--;
+    if (e->total_pending > 0)
+        e->total_pending--;
+}
+
+/* Publish the completions of this loop turn to waiters. */
+static void publish(ppc_engine *e)
+{
+    if (!e->done_head)
+        return;
+    ppc_job *list = e->done_head, *drop = NULL, *served = NULL;
+    e->done_head = e->done_tail = NULL;
+    int cbs = 0;
+    pthread_mutex_lock(&e->mu);
+    while (list) {
+        ppc_job *j = list;
+        list = j->next;
+        j->next = NULL;
+        if (j->status == PPC_JOB_OK && !j->cancelled) {
+            if (j->node == 0) {
+                e->local_njobs++;
+                e->local_time_ns += j->exec_ns;
+            } else if (j->node <= (uint32_t)e->nrn) {
+                e->rn[j->node - 1]->njobs++;
+                e->rn[j->node - 1]->time_ns += j->exec_ns;
+            }
+        }
+        if (j->origin || j->cancelled) {
+            /* a ppserver's job for a client (or for a gone one) */
+            j->next = served;
+            served = j;
+        } else if (j->has_cb) {
+            atomic_store_explicit(&j->state, PPC_JOB_COMPLETE, memory_order_release);
+            if (e->cb_tail)
+                e->cb_tail->next = j;
+            else
+                e->cb_head = j;
+            e->cb_tail = j; /* the engine's reference goes with the event */
+            cbs++;
+        } else {
+            finish_locked(e, j);
+            j->next = drop;
+            drop = j;
+        }
+    }
+    if (e->waiters)
+        pthread_cond_broadcast(&e->cv_done);
+    if (cbs)
+        pthread_cond_signal(&e->cv_ev);
+    pthread_mutex_unlock(&e->mu);
+    while (drop) {
+        ppc_job *j = drop;
+        drop = j->next;
+        ppc_job_decref(j);
+    }
+    while (served) {
+        ppc_job *j = served;
+        served = j->next;
+        j->next = NULL;
+        ppc_serve_result(e, j);
+    }
+}
+
+static void fail_queue(ppc_engine *e, int status, const char *msg)
+{
+    ppc_job *j;
+    while ((j = rq_pop(e))) {
+        ppc_job_fail(j, status, msg);
+        ppc_engine_complete(e, j);
+    }
+}
+
+/* 1 when some node runs, or may soon run, jobs of this kind. */
+static int runnable(ppc_engine *e, uint32_t flags, const char **why)
+{
+    if (!ppc_pool_dead(e->pool, why))
+        return 1;
+    if (ppc_remote_may_run(e, flags))
+        return 1;
+    if (e->opts.discover && ppc_now_ms() - e->created_ms < 5000)
+        return 1; /* nodes may still announce themselves */
+    if (e->nrn > 0)
+        *why = "no node can run the job: the local pool has no workers and every remote "
+               "node is unreachable or refused us (see the pp logger)";
+    return 0;
+}
+
+static void schedule(ppc_engine *e)
+{
+    while (e->rq_head) {
+        ppc_job *j = e->rq_head;
+        if (j->cancelled) {
+            rq_pop(e);
+            ppc_job_decref(j);
+            continue;
+        }
+        ppc_worker *w = ppc_pool_pick(e->pool, e->rq_len);
+        ppc_rnode *r = w ? NULL : ppc_remote_pick(e, j, e->rq_len);
+        if (!w && !r) {
+            const char *why;
+            if (!runnable(e, j->fn ? j->fn->flags : 0, &why)) {
+                rq_pop(e);
+                ppc_job_fail(j, PPC_JOB_ENONODE, why);
+                ppc_engine_complete(e, j);
+                continue;
+            }
+            break;
+        }
+        rq_pop(e);
+        int rc = w ? ppc_pool_dispatch(e->pool, w, j) : ppc_remote_dispatch(e, r, j);
+        if (rc < 0) {
+            ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory while sending the job");
+            ppc_engine_complete(e, j);
+        }
+    }
+}
+
+static int min_timeout(int a, int b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+static void *engine_main(void *arg)
+{
+    ppc_engine *e = arg;
+    struct epoll_event evs[64];
+    int timeout = 0;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        int idle = !e->in_head && e->want_workers < 0 && !e->stopping;
+        if (idle)
+            e->sleeping = 1;
+        pthread_mutex_unlock(&e->mu);
+        int n = epoll_wait(e->epfd, evs, 64, idle ? timeout : 0);
+        if (n < 0 && errno != EINTR)
+            n = 0;
+        pthread_mutex_lock(&e->mu);
+        e->sleeping = 0;
+        if (e->in_head) {
+            if (e->rq_tail)
+                e->rq_tail->next = e->in_head;
+            else
+                e->rq_head = e->in_head;
+            e->rq_tail = e->in_tail;
+            for (ppc_job *j = e->in_head; j; j = j->next)
+                e->rq_len++;
+            e->in_head = e->in_tail = NULL;
+        }
+        int want = e->want_workers;
+        e->want_workers = -1;
+        int stopping = e->stopping;
+        pthread_mutex_unlock(&e->mu);
+
+        for (int i = 0; i < n; i++) {
+            ppc_evsrc *src = evs[i].data.ptr;
+            if (src->kind == PPC_SRC_WAKE) {
+                uint64_t v;
+                ssize_t r = read(e->wakefd, &v, sizeof v);
+                (void)r;
+            } else if (src->kind == PPC_SRC_RNODE) {
+                ppc_remote_event(e, src->obj, evs[i].events);
+            } else if (src->kind == PPC_SRC_LISTEN) {
+                ppc_serve_accept(e);
+            } else if (src->kind == PPC_SRC_SCONN) {
+                /* a connection closed earlier in this batch is no longer listed */
+                ppc_sconn *sc = e->sconns;
+                while (sc && sc != src->obj)
+                    sc = sc->next;
+                if (sc)
+                    ppc_serve_event(e, sc, evs[i].events);
+            } else if (src->kind == PPC_SRC_UDP) {
+                ppc_discover_event(e);
+            } else {
+                ppc_pool_event(e->pool, src, evs[i].events);
+            }
+        }
+        if (stopping)
+            break;
+        if (want >= 0)
+            ppc_pool_set_target(e->pool, want);
+        int t = ppc_remote_tick(e);
+        t = min_timeout(t, ppc_serve_tick(e));
+        t = min_timeout(t, ppc_discover_tick(e));
+        schedule(e);
+        ppc_pool_flush(e->pool);
+        ppc_remote_flush(e);
+        publish(e);
+        ppc_serve_flush(e);
+        timeout = min_timeout(t, ppc_pool_tick(e->pool));
+        if (e->rq_head && timeout < 0 && e->nrn > 0)
+            timeout = 1000; /* re-check whether queued jobs can still run */
+    }
+    ppc_serve_shutdown(e);
+    ppc_discover_stop(e);
+    fail_queue(e, PPC_JOB_EDESTROYED, "the server was destroyed");
+    ppc_remote_shutdown(e);
+    ppc_pool_shutdown(e->pool);
+    publish(e);
+    return NULL;
+}
+
+static void free_strv(char **v)
+{
+    if (v) {
+        for (size_t i = 0; v[i]; i++)
+            free(v[i]);
+        free(v);
+    }
+}
+
+static char **copy_strv(char *const *v)
+{
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    char **c = calloc(n + 1, sizeof(char *));
+    if (!c)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        c[i] = strdup(v[i]);
+        if (!c[i]) {
+            free_strv(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+static int copy_opts(ppc_engine *e, const ppc_engine_opts *o)
+{
+    e->opts = *o;
+    e->argv_copy = copy_strv(o->worker_argv);
+    if (!e->argv_copy)
+        return -1;
+    e->opts.worker_argv = e->argv_copy;
+    if (o->worker_env) {
+        e->env_copy = copy_strv(o->worker_env);
+        if (!e->env_copy)
+            return -1;
+    }
+    e->opts.worker_env = e->env_copy;
+    if (o->init_len) {
+        e->init_copy = malloc(o->init_len);
+        if (!e->init_copy)
+            return -1;
+        memcpy(e->init_copy, o->init, o->init_len);
+    }
+    e->opts.init = e->init_copy;
+    if (!e->opts.max_frame)
+        e->opts.max_frame = (uint64_t)1 << 40;
+    if (!e->opts.max_net_frame)
+        e->opts.max_net_frame = (uint64_t)1 << 31;
+    if (e->opts.liveness_ms <= 0)
+        e->opts.liveness_ms = 3600 * 1000;
+    e->secret_copy = malloc(o->secret_len ? o->secret_len : 1);
+    if (!e->secret_copy)
+        return -1;
+    if (o->secret_len)
+        memcpy(e->secret_copy, o->secret, o->secret_len);
+    e->opts.secret = e->secret_copy;
+    if (o->listen_host) {
+        e->listen_host_copy = strdup(o->listen_host);
+        if (!e->listen_host_copy)
+            return -1;
+    }
+    e->opts.listen_host = e->listen_host_copy;
+    if (o->broadcast) {
+        e->broadcast_copy = strdup(o->broadcast);
+        if (!e->broadcast_copy)
+            return -1;
+    }
+    e->opts.broadcast = e->broadcast_copy;
+    e->opts.ppservers = NULL;
+    return 0;
+}
+
+ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
+{
+    if (o->nworkers < 0 || (o->nworkers > 0 && (!o->worker_argv || !o->worker_argv[0]))) {
+        snprintf(err, errlen, "invalid engine options");
+        return NULL;
+    }
+    ppc_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
+    e->created_ms = ppc_now_ms();
+    e->next_blob_id = 1;
+    e->want_workers = o->nworkers;
+    e->ncpus = o->nworkers;
+    e->next_id = 1;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->cv_done, &ca);
+    pthread_cond_init(&e->cv_ev, &ca);
+    pthread_condattr_destroy(&ca);
+    if (copy_opts(e, o) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    e->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (e->epfd < 0 || e->wakefd < 0) {
+        snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    e->wake_src.kind = PPC_SRC_WAKE;
+    e->wake_src.obj = e;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &e->wake_src};
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) < 0) {
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+        goto fail;
+    }
+    e->pool = ppc_pool_new(e);
+    if (!e->pool) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; o->ppservers && o->ppservers[i]; i++) {
+        const char *hp = o->ppservers[i];
+        const char *colon = strrchr(hp, ':');
+        char host[256];
+        size_t hl = colon ? (size_t)(colon - hp) : strlen(hp);
+        if (hl >= sizeof host || hl == 0) {
+            snprintf(err, errlen, "invalid node address %s", hp);
+            goto fail;
+        }
+        memcpy(host, hp, hl);
+        host[hl] = 0;
+        if (ppc_remote_add(e, host, colon ? colon + 1 : "60000", 1) < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    if (o->listen_port >= 0 && ppc_serve_start(e, err, errlen) < 0)
+        goto fail;
+    if ((o->announce || o->discover) && o->discover_port > 0 &&
+        ppc_discover_start(e, err, errlen) < 0)
+        goto fail;
+    /* The engine thread takes no signals: SIGPIPE on a dead worker's pipe
+     * becomes EPIPE, and the caller's handlers (Ctrl-C) stay with it. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&e->thread, NULL, engine_main, e);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+        goto fail;
+    }
+    e->thread_started = 1;
+    return e;
+fail:
+    ppc_engine_free(e);
+    return NULL;
+}
+
+void ppc_engine_stop(ppc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->stopped || !e->thread_started) {
+        e->stopped = 1;
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    int first = !e->stopping;
+    e->stopping = 1;
+    e->sleeping = 1;
+    wake_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    if (first) {
+        pthread_join(e->thread, NULL);
+        pthread_mutex_lock(&e->mu);
+        /* submissions that raced with the stop */
+        ppc_job *j = e->in_head;
+        e->in_head = e->in_tail = NULL;
+        while (j) {
+            ppc_job *nx = j->next;
+            ppc_job_fail(j, PPC_JOB_EDESTROYED, "the server was destroyed");
+            j->has_cb = 0;
+            finish_locked(e, j);
+            pthread_mutex_unlock(&e->mu);
+            ppc_job_decref(j);
+            pthread_mutex_lock(&e->mu);
+            j = nx;
+        }
+        e->stopped = 1;
+        e->npids = 0;
+        pthread_cond_broadcast(&e->cv_done);
+        pthread_cond_broadcast(&e->cv_ev);
+        pthread_mutex_unlock(&e->mu);
+    } else {
+        /* another thread is stopping it: wait for that to finish */
+        pthread_mutex_lock(&e->mu);
+        while (!e->stopped)
+            pthread_cond_wait(&e->cv_done, &e->mu);
+        pthread_mutex_unlock(&e->mu);
+    }
+}
+
+void ppc_engine_free(ppc_engine *e)
+{
+    if (!e)
+        return;
+    ppc_engine_stop(e);
+    ppc_job *j;
+    while ((j = e->cb_head)) {
+        e->cb_head = j->next;
+        ppc_job_decref(j);
+    }
+    ppc_logmsg *m;
+    while ((m = e->log_head)) {
+        e->log_head = m->next;
+        free(m);
+    }
+    if (e->pool)
+        ppc_pool_free(e->pool);
+    ppc_remote_free(e);
+    if (e->listen_fd >= 0)
+        close(e->listen_fd);
+    if (e->udp_fd >= 0)
+        close(e->udp_fd);
+    free(e->secret_copy);
+    free(e->listen_host_copy);
+    free(e->broadcast_copy);
+    if (e->epfd >= 0)
+        close(e->epfd);
+    if (e->wakefd >= 0)
+        close(e->wakefd);
+    free_strv(e->argv_copy);
+    free_strv(e->env_copy);
+    free(e->init_copy);
+    free(e->group_pending);
+    free(e->pids);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv_done);
+    pthread_cond_destroy(&e->cv_ev);
+    free(e);
+}
+
+int ppc_engine_submit(ppc_engine *e, ppc_job *j, uint32_t group, int has_cb)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping || e->stopped) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    if (group >= e->ngroups) {
+        size_t n = e->ngroups ? e->ngroups : 8;
+        while (n <= group)
+            n *= 2;
+        size_t *g = realloc(e->group_pending, n * sizeof *g);
+        if (!g) {
+            pthread_mutex_unlock(&e->mu);
+            return -2;
+        }
+        memset(g + e->ngroups, 0, (n - e->ngroups) * sizeof *g);
+        e->group_pending = g;
+        e->ngroups = n;
+    }
+    j->id = e->next_id++;
+    j->group = group;
+    j->has_cb = has_cb ? 1 : 0;
+    j->next = NULL;
+    ppc_job_incref(j);
+    e->group_pending[group]++;
+    e->total_pending++;
+    if (e->in_tail)
+        e->in_tail->next = j;
+    else
+        e->in_head = j;
+    e->in_tail = j;
+    wake_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+static int timed_wait(ppc_engine *e, pthread_cond_t *cv, const struct timespec *dl)
+{
+    if (!dl) {
+        pthread_cond_wait(cv, &e->mu);
+        return 0;
+    }
+    return pthread_cond_timedwait(cv, &e->mu, dl) == ETIMEDOUT;
+}
+
+int ppc_engine_wait_job(ppc_engine *e, ppc_job *j, int timeout_ms)
+{
+    if (atomic_load_explicit(&j->state, memory_order_acquire) == PPC_JOB_DONE)
+        return 1;
+    struct timespec dl;
+    if (timeout_ms >= 0)
+        deadline_after(&dl, timeout_ms);
+    int done;
+    pthread_mutex_lock(&e->mu);
+    e->waiters++;
+    while (!(done = atomic_load(&j->state) == PPC_JOB_DONE)) {
+        if (timed_wait(e, &e->cv_done, timeout_ms >= 0 ? &dl : NULL))
+            break;
+    }
+    done = atomic_load(&j->state) == PPC_JOB_DONE;
+    e->waiters--;
+    pthread_mutex_unlock(&e->mu);
+    return done;
+}
+
+int ppc_engine_wait_group(ppc_engine *e, uint32_t group, int timeout_ms)
+{
+    struct timespec dl;
+    if (timeout_ms >= 0)
+        deadline_after(&dl, timeout_ms);
+    int done;
+    pthread_mutex_lock(&e->mu);
+    e->waiters++;
+    for (;;) {
+        if (group == PPC_GROUP_ALL)
+            done = e->total_pending == 0;
+        else
+            done = group >= e->ngroups || e->group_pending[group] == 0;
+        if (done || timed_wait(e, &e->cv_done, timeout_ms >= 0 ? &dl : NULL))
+            break;
+    }
+    if (group == PPC_GROUP_ALL)
+        done = e->total_pending == 0;
+    else
+        done = group >= e->ngroups || e->group_pending[group] == 0;
+    e->waiters--;
+    pthread_mutex_unlock(&e->mu);
+    return done;
+}
+
+int ppc_engine_next_event(ppc_engine *e, int timeout_ms, ppc_event *ev)
+{
+    struct timespec dl;
+    if (timeout_ms >= 0)
+        deadline_after(&dl, timeout_ms);
+    memset(ev, 0, sizeof *ev);
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        if (e->log_head) {
+            ppc_logmsg *m = e->log_head;
+            e->log_head = m->next;
+            if (!e->log_head)
+                e->log_tail = NULL;
+            ev->kind = PPC_EV_LOG;
+            ev->level = m->level;
+            memcpy(ev->msg, m->msg, sizeof ev->msg);
+            free(m);
+            break;
+        }
+        if (e->cb_head) {
+            ppc_job *j = e->cb_head;
+            e->cb_head = j->next;
+            if (!e->cb_head)
+                e->cb_tail = NULL;
+            j->next = NULL;
+            ev->kind = PPC_EV_JOB;
+            ev->job = j;
+            break;
+        }
+        if (e->stopped) {
+            ev->kind = PPC_EV_STOP;
+            break;
+        }
+        if (timed_wait(e, &e->cv_ev, timeout_ms >= 0 ? &dl : NULL))
+            break;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return ev->kind;
+}
+
+void ppc_engine_callback_done(ppc_engine *e, ppc_job *j)
+{
+    pthread_mutex_lock(&e->mu);
+    finish_locked(e, j);
+    if (e->waiters)
+        pthread_cond_broadcast(&e->cv_done);
+    pthread_mutex_unlock(&e->mu);
+    ppc_job_decref(j);
+}
+
+int ppc_engine_set_workers(ppc_engine *e, int n)
+{
+    if (n < 0)
+        return -1;
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping || e->stopped) {
+        pthread_mutex_unlock(&e->mu);
+        return -1;
+    }
+    e->want_workers = n;
+    e->ncpus = n;
+    wake_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+int ppc_engine_get_workers(ppc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int n = e->ncpus;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+int ppc_engine_stats(ppc_engine *e, ppc_node_stats *out, int max)
+{
+    if (max < 1)
+        return 0;
+    pthread_mutex_lock(&e->mu);
+    snprintf(out[0].name, sizeof out[0].name, "local");
+    out[0].active = e->ncpus > 0;
+    out[0].ncpus = e->ncpus;
+    out[0].njobs = e->local_njobs;
+    out[0].time_ns = e->local_time_ns;
+    int n = 1;
+    for (int i = 0; i < e->nrn && n < max; i++, n++) {
+        ppc_rnode *r = e->rn[i];
+        snprintf(out[n].name, sizeof out[n].name, "%s", r->name);
+        out[n].active = r->state == R_READY;
+        out[n].ncpus = r->ncpus;
+        out[n].njobs = r->njobs;
+        out[n].time_ns = r->time_ns;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *idle_ms)
+{
+    pthread_mutex_lock(&e->mu);
+    *port = e->listen_port_actual;
+    *nclients = e->nclients;
+    *idle_ms = e->nclients > 0 ? 0 : ppc_now_ms() - e->last_client_activity;
+    pthread_mutex_unlock(&e->mu);
+}
+
+size_t ppc_engine_pending(ppc_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    size_t n = e->total_pending;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max)
+{
+    pthread_mutex_lock(&e->mu);
+    int n = e->npids < max ? e->npids : max;
+    if (n > 0)
+        memcpy(pids, e->pids, (size_t)n * sizeof(int));
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}

@@ -1,0 +1,111 @@
+/* engine.h - the client engine: one thread running the event loop over all
+ * nodes (the local worker pool today; remote nodes plug in as further
+ * nodes), the job queue, the scheduler, completion and statistics.
+ *
+ * Threads: any number of caller threads may submit and wait; exactly one
+ * engine thread does all I/O; one caller-owned "event" thread may take
+ * callbacks and log messages with ppc_engine_next_event. The engine never
+ * calls back into the caller from its own thread. Nothing here knows
+ * Python: jobs are opaque bytes (job.h). */
+#ifndef PPC_ENGINE_H
+#define PPC_ENGINE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "job.h"
+
+typedef struct ppc_engine ppc_engine;
+
+typedef struct ppc_engine_opts {
+    int nworkers;             /* local workers to start (0 allowed) */
+    char *const *worker_argv; /* command for a worker, NULL-terminated; the
+                                 worker reads frames on fd 3, writes on fd 4 */
+    char *const *worker_env;  /* its environment (NULL: this process's) */
+    const uint8_t *init;      /* INIT payload sent first to every worker */
+    size_t init_len;
+    int restart;              /* a fresh worker process for every job */
+    uint64_t max_frame;       /* largest frame accepted from a worker */
+
+    /* cluster client: remote nodes to use */
+    const char *const *ppservers; /* "host:port" entries, NULL-terminated */
+    const uint8_t *secret;        /* shared secret (client and ppserver) */
+    size_t secret_len;
+    int liveness_ms;              /* a peer silent this long is dead */
+    int py_major, py_minor;       /* this process's Python, for the handshake */
+
+    /* ppserver: accept clients on this address (listen_port >= 0) */
+    const char *listen_host;
+    int listen_port;              /* -1: no listening socket; 0: any port */
+    uint64_t max_net_frame;       /* largest frame accepted from the network */
+
+    /* autodiscovery: UDP port for announcements (0: off) */
+    int discover_port;
+    const char *broadcast;        /* ppserver: where to announce */
+    int announce;                 /* ppserver: announce itself */
+    int discover;                 /* client: connect to announced nodes */
+} ppc_engine_opts;
+
+#define PPC_GROUP_ALL UINT32_MAX
+
+/* Create and start the engine (its thread and its workers). NULL on error
+ * with a message in err. */
+ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen);
+
+/* Stop: every job not yet done completes with PPC_JOB_EDESTROYED, workers
+ * are stopped and reaped, the engine thread is joined. Idempotent. */
+void ppc_engine_stop(ppc_engine *e);
+/* Free after stop. Jobs still referenced by callers stay valid. */
+void ppc_engine_free(ppc_engine *e);
+
+/* Hand a job to the engine (thread-safe). The engine takes its own
+ * reference. group indexes the caller's groups (small integers). Returns 0,
+ * or -1 if the engine is stopped (the job is then untouched). */
+int ppc_engine_submit(ppc_engine *e, ppc_job *j, uint32_t group, int has_cb);
+
+/* Wait until the job is DONE. timeout_ms < 0 waits forever. 1 when done,
+ * 0 on timeout. */
+int ppc_engine_wait_job(ppc_engine *e, ppc_job *j, int timeout_ms);
+/* Wait until no job of the group (or PPC_GROUP_ALL) is pending. */
+int ppc_engine_wait_group(ppc_engine *e, uint32_t group, int timeout_ms);
+
+enum ppc_event_kind { PPC_EV_NONE = 0, PPC_EV_JOB = 1, PPC_EV_LOG = 2, PPC_EV_STOP = 3 };
+enum ppc_log_level { PPC_LOG_DEBUG = 10, PPC_LOG_INFO = 20, PPC_LOG_WARNING = 30, PPC_LOG_ERROR = 40 };
+
+typedef struct ppc_event {
+    int kind;
+    ppc_job *job; /* PPC_EV_JOB: a COMPLETE job with a callback; the caller
+                     owns one reference and must call ppc_engine_callback_done */
+    int level;    /* PPC_EV_LOG */
+    char msg[256];
+} ppc_event;
+
+/* Next event for the event thread; PPC_EV_NONE on timeout. After stop and
+ * once drained, PPC_EV_STOP. */
+int ppc_engine_next_event(ppc_engine *e, int timeout_ms, ppc_event *ev);
+/* The callback of a job has run: mark it DONE and wake its waiters. */
+void ppc_engine_callback_done(ppc_engine *e, ppc_job *j);
+
+/* Change the number of local workers while jobs run. */
+int ppc_engine_set_workers(ppc_engine *e, int n);
+int ppc_engine_get_workers(ppc_engine *e);
+
+typedef struct ppc_node_stats {
+    char name[300];
+    int active; /* connected and usable now */
+    int ncpus;
+    uint64_t njobs;
+    uint64_t time_ns;
+} ppc_node_stats;
+
+/* Copy up to max node statistics; returns the number of nodes. */
+int ppc_engine_stats(ppc_engine *e, ppc_node_stats *out, int max);
+/* Jobs submitted and not yet done. */
+size_t ppc_engine_pending(ppc_engine *e);
+/* ppserver: the port it listens on, clients connected now, ms since the
+ * last client activity. */
+void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *idle_ms);
+
+/* Process ids of the live local workers; returns count (<= max). */
+int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max);
+
+#endif

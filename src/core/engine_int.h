@@ -1,0 +1,226 @@
+/* engine_int.h - state shared by the engine's own files (engine.c, pool.c).
+ *
+ * Not a public header. The engine thread owns everything below that is not
+ * marked "locked"; fields marked locked are shared with caller threads and
+ * guarded by ppc_engine.mu. */
+#ifndef PPC_ENGINE_INT_H
+#define PPC_ENGINE_INT_H
+#include <pthread.h>
+#include <stdarg.h>
+#include <sys/types.h>
+
+#include "buf.h"
+#include "engine.h"
+#include "u64set.h"
+
+/* What an epoll registration points at. */
+enum {
+    PPC_SRC_WAKE = 1,
+    PPC_SRC_WREAD = 2,
+    PPC_SRC_WWRITE = 3,
+    PPC_SRC_RNODE = 4,  /* client side: connection to a ppserver */
+    PPC_SRC_LISTEN = 5, /* ppserver: listening socket */
+    PPC_SRC_SCONN = 6,  /* ppserver: connection from a client */
+    PPC_SRC_UDP = 7     /* autodiscovery socket */
+};
+typedef struct ppc_evsrc {
+    int kind;
+    void *obj;
+} ppc_evsrc;
+
+typedef struct ppc_pool ppc_pool;
+
+typedef struct ppc_worker {
+    struct ppc_worker *next;
+    pid_t pid;
+    int fd_w; /* engine -> worker (worker's fd 3) */
+    int fd_r; /* worker -> engine (worker's fd 4) */
+    ppc_evsrc src_r, src_w;
+    int out_armed;
+    int ready;    /* worker finished its start-up */
+    int retiring; /* takes no new jobs; closed once idle */
+    ppc_buf out, in;
+    ppc_job *fl_head, *fl_tail; /* jobs sent, in order */
+    int inflight;
+    ppc_u64set fns; /* function ids this worker has */
+    uint64_t done;
+    double avg_ns;
+} ppc_worker;
+
+/* A framed, non-blocking stream socket (either side of the network). */
+typedef struct ppc_conn {
+    int fd;
+    ppc_evsrc src;
+    ppc_buf in, out;
+    uint32_t armed; /* epoll events registered */
+    int64_t last_rx, last_tx;
+} ppc_conn;
+
+/* conn.c */
+int ppc_conn_register(ppc_engine *e, ppc_conn *c);
+/* Write what is buffered; arms EPOLLOUT when the socket is full. 0 or -1. */
+int ppc_conn_flush(ppc_engine *e, ppc_conn *c);
+/* Read what is there into c->in. 1 data read, 0 nothing more now, -1 EOF
+ * or error (errno set, 0 for EOF). want: bytes to make room for. */
+int ppc_conn_read(ppc_conn *c, size_t want);
+void ppc_conn_close(ppc_engine *e, ppc_conn *c);
+int ppc_conn_put(ppc_conn *c, uint8_t type, uint8_t flags, uint64_t id, const void *p1, size_t n1,
+                 const void *p2, size_t n2);
+
+/* Client side: one ppserver node. */
+enum { R_DOWN = 0, R_CONNECTING, R_HELLO, R_AUTH, R_READY, R_FAILED };
+typedef struct ppc_rnode {
+    int index; /* node number in statistics: 1 + position */
+    char host[256];
+    char port[8];
+    char name[300];
+    int state;
+    int persistent; /* given by the user: reconnect when lost */
+    ppc_conn c;
+    uint8_t cnonce[32];
+    int ncpus;
+    int same_py;
+    int peer_liveness_ms;
+    ppc_job *fl_head, *fl_tail;
+    int inflight;
+    ppc_u64set fns;
+    double avg_ns;
+    uint64_t done;
+    int64_t state_since, next_attempt, down_since;
+    int backoff_ms;
+    int ever_ready;
+    char why[200];
+    /* locked: statistics */
+    uint64_t njobs, time_ns;
+} ppc_rnode;
+
+/* ppserver side: one client connection. */
+enum { S_HELLO = 0, S_AUTH, S_READY, S_CLOSING };
+typedef struct ppc_sconn {
+    struct ppc_sconn *next;
+    int state;
+    ppc_conn c;
+    char peer[64];
+    uint8_t cnonce[32], snonce[32];
+    struct ppc_fnmap *fns; /* client function id -> blob */
+    size_t nfns, capfns;
+    size_t active; /* its jobs queued or running */
+} ppc_sconn;
+
+typedef struct ppc_logmsg {
+    struct ppc_logmsg *next;
+    int level;
+    char msg[256];
+} ppc_logmsg;
+
+struct ppc_engine {
+    pthread_mutex_t mu;
+    pthread_cond_t cv_done;
+    pthread_cond_t cv_ev;
+    pthread_t thread;
+    int thread_started;
+    int epfd;
+    int wakefd;
+    ppc_evsrc wake_src;
+
+    /* locked */
+    ppc_job *in_head, *in_tail; /* submitted, not yet taken */
+    int sleeping;
+    int waiters;
+    int stopping;
+    int stopped;
+    int want_workers; /* -1: no request */
+    ppc_job *cb_head, *cb_tail; /* complete jobs with callbacks */
+    ppc_logmsg *log_head, *log_tail;
+    size_t *group_pending;
+    size_t ngroups;
+    size_t total_pending;
+    uint64_t next_id;
+    int ncpus;            /* local worker target, as reported */
+    uint64_t local_njobs; /* statistics of the local node */
+    uint64_t local_time_ns;
+    int *pids;
+    int npids;
+    ppc_rnode **rn; /* remote nodes; the array only grows (resized locked) */
+    int nrn, caprn;
+    int nclients;
+    int64_t last_client_activity;
+    int listen_port_actual;
+
+    /* engine thread */
+    ppc_job *rq_head, *rq_tail;
+    size_t rq_len;
+    ppc_job *done_head, *done_tail;
+    ppc_pool *pool;
+    ppc_engine_opts opts;
+    char **argv_copy;
+    char **env_copy;
+    uint8_t *init_copy;
+    uint8_t *secret_copy;
+    char *listen_host_copy;
+    char *broadcast_copy;
+    int listen_fd;
+    ppc_evsrc listen_src;
+    ppc_sconn *sconns;
+    uint64_t next_blob_id; /* ppserver: blob ids of its own */
+    int udp_fd;
+    ppc_evsrc udp_src;
+    int64_t next_announce;
+    int64_t created_ms;
+};
+
+/* engine.c services for the nodes */
+void ppc_engine_complete(ppc_engine *e, ppc_job *j);
+void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j);
+void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int64_t ppc_now_ms(void);
+
+/* remote.c: client-side nodes (ppservers) */
+int ppc_remote_add(ppc_engine *e, const char *host, const char *port, int persistent);
+ppc_rnode *ppc_remote_pick(ppc_engine *e, ppc_job *j, size_t qlen);
+int ppc_remote_dispatch(ppc_engine *e, ppc_rnode *r, ppc_job *j);
+void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events);
+int ppc_remote_tick(ppc_engine *e); /* ms until it wants to run again, -1 */
+void ppc_remote_flush(ppc_engine *e);
+/* 1 when some remote node runs, or may soon run, a job with these flags */
+int ppc_remote_may_run(ppc_engine *e, uint32_t blob_flags);
+void ppc_remote_shutdown(ppc_engine *e);
+void ppc_remote_free(ppc_engine *e);
+
+/* serve.c: the ppserver side */
+int ppc_serve_start(ppc_engine *e, char *err, size_t errlen);
+void ppc_serve_accept(ppc_engine *e);
+void ppc_serve_event(ppc_engine *e, ppc_sconn *s, uint32_t events);
+/* A job of a client finished: send its result back. Takes the reference. */
+void ppc_serve_result(ppc_engine *e, ppc_job *j);
+int ppc_serve_tick(ppc_engine *e);
+void ppc_serve_flush(ppc_engine *e);
+void ppc_serve_shutdown(ppc_engine *e);
+
+/* discover.c: autodiscovery over UDP broadcast */
+int ppc_discover_start(ppc_engine *e, char *err, size_t errlen);
+void ppc_discover_event(ppc_engine *e);
+int ppc_discover_tick(ppc_engine *e);
+void ppc_discover_stop(ppc_engine *e);
+
+/* pool.c: the local worker pool node */
+ppc_pool *ppc_pool_new(ppc_engine *e);
+void ppc_pool_free(ppc_pool *p);
+void ppc_pool_set_target(ppc_pool *p, int n);
+/* A worker that can take one more job now, given the run queue length. */
+ppc_worker *ppc_pool_pick(ppc_pool *p, size_t qlen);
+int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j);
+void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events);
+void ppc_pool_flush(ppc_pool *p);
+/* Reap exited workers; returns the ms until it wants to run again, -1 none. */
+int ppc_pool_tick(ppc_pool *p);
+/* Non-zero when the pool can never run a job (no workers wanted, or they
+ * keep failing to start); msg says why. */
+int ppc_pool_dead(ppc_pool *p, const char **msg);
+/* Fail in-flight jobs with EDESTROYED and stop every worker. */
+void ppc_pool_shutdown(ppc_pool *p);
+/* Cancel the jobs of a gone requester: workers running them are stopped. */
+void ppc_pool_cancel_origin(ppc_pool *p, void *origin);
+
+#endif

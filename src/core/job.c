@@ -1,0 +1,79 @@
+/* job.c - allocation and reference counting of jobs and blobs (job.h). */
+#include "job.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+ppc_blob *ppc_blob_new(uint64_t id, const void *data, size_t len)
+{
+    if (len > SIZE_MAX - sizeof(ppc_blob))
+        return NULL;
+    ppc_blob *b = malloc(sizeof(ppc_blob) + len);
+    if (!b)
+        return NULL;
+    atomic_init(&b->refs, 1);
+    b->id = id;
+    b->flags = 0;
+    b->len = len;
+    if (len)
+        memcpy(b->data, data, len);
+    return b;
+}
+
+void ppc_blob_incref(ppc_blob *b)
+{
+    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+}
+
+void ppc_blob_decref(ppc_blob *b)
+{
+    if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
+        free(b);
+}
+
+ppc_job *ppc_job_new(ppc_blob *fn, const void *args, size_t args_len)
+{
+    if (args_len > SIZE_MAX - sizeof(ppc_job))
+        return NULL;
+    ppc_job *j = malloc(sizeof(ppc_job) + args_len);
+    if (!j)
+        return NULL;
+    memset(j, 0, sizeof(*j));
+    atomic_init(&j->state, PPC_JOB_QUEUED);
+    atomic_init(&j->refs, 1);
+    j->fn = fn;
+    if (fn)
+        ppc_blob_incref(fn);
+    j->args_len = args_len;
+    if (args_len)
+        memcpy(j->args, args, args_len);
+    return j;
+}
+
+void ppc_job_incref(ppc_job *j)
+{
+    atomic_fetch_add_explicit(&j->refs, 1, memory_order_relaxed);
+}
+
+void ppc_job_decref(ppc_job *j)
+{
+    if (j && atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) == 1) {
+        ppc_blob_decref(j->fn);
+        free(j->result);
+        free(j);
+    }
+}
+
+void ppc_job_fail(ppc_job *j, int status, const char *msg)
+{
+    free(j->result);
+    j->result = NULL;
+    j->result_len = 0;
+    j->status = status;
+    size_t n = strlen(msg);
+    j->result = malloc(n + 1);
+    if (j->result) {
+        memcpy(j->result, msg, n + 1);
+        j->result_len = n;
+    }
+}

@@ -1,0 +1,72 @@
+/* job.h - jobs and function blobs as the engine sees them.
+ *
+ * The engine knows a job only as opaque bytes: the arguments payload, the
+ * function blob it needs (sent once per worker and cached there), and the
+ * result payload coming back. Jobs are reference counted because two sides
+ * hold them: the engine while the job is queued or running, and the caller
+ * (the Python Job object) until it is dropped. Nothing here knows Python. */
+#ifndef PPC_JOB_H
+#define PPC_JOB_H
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Blob flags */
+#define PPC_BLOB_SAME_PY 1u /* carries code objects: needs the client's Python */
+
+typedef struct ppc_blob {
+    atomic_size_t refs;
+    uint64_t id;
+    uint32_t flags;
+    size_t len;
+    uint8_t data[];
+} ppc_blob;
+
+ppc_blob *ppc_blob_new(uint64_t id, const void *data, size_t len);
+void ppc_blob_incref(ppc_blob *b);
+void ppc_blob_decref(ppc_blob *b);
+
+enum ppc_job_state {
+    PPC_JOB_QUEUED = 0,  /* waiting in a queue */
+    PPC_JOB_RUNNING = 1, /* handed to a node */
+    PPC_JOB_COMPLETE = 2,/* result in, callback not yet run */
+    PPC_JOB_DONE = 3     /* visible as finished to waiters */
+};
+
+enum ppc_job_status {
+    PPC_JOB_OK = 0,         /* result holds the worker's opaque result */
+    PPC_JOB_EWORKER = 1,    /* result holds a message: worker died */
+    PPC_JOB_EDESTROYED = 2, /* the engine was destroyed first */
+    PPC_JOB_ENONODE = 3     /* no node can run it; result holds a message */
+};
+
+typedef struct ppc_job {
+    struct ppc_job *next; /* link for whichever queue holds the job */
+    uint64_t id;
+    ppc_blob *fn;
+    atomic_int state;
+    atomic_int refs;
+    int status;
+    uint32_t group;
+    uint32_t node;      /* node index that ran it */
+    uint8_t has_cb;     /* caller finishes it (ppc_engine_callback_done) */
+    uint8_t tries;      /* nodes lost while it ran there */
+    uint8_t cancelled;  /* its requester is gone: drop it, do not run it */
+    void *origin;       /* ppserver side: the client connection it came from */
+    uint64_t client_id; /* ppserver side: the job's id at the client */
+    uint64_t exec_ns;   /* execution time reported by the worker */
+    void *user;         /* caller's pointer, never touched by the engine */
+    uint8_t *result;    /* malloc'd; result payload or error text */
+    size_t result_len;
+    size_t args_len;
+    uint8_t args[];
+} ppc_job;
+
+/* A new job holding a reference to fn and a copy of args; refs = 1. */
+ppc_job *ppc_job_new(ppc_blob *fn, const void *args, size_t args_len);
+void ppc_job_incref(ppc_job *j);
+void ppc_job_decref(ppc_job *j);
+/* Replace the result with a copy of a message (for failures). */
+void ppc_job_fail(ppc_job *j, int status, const char *msg);
+
+#endif

@@ -1,0 +1,555 @@
+/* remote.c - the client side of the cluster: each ppserver is a node with
+ * slots, reached over one TCP connection that pipelines many jobs.
+ *
+ * A node goes DOWN -> CONNECTING -> HELLO -> AUTH -> READY. Authentication
+ * is mutual (auth.h): the node proves it knows the secret before we prove
+ * it, so a stranger cannot lure jobs. Function blobs are sent once per
+ * connection. Liveness is by heartbeat: a PING whenever we have been quiet
+ * for a heartbeat interval, and a node silent for the liveness interval is
+ * lost; a job may still run for hours. A lost node's jobs go back to the
+ * queue (bounded retries) and the node is reconnected with backoff. A node
+ * that refuses our secret or protocol is FAILED for good. Engine thread. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "auth.h"
+#include "engine_int.h"
+#include "frame.h"
+#include "net.h"
+
+#define HANDSHAKE_MS 10000
+#define GRACE_MS 5000
+#define MAX_TRIES 3
+#define BACKOFF_MAX_MS 30000
+#define HANDSHAKE_MAX_FRAME 4096
+#define AHEAD_NS 4000000.0
+
+static int hb_ms(ppc_engine *e, ppc_rnode *r)
+{
+    int l = e->opts.liveness_ms;
+    if (r->peer_liveness_ms > 0 && r->peer_liveness_ms < l)
+        l = r->peer_liveness_ms;
+    int hb = l / 3;
+    if (hb > 5000)
+        hb = 5000;
+    if (hb < 50)
+        hb = 50;
+    return hb;
+}
+
+int ppc_remote_add(ppc_engine *e, const char *host, const char *port, int persistent)
+{
+    for (int i = 0; i < e->nrn; i++)
+        if (!strcmp(e->rn[i]->host, host) && !strcmp(e->rn[i]->port, port))
+            return 0;
+    ppc_rnode *r = calloc(1, sizeof *r);
+    if (!r)
+        return -1;
+    snprintf(r->host, sizeof r->host, "%s", host);
+    snprintf(r->port, sizeof r->port, "%s", port);
+    snprintf(r->name, sizeof r->name, "%s:%s", host, port);
+    r->persistent = persistent;
+    r->c.fd = -1;
+    r->c.src.kind = PPC_SRC_RNODE;
+    r->c.src.obj = r;
+    r->state = R_DOWN;
+    r->backoff_ms = 500;
+    r->next_attempt = 0;
+    r->down_since = ppc_now_ms();
+    pthread_mutex_lock(&e->mu);
+    if (e->nrn == e->caprn) {
+        int ncap = e->caprn ? e->caprn * 2 : 8;
+        ppc_rnode **n = realloc(e->rn, (size_t)ncap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&e->mu);
+            free(r);
+            return -1;
+        }
+        e->rn = n;
+        e->caprn = ncap;
+    }
+    r->index = e->nrn + 1;
+    e->rn[e->nrn++] = r;
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+static void set_state(ppc_engine *e, ppc_rnode *r, int st)
+{
+    pthread_mutex_lock(&e->mu); /* readers of statistics look at state */
+    r->state = st;
+    pthread_mutex_unlock(&e->mu);
+    r->state_since = ppc_now_ms();
+}
+
+/* Put the node's jobs back in the queue (or fail them after MAX_TRIES). */
+static int settle_jobs(ppc_engine *e, ppc_rnode *r)
+{
+    int n = 0;
+    ppc_job *rev = NULL, *j = r->fl_head;
+    r->fl_head = r->fl_tail = NULL;
+    r->inflight = 0;
+    while (j) {
+        ppc_job *nx = j->next;
+        j->next = rev;
+        rev = j;
+        j = nx;
+    }
+    while (rev) {
+        ppc_job *nx = rev->next;
+        rev->next = NULL;
+        if (++rev->tries >= MAX_TRIES) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "job lost %d times with the node running it (last: %s)",
+                     (int)rev->tries, r->name);
+            ppc_job_fail(rev, PPC_JOB_EWORKER, msg);
+            ppc_engine_complete(e, rev);
+        } else {
+            ppc_engine_requeue_front(e, rev);
+            n++;
+        }
+        rev = nx;
+    }
+    return n;
+}
+
+static void drop_conn(ppc_engine *e, ppc_rnode *r)
+{
+    ppc_conn_close(e, &r->c);
+    ppc_u64set_free(&r->fns); /* a new connection starts with no blobs */
+}
+
+/* The connection failed or was lost: retry later. */
+static void lost(ppc_engine *e, ppc_rnode *r, const char *why)
+{
+    int was_ready = r->state == R_READY;
+    drop_conn(e, r);
+    int n = settle_jobs(e, r);
+    int64_t now = ppc_now_ms();
+    if (was_ready || r->why[0] == 0 || strcmp(r->why, why) != 0) {
+        if (was_ready)
+            ppc_engine_log(e, PPC_LOG_WARNING, "node %s lost: %s; %d job(s) rescheduled", r->name,
+                           why, n);
+        else
+            ppc_engine_log(e, PPC_LOG_ERROR, "node %s unreachable: %s", r->name, why);
+    }
+    snprintf(r->why, sizeof r->why, "%s", why);
+    if (was_ready)
+        r->down_since = now;
+    set_state(e, r, R_DOWN);
+    r->next_attempt = now + r->backoff_ms;
+    r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
+}
+
+/* The node refused us for good (secret or protocol): never use it. */
+static void failed(ppc_engine *e, ppc_rnode *r, const char *why)
+{
+    drop_conn(e, r);
+    settle_jobs(e, r);
+    snprintf(r->why, sizeof r->why, "%s", why);
+    ppc_engine_log(e, PPC_LOG_ERROR, "node %s not used: %s", r->name, why);
+    set_state(e, r, R_FAILED);
+}
+
+static void start_connect(ppc_engine *e, ppc_rnode *r)
+{
+    char err[256] = "";
+    r->c.fd = ppc_net_connect(r->host, r->port, err, sizeof err);
+    if (r->c.fd < 0) {
+        lost(e, r, err);
+        return;
+    }
+    if (ppc_conn_register(e, &r->c) < 0) {
+        lost(e, r, "epoll registration failed");
+        return;
+    }
+    set_state(e, r, R_CONNECTING);
+}
+
+static void send_hello(ppc_engine *e, ppc_rnode *r)
+{
+    ppc_hello h;
+    h.version = PPC_PROTO_VERSION;
+    h.py_major = (uint8_t)e->opts.py_major;
+    h.py_minor = (uint8_t)e->opts.py_minor;
+    if (ppc_random(h.nonce, sizeof h.nonce) < 0) {
+        failed(e, r, "no random numbers for the handshake");
+        return;
+    }
+    memcpy(r->cnonce, h.nonce, sizeof r->cnonce);
+    uint8_t buf[PPC_HELLO_LEN];
+    ppc_hello_encode(&h, buf);
+    if (ppc_conn_put(&r->c, PPC_F_HELLO, 0, 0, buf, sizeof buf, NULL, 0) < 0) {
+        lost(e, r, "out of memory");
+        return;
+    }
+    set_state(e, r, R_HELLO);
+}
+
+static void on_challenge(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
+{
+    ppc_challenge c;
+    if (ppc_challenge_decode(f->payload, (size_t)f->len, &c) < 0) {
+        failed(e, r, "not a ppc node (malformed handshake)");
+        return;
+    }
+    if (c.h.version != PPC_PROTO_VERSION) {
+        char m[128];
+        snprintf(m, sizeof m, "protocol version %u, this client speaks %u", c.h.version,
+                 PPC_PROTO_VERSION);
+        failed(e, r, m);
+        return;
+    }
+    uint8_t want[PPC_MAC_LEN];
+    if (ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-server", r->cnonce, 32,
+                       c.h.nonce, 32, want) < 0 ||
+        !ppc_auth_equal(want, c.proof)) {
+        failed(e, r, "authentication failed: the node does not know our secret (wrong secret?)");
+        return;
+    }
+    uint8_t proof[PPC_MAC_LEN];
+    if (ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-client", r->cnonce, 32,
+                       c.h.nonce, 32, proof) < 0 ||
+        ppc_conn_put(&r->c, PPC_F_AUTH, 0, 0, proof, sizeof proof, NULL, 0) < 0) {
+        lost(e, r, "cannot compute the proof");
+        return;
+    }
+    r->same_py = c.h.py_major == e->opts.py_major && c.h.py_minor == e->opts.py_minor;
+    if (!r->same_py)
+        ppc_engine_log(e, PPC_LOG_WARNING,
+                       "node %s runs Python %u.%u, this client %d.%d: functions that travel as "
+                       "code objects (lambdas, closures, no source) will not be sent there",
+                       r->name, c.h.py_major, c.h.py_minor, e->opts.py_major, e->opts.py_minor);
+    r->ncpus = (int)(c.ncpus > 4096 ? 4096 : c.ncpus);
+    set_state(e, r, R_AUTH);
+}
+
+static void on_welcome(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
+{
+    if (f->len != 8) {
+        failed(e, r, "not a ppc node (malformed welcome)");
+        return;
+    }
+    uint32_t n = ppc_get_u32(f->payload);
+    r->ncpus = (int)(n > 4096 ? 4096 : n);
+    r->peer_liveness_ms = (int)ppc_get_u32(f->payload + 4);
+    r->backoff_ms = 500;
+    r->why[0] = 0;
+    r->ever_ready = 1;
+    set_state(e, r, R_READY);
+    ppc_engine_log(e, PPC_LOG_INFO, "connected to node %s (%d workers)", r->name, r->ncpus);
+}
+
+static void on_result(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
+{
+    ppc_job *prev = NULL, *j = r->fl_head;
+    while (j && j->id != f->id) {
+        prev = j;
+        j = j->next;
+    }
+    if (!j)
+        return; /* not ours (already settled): ignore */
+    if (prev)
+        prev->next = j->next;
+    else
+        r->fl_head = j->next;
+    if (r->fl_tail == j)
+        r->fl_tail = prev;
+    j->next = NULL;
+    r->inflight--;
+    if (f->flags == PPC_JOB_OK && f->len >= 8) {
+        j->exec_ns = ppc_get_u64(f->payload);
+        size_t n = (size_t)f->len - 8;
+        free(j->result);
+        j->result = malloc(n ? n : 1);
+        if (j->result) {
+            memcpy(j->result, f->payload + 8, n);
+            j->result_len = n;
+            j->status = PPC_JOB_OK;
+        } else {
+            ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory for the job's result");
+        }
+        r->done++;
+        double x = (double)j->exec_ns;
+        r->avg_ns = r->done == 1 ? x : 0.8 * r->avg_ns + 0.2 * x;
+    } else {
+        char msg[400];
+        snprintf(msg, sizeof msg, "node %s: %.*s", r->name, (int)(f->len > 300 ? 300 : f->len),
+                 (const char *)f->payload);
+        ppc_job_fail(j, f->flags == PPC_JOB_OK ? PPC_JOB_EWORKER : f->flags, msg);
+    }
+    ppc_engine_complete(e, j);
+}
+
+static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
+{
+    if (f->type == PPC_F_ERROR) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "refused: %.*s", (int)(f->len > 250 ? 250 : f->len),
+                 (const char *)f->payload);
+        if (r->state == R_READY)
+            lost(e, r, msg);
+        else
+            failed(e, r, msg);
+        return;
+    }
+    switch (r->state) {
+    case R_HELLO:
+        if (f->type == PPC_F_CHALLENGE)
+            on_challenge(e, r, f);
+        else
+            failed(e, r, "not a ppc node (unexpected handshake)");
+        return;
+    case R_AUTH:
+        if (f->type == PPC_F_WELCOME)
+            on_welcome(e, r, f);
+        else
+            failed(e, r, "not a ppc node (unexpected handshake)");
+        return;
+    case R_READY:
+        if (f->type == PPC_F_RESULT)
+            on_result(e, r, f);
+        else if (f->type != PPC_F_PING && f->type != PPC_F_PONG)
+            lost(e, r, "protocol violation");
+        return;
+    default:
+        return;
+    }
+}
+
+void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
+{
+    if (r->c.fd < 0)
+        return;
+    if (r->state == R_CONNECTING) {
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        int err = ppc_net_sock_error(r->c.fd);
+        if (err) {
+            lost(e, r, strerror(err));
+            return;
+        }
+        send_hello(e, r);
+    }
+    if ((events & EPOLLOUT) && ppc_conn_flush(e, &r->c) < 0) {
+        lost(e, r, "connection broken");
+        return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    for (;;) {
+        ppc_frame f;
+        uint64_t lim = r->state == R_READY ? e->opts.max_net_frame : HANDSHAKE_MAX_FRAME;
+        int rc = ppc_frame_parse(ppc_buf_head(&r->c.in), ppc_buf_unread(&r->c.in), lim, &f);
+        if (rc < 0) {
+            lost(e, r, rc == PPC_FRAME_ETOOBIG ? "oversized frame" : "malformed frame");
+            return;
+        }
+        if (rc == PPC_FRAME_OK) {
+            int st = r->state;
+            on_frame(e, r, &f);
+            if (r->c.fd < 0 || (st != r->state && (r->state == R_DOWN || r->state == R_FAILED)))
+                return;
+            ppc_buf_consume(&r->c.in, PPC_FRAME_HDR + (size_t)f.len);
+            continue;
+        }
+        size_t want = f.len ? PPC_FRAME_HDR + (size_t)f.len - ppc_buf_unread(&r->c.in) : 0;
+        int rr = ppc_conn_read(&r->c, want);
+        if (rr > 0)
+            continue;
+        if (rr < 0)
+            lost(e, r, errno ? strerror(errno) : "connection closed by the node");
+        return;
+    }
+}
+
+int ppc_remote_may_run(ppc_engine *e, uint32_t flags)
+{
+    int64_t now = ppc_now_ms();
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        if (r->state == R_FAILED)
+            continue;
+        if (r->state == R_READY && (flags & PPC_BLOB_SAME_PY) && !r->same_py)
+            continue;
+        if (r->state != R_DOWN || now - r->down_since < GRACE_MS)
+            return 1;
+    }
+    return 0;
+}
+
+static int limit(ppc_engine *e, ppc_rnode *r, size_t qlen)
+{
+    int slots = r->ncpus > 0 ? r->ncpus : 1;
+    int lim = slots + 2; /* the reserve: the next jobs already on the wire */
+    if (r->done && r->avg_ns > 0) {
+        double ahead = AHEAD_NS / r->avg_ns;
+        int nready = 0;
+        for (int i = 0; i < e->nrn; i++)
+            nready += e->rn[i]->state == R_READY;
+        double share = (double)qlen / (nready ? nready : 1) / slots;
+        double extra = ahead < share ? ahead : share;
+        if (extra > 255)
+            extra = 255;
+        if (slots * (1 + (int)extra) > lim)
+            lim = slots * (1 + (int)extra);
+    }
+    return lim;
+}
+
+ppc_rnode *ppc_remote_pick(ppc_engine *e, ppc_job *j, size_t qlen)
+{
+    ppc_rnode *best = NULL;
+    double best_load = 0;
+    uint32_t flags = j->fn ? j->fn->flags : 0;
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        if (r->state != R_READY || r->ncpus <= 0)
+            continue;
+        if ((flags & PPC_BLOB_SAME_PY) && !r->same_py)
+            continue;
+        if (r->inflight >= limit(e, r, qlen))
+            continue;
+        double load = (double)r->inflight / r->ncpus;
+        if (!best || load < best_load) {
+            best = r;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+int ppc_remote_dispatch(ppc_engine *e, ppc_rnode *r, ppc_job *j)
+{
+    (void)e;
+    uint64_t fid = j->fn ? j->fn->id : 0;
+    if (fid && !ppc_u64set_has(&r->fns, fid)) {
+        if (ppc_conn_put(&r->c, PPC_F_FUNC, (uint8_t)j->fn->flags, fid, j->fn->data, j->fn->len,
+                         NULL, 0) < 0 ||
+            ppc_u64set_add(&r->fns, fid) < 0)
+            return -1;
+    }
+    uint8_t pre[8];
+    ppc_put_u64(pre, fid);
+    if (ppc_conn_put(&r->c, PPC_F_JOB, 0, j->id, pre, 8, j->args, j->args_len) < 0)
+        return -1;
+    j->next = NULL;
+    if (r->fl_tail)
+        r->fl_tail->next = j;
+    else
+        r->fl_head = j;
+    r->fl_tail = j;
+    r->inflight++;
+    j->node = (uint32_t)r->index;
+    atomic_store_explicit(&j->state, PPC_JOB_RUNNING, memory_order_relaxed);
+    return 0;
+}
+
+void ppc_remote_flush(ppc_engine *e)
+{
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        if (r->c.fd >= 0 && r->state != R_CONNECTING && ppc_buf_unread(&r->c.out) > 0 &&
+            ppc_conn_flush(e, &r->c) < 0)
+            lost(e, r, "connection broken");
+    }
+}
+
+int ppc_remote_tick(ppc_engine *e)
+{
+    int64_t now = ppc_now_ms();
+    int64_t next = -1;
+#define WANT(t)                                                                                    \
+    do {                                                                                           \
+        int64_t d_ = (t)-now;                                                                      \
+        if (d_ < 0)                                                                                \
+            d_ = 0;                                                                                \
+        if (next < 0 || d_ < next)                                                                 \
+            next = d_;                                                                             \
+    } while (0)
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        switch (r->state) {
+        case R_DOWN:
+            if (now >= r->next_attempt)
+                start_connect(e, r);
+            if (r->state == R_DOWN)
+                WANT(r->next_attempt);
+            else
+                WANT(now + HANDSHAKE_MS);
+            if (now - r->down_since < GRACE_MS)
+                WANT(r->down_since + GRACE_MS);
+            break;
+        case R_CONNECTING:
+        case R_HELLO:
+        case R_AUTH:
+            if (now - r->state_since > HANDSHAKE_MS)
+                lost(e, r, "handshake timed out");
+            else
+                WANT(r->state_since + HANDSHAKE_MS);
+            break;
+        case R_READY: {
+            if (now - r->c.last_rx > e->opts.liveness_ms) {
+                char m[96];
+                snprintf(m, sizeof m, "no heartbeat for %.1f s", (now - r->c.last_rx) / 1000.0);
+                lost(e, r, m);
+                break;
+            }
+            int hb = hb_ms(e, r);
+            if (now - r->c.last_tx >= hb) {
+                if (ppc_conn_put(&r->c, PPC_F_PING, 0, 0, NULL, 0, NULL, 0) == 0 &&
+                    ppc_conn_flush(e, &r->c) < 0) {
+                    lost(e, r, "connection broken");
+                    break;
+                }
+                r->c.last_tx = now;
+            }
+            WANT(r->c.last_tx + hb);
+            WANT(r->c.last_rx + e->opts.liveness_ms + 1);
+            break;
+        }
+        default:
+            break;
+        }
+    }
+#undef WANT
+    return (int)next;
+}
+
+void ppc_remote_shutdown(ppc_engine *e)
+{
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        ppc_job *j;
+        while ((j = r->fl_head)) {
+            r->fl_head = j->next;
+            j->next = NULL;
+            ppc_job_fail(j, PPC_JOB_EDESTROYED, "the server was destroyed");
+            ppc_engine_complete(e, j);
+        }
+        r->fl_tail = NULL;
+        r->inflight = 0;
+        if (r->c.fd >= 0 && r->state == R_READY) {
+            ppc_conn_put(&r->c, PPC_F_BYE, 0, 0, NULL, 0, NULL, 0);
+            ppc_conn_flush(e, &r->c);
+        }
+        drop_conn(e, r);
+        r->state = R_DOWN;
+    }
+}
+
+void ppc_remote_free(ppc_engine *e)
+{
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_conn_close(e, &e->rn[i]->c);
+        ppc_u64set_free(&e->rn[i]->fns);
+        free(e->rn[i]);
+    }
+    free(e->rn);
+    e->rn = NULL;
+    e->nrn = e->caprn = 0;
+}

@@ -1,0 +1,66 @@
+/* module.c - the pp._ppc extension module (client and ppserver side): its
+ * types and its exceptions. Workers load the leaner pp/_ppcw instead
+ * (wmodule.c), which has no engine and no libcrypto. */
+#include "ppc_py.h"
+
+static PyMethodDef module_methods[] = {{NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_ppc",
+    "The C engine of pp: job server, worker loop and function shipping.", -1, module_methods,
+    NULL, NULL, NULL, NULL};
+
+static int add_exc(PyObject *m, PyObject **slot, const char *name, PyObject *base, const char *doc)
+{
+    char full[128];
+    snprintf(full, sizeof full, "pp.%s", name);
+    *slot = PyErr_NewExceptionWithDoc(full, doc, base, NULL);
+    if (!*slot)
+        return -1;
+    Py_INCREF(*slot);
+    if (PyModule_AddObject(m, name, *slot) < 0) {
+        Py_DECREF(*slot);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *init_module(const char *name)
+{
+    module_def.m_name = name;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m)
+        return NULL;
+    G.str_default = PyUnicode_InternFromString("default");
+    if (ppc_globals_init() < 0 || !G.str_default)
+        goto fail;
+    if (add_exc(m, &G.DestroyedServerError, "DestroyedServerError", PyExc_RuntimeError,
+                "The job server was destroyed: no job can be submitted, and jobs that were "
+                "pending at destroy() raise this.") < 0 ||
+        add_exc(m, &G.WorkerError, "WorkerError", PyExc_RuntimeError,
+                "A job could not run to completion because its worker process died, or no "
+                "node can ever run it.") < 0 ||
+        add_exc(m, &G.RemoteError, "RemoteError", PyExc_RuntimeError,
+                "A job raised an exception that could not travel back as itself (for "
+                "example it could not be pickled); the message names its type.") < 0 ||
+        add_exc(m, &G.RemoteTraceback, "RemoteTraceback", PyExc_Exception,
+                "Carries the traceback text of an exception raised in a worker; attached "
+                "as __cause__ of the exception job() raises.") < 0)
+        goto fail;
+    if (PyType_Ready(&ppc_ServerType) < 0 || PyType_Ready(&ppc_JobType) < 0)
+        goto fail;
+    Py_INCREF(&ppc_ServerType);
+    if (PyModule_AddObject(m, "Server", (PyObject *)&ppc_ServerType) < 0)
+        goto fail;
+    Py_INCREF(&ppc_JobType);
+    if (PyModule_AddObject(m, "Job", (PyObject *)&ppc_JobType) < 0)
+        goto fail;
+    if (PyModule_AddIntConstant(m, "HIGHEST_PROTOCOL", 5) < 0)
+        goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
+
+PyMODINIT_FUNC PyInit__ppc(void) { return init_module("_ppc"); }

@@ -1,0 +1,82 @@
+/* ppc_py.h - declarations shared by the CPython binding files.
+ *
+ * The binding turns Python objects into the opaque bytes the core engine
+ * moves (function blobs, argument and result pickles) and back. It owns no
+ * scheduling or I/O logic: that is src/core's. */
+#ifndef PPC_PY_H
+#define PPC_PY_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "../core/engine.h"
+
+/* Result payload kinds (first byte of a worker's result). */
+enum { PPC_R_VALUE = 0, PPC_R_EXCEPTION = 1 };
+
+/* Module-wide objects, set up once at import (module.c). */
+typedef struct {
+    PyObject *pickle_dumps;
+    PyObject *pickle_loads;
+    PyObject *DestroyedServerError;
+    PyObject *WorkerError;
+    PyObject *RemoteError;
+    PyObject *RemoteTraceback;
+    PyObject *str_default;
+} ppc_globals;
+extern ppc_globals G;
+
+extern PyTypeObject ppc_ServerType;
+extern PyTypeObject ppc_JobType;
+
+typedef struct {
+    PyObject_HEAD
+    ppc_engine *engine;
+    PyObject *fn_cache;   /* key -> capsule(ppc_blob) */
+    PyObject *groups;     /* group object -> int */
+    PyObject *group_names;/* list: int -> group object */
+    PyObject *event_thread;
+    PyObject *logger;
+    PyObject *ppservers;
+    PyObject *secret;
+    PyObject *last_key[4]; /* func, depfuncs, modules, globals flag of the */
+    PyObject *last_cap;    /* last submit, and its blob: the common case */
+    uint64_t next_fid;
+    int proto;
+    int restart;
+    int raise_exceptions;
+    int destroyed;
+    double socket_timeout;
+    double created;
+} ppc_Server;
+
+typedef struct {
+    PyObject_HEAD
+    ppc_Server *server;
+    ppc_job *job;
+    PyObject *callback;     /* NULL when none */
+    PyObject *callbackargs;
+    PyObject *value;        /* unpacked result, or NULL */
+    PyObject *exc;          /* unpacked exception, or NULL */
+    int unpacked;
+} ppc_Job;
+
+/* pyjob.c */
+ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *cbargs);
+/* Unpack the result once (prints captured output). 0 or -1 with an error. */
+int ppc_job_unpack(ppc_Job *self);
+/* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
+int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
+
+/* ship.c: the function blob for a call, cached per server. Returns a new
+ * reference to a capsule holding a ppc_blob, or NULL with an error. */
+PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
+                        PyObject *globals, PyObject *args_pickle);
+
+/* worker.c */
+PyObject *ppc_worker_main(PyObject *mod, PyObject *args);
+
+/* pyutil.c helpers */
+PyObject *ppc_import_attr(const char *module, const char *attr);
+int ppc_globals_init(void); /* pickle.dumps/loads into G */
+
+#endif

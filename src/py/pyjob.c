@@ -1,0 +1,258 @@
+/* pyjob.c - the Job extension type returned by Server.submit.
+ *
+ * job() waits with the GIL released (in short slices so Ctrl-C is honoured
+ * at once), then unpacks the worker's result a single time: prints what the
+ * job wrote to stdout, unpickles the value, or rebuilds the exception with
+ * the worker's traceback attached as __cause__. */
+#include "ppc_py.h"
+#include <string.h>
+
+
+#define WAIT_SLICE_MS 50
+
+ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *cbargs)
+{
+    ppc_Job *self = PyObject_New(ppc_Job, &ppc_JobType);
+    if (!self)
+        return NULL;
+    Py_INCREF(s);
+    self->server = s;
+    self->job = j;
+    Py_XINCREF(callback);
+    self->callback = callback;
+    Py_INCREF(cbargs);
+    self->callbackargs = cbargs;
+    self->value = NULL;
+    self->exc = NULL;
+    self->unpacked = 0;
+    return self;
+}
+
+int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group)
+{
+    for (;;) {
+        int done;
+        Py_BEGIN_ALLOW_THREADS if (is_group) done = ppc_engine_wait_group(e, group, WAIT_SLICE_MS);
+        else done = ppc_engine_wait_job(e, j, WAIT_SLICE_MS);
+        Py_END_ALLOW_THREADS if (done) return 0;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+}
+
+static int print_output(const char *s, size_t n)
+{
+    PyObject *out = PySys_GetObject("stdout"); /* borrowed */
+    if (!out || out == Py_None)
+        return 0;
+    PyObject *txt = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "replace");
+    if (!txt)
+        return -1;
+    PyObject *r = PyObject_CallMethod(out, "write", "O", txt);
+    Py_DECREF(txt);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *rebuild_exception(PyObject *payload)
+{
+    /* payload: (exception or None, traceback text, type name, message) */
+    PyObject *exc, *tb, *tname, *msg;
+    if (!PyTuple_Check(payload) || !PyArg_ParseTuple(payload, "OOOO", &exc, &tb, &tname, &msg)) {
+        PyErr_Clear();
+        return PyObject_CallFunction(G.RemoteError, "s", "malformed exception from worker");
+    }
+    PyObject *e;
+    if (exc != Py_None && PyExceptionInstance_Check(exc)) {
+        e = exc;
+        Py_INCREF(e);
+    } else {
+        e = PyObject_CallFunction(G.RemoteError, "U", PyUnicode_FromFormat("%S: %S", tname, msg));
+        if (!e)
+            return NULL;
+    }
+    PyObject *cause = PyObject_CallOneArg(G.RemoteTraceback, tb);
+    if (cause) {
+        PyException_SetCause(e, cause); /* steals */
+    } else {
+        PyErr_Clear();
+    }
+    return e;
+}
+
+int ppc_job_unpack(ppc_Job *self)
+{
+    if (self->unpacked)
+        return 0;
+    ppc_job *j = self->job;
+    if (j->status != PPC_JOB_OK) {
+        PyObject *type = j->status == PPC_JOB_EDESTROYED ? G.DestroyedServerError : G.WorkerError;
+        const char *msg = j->result ? (const char *)j->result : "job failed";
+        self->exc = PyObject_CallFunction(type, "s", msg);
+        if (!self->exc)
+            return -1;
+        self->unpacked = 1;
+        return 0;
+    }
+    const uint8_t *p = j->result;
+    size_t n = j->result_len;
+    if (!p || n < 5) {
+        self->exc = PyObject_CallFunction(G.WorkerError, "s", "truncated result from worker");
+        self->unpacked = self->exc != NULL;
+        return self->exc ? 0 : -1;
+    }
+    int kind = p[0];
+    size_t outlen = (size_t)p[1] | (size_t)p[2] << 8 | (size_t)p[3] << 16 | (size_t)p[4] << 24;
+    if (outlen > n - 5) {
+        self->exc = PyObject_CallFunction(G.WorkerError, "s", "malformed result from worker");
+        self->unpacked = self->exc != NULL;
+        return self->exc ? 0 : -1;
+    }
+    if (outlen && print_output((const char *)p + 5, outlen) < 0)
+        return -1;
+    PyObject *mv = PyMemoryView_FromMemory((char *)p + 5 + outlen, (Py_ssize_t)(n - 5 - outlen),
+                                           PyBUF_READ);
+    if (!mv)
+        return -1;
+    PyObject *obj = PyObject_CallOneArg(G.pickle_loads, mv);
+    Py_DECREF(mv);
+    if (!obj) {
+        /* the result cannot be rebuilt here: report it as the job's error */
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_NormalizeException(&t, &v, &tb);
+        Py_XDECREF(t);
+        Py_XDECREF(tb);
+        self->exc = v;
+    } else if (kind == PPC_R_EXCEPTION) {
+        self->exc = rebuild_exception(obj);
+        Py_DECREF(obj);
+        if (!self->exc)
+            return -1;
+    } else {
+        self->value = obj;
+    }
+    self->unpacked = 1;
+    /* the bytes are not needed any more */
+    free(j->result);
+    j->result = NULL;
+    j->result_len = 0;
+    return 0;
+}
+
+static PyObject *Job_result(ppc_Job *self)
+{
+    if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
+        ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
+        return NULL;
+    if (ppc_job_unpack(self) < 0)
+        return NULL;
+    if (self->exc) {
+        if (!self->server->raise_exceptions && self->job->status == PPC_JOB_OK) {
+            /* pp's behaviour: print the error, the result is None */
+            PyObject *cause = PyException_GetCause(self->exc);
+            PyObject *txt = cause ? PyObject_Str(cause) : PyObject_Str(self->exc);
+            Py_XDECREF(cause);
+            if (!txt)
+                return NULL;
+            const char *c = PyUnicode_AsUTF8(txt);
+            char head[] = "An error has occured during the function execution\n";
+            int rc = c ? print_output(head, strlen(head)) : -1;
+            if (rc == 0)
+                rc = print_output(c, strlen(c));
+            Py_DECREF(txt);
+            if (rc < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        PyException_SetTraceback(self->exc, Py_None);
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return NULL;
+    }
+    Py_INCREF(self->value);
+    return self->value;
+}
+
+static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
+{
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "a job is called without arguments");
+        return NULL;
+    }
+    return Job_result(self);
+}
+
+static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Job_finished(ppc_Job *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(atomic_load(&self->job->state) == PPC_JOB_DONE);
+}
+
+static PyObject *Job_tid(ppc_Job *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->job->id);
+}
+
+static PyObject *Job_group(ppc_Job *self, void *c)
+{
+    (void)c;
+    PyObject *names = self->server->group_names;
+    if (!names || self->job->group >= (uint32_t)PyList_GET_SIZE(names))
+        Py_RETURN_NONE;
+    PyObject *g = PyList_GET_ITEM(names, self->job->group);
+    Py_INCREF(g);
+    return g;
+}
+
+static PyObject *Job_repr(ppc_Job *self)
+{
+    int st = atomic_load(&self->job->state);
+    return PyUnicode_FromFormat("<pp job %llu %s>", (unsigned long long)self->job->id,
+                                st == PPC_JOB_DONE ? "finished" : "pending");
+}
+
+static void Job_dealloc(ppc_Job *self)
+{
+    if (self->job)
+        ppc_job_decref(self->job);
+    Py_XDECREF(self->server);
+    Py_XDECREF(self->callback);
+    Py_XDECREF(self->callbackargs);
+    Py_XDECREF(self->value);
+    Py_XDECREF(self->exc);
+    PyObject_Free(self);
+}
+
+static PyMethodDef Job_methods[] = {
+    {"wait", (PyCFunction)Job_wait, METH_NOARGS, "Wait until the job is finished."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Job_getset[] = {
+    {"finished", (getter)Job_finished, NULL, "True once the result (and callback) are in.",
+     NULL},
+    {"tid", (getter)Job_tid, NULL, "The job's id.", NULL},
+    {"group", (getter)Job_group, NULL, "The job's group.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+PyTypeObject ppc_JobType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.Job",
+    .tp_basicsize = sizeof(ppc_Job),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A submitted job; call it to get its result (waits if needed).",
+    .tp_dealloc = (destructor)Job_dealloc,
+    .tp_call = (ternaryfunc)Job_call,
+    .tp_repr = (reprfunc)Job_repr,
+    .tp_methods = Job_methods,
+    .tp_getset = Job_getset,
+};

@@ -1,0 +1,921 @@
+/* server.c - the Server extension type: argument checking of pp's API,
+ * submit (serialize in the caller's thread, hand bytes to the engine),
+ * waiting, worker-count changes, statistics, destroy, and the library's
+ * event thread body (callbacks in completion order, engine log messages
+ * forwarded to the "pp" logger).
+ *
+ * The public class pp.Server derives from this type and adds only the
+ * pure-Python conveniences (print_stats formatting, context manager). */
+#include "ppc_py.h"
+#include <math.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+
+static int detect_ncpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0)
+            return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* "autodetect" or a non-negative int; -1 with TypeError/ValueError set. */
+static int parse_ncpus(PyObject *o)
+{
+    if (PyUnicode_Check(o) && PyUnicode_CompareWithASCIIString(o, "autodetect") == 0)
+        return detect_ncpus();
+    if (!PyLong_Check(o) || PyBool_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "ncpus must have 'int' type");
+        return -1;
+    }
+    long n = PyLong_AsLong(o);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0 || n > 4096) {
+        PyErr_SetString(PyExc_ValueError, "ncpus must be an integer >= 0 (and at most 4096)");
+        return -1;
+    }
+    return (int)n;
+}
+
+/* pp's ppservers entries: "host", "host:port", "*", "*:port",
+ * "192.168.1.*". Checked here so a typo fails at once. */
+static int check_ppservers(PyObject *t)
+{
+    if (!PyTuple_Check(t)) {
+        PyErr_SetString(PyExc_TypeError, "ppservers argument must be a tuple");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        PyObject *s = PyTuple_GET_ITEM(t, i);
+        if (!PyUnicode_Check(s)) {
+            PyErr_SetString(PyExc_TypeError, "ppservers must be a tuple of strings");
+            return -1;
+        }
+        const char *c = PyUnicode_AsUTF8(s);
+        if (!c)
+            return -1;
+        const char *colon = strrchr(c, ':');
+        size_t hostlen = colon ? (size_t)(colon - c) : strlen(c);
+        if (hostlen == 0) {
+            PyErr_Format(PyExc_ValueError, "ppservers entry %R has no host", s);
+            return -1;
+        }
+        for (size_t k = 0; k < hostlen; k++) {
+            char ch = c[k];
+            if (!(ch == '.' || ch == '-' || ch == '*' || ch == '_' || (ch >= '0' && ch <= '9') ||
+                  (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'))) {
+                PyErr_Format(PyExc_ValueError, "ppservers entry %R: invalid host name", s);
+                return -1;
+            }
+        }
+        if (colon) {
+            char *end;
+            long port = strtol(colon + 1, &end, 10);
+            if (*end || end == colon + 1 || port < 1 || port > 65535) {
+                PyErr_Format(PyExc_ValueError,
+                             "ppservers entry %R: port must be an integer in 1..65535", s);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static PyObject *build_init(ppc_Server *self)
+{
+    /* What every worker needs before its first job: the client's import
+     * path, working directory and pickle protocol. */
+    PyObject *path = PySys_GetObject("path"); /* borrowed */
+    PyObject *os_getcwd = ppc_import_attr("os", "getcwd");
+    if (!os_getcwd)
+        return NULL;
+    PyObject *cwd = PyObject_CallNoArgs(os_getcwd);
+    Py_DECREF(os_getcwd);
+    if (!cwd)
+        return NULL;
+    PyObject *d = Py_BuildValue("{sOsOsi}", "path", path ? path : Py_None, "cwd", cwd, "proto",
+                                self->proto);
+    Py_DECREF(cwd);
+    if (!d)
+        return NULL;
+    PyObject *b = PyObject_CallFunction(G.pickle_dumps, "Oi", d, self->proto);
+    Py_DECREF(d);
+    return b;
+}
+
+static PyObject *worker_command(void)
+{
+    /* A lean interpreter: no site (sys.path comes from the client), the
+     * extension found next to this module's file. */
+    PyObject *exe = PySys_GetObject("executable");
+    if (!exe || !PyUnicode_Check(exe) || PyUnicode_GET_LENGTH(exe) == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "sys.executable is not set: cannot start workers");
+        return NULL;
+    }
+    PyObject *mod = PyImport_ImportModule("pp._ppc");
+    if (!mod)
+        return NULL;
+    PyObject *file = PyObject_GetAttrString(mod, "__file__");
+    Py_DECREF(mod);
+    if (!file)
+        return NULL;
+    PyObject *dirname = ppc_import_attr("os.path", "dirname");
+    PyObject *dir = dirname ? PyObject_CallOneArg(dirname, file) : NULL;
+    Py_XDECREF(dirname);
+    Py_DECREF(file);
+    if (!dir)
+        return NULL;
+    PyObject *code = PyUnicode_FromFormat(
+        "import sys;sys.path.insert(0,%R);import _ppcw;_ppcw.worker_main(3,4)", dir);
+    Py_DECREF(dir);
+    if (!code)
+        return NULL;
+    PyObject *argv = Py_BuildValue("(OsssN)", exe, "-S", "-s", "-c", code);
+    return argv;
+}
+
+/* The workers' environment: this process's, with glibc's malloc told to
+ * use transparent huge pages, so large arguments and results do not pay
+ * for faulting in every 4 KiB page (GLIBC_TUNABLES is ours to extend). */
+static PyObject *worker_env(void)
+{
+    PyObject *environ_ = ppc_import_attr("os", "environ");
+    if (!environ_)
+        return NULL;
+    PyObject *items = PyMapping_Items(environ_);
+    Py_DECREF(environ_);
+    if (!items)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    int have_tunables = 0;
+    for (Py_ssize_t i = 0; out && i < PyList_GET_SIZE(items); i++) {
+        PyObject *k = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1);
+        PyObject *kv;
+        if (PyUnicode_CompareWithASCIIString(k, "GLIBC_TUNABLES") == 0) {
+            have_tunables = 1;
+            kv = PyUnicode_FromFormat("%U=%U:glibc.malloc.hugetlb=1", k, v);
+        } else {
+            kv = PyUnicode_FromFormat("%U=%U", k, v);
+        }
+        if (!kv || PyList_Append(out, kv) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(kv);
+    }
+    Py_DECREF(items);
+    if (out && !have_tunables) {
+        PyObject *kv = PyUnicode_FromString("GLIBC_TUNABLES=glibc.malloc.hugetlb=1");
+        if (!kv || PyList_Append(out, kv) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(kv);
+    }
+    return out;
+}
+
+static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
+                             "proto",    "socket_timeout", "raise_exceptions",
+                             "_listen",  "_liveness",      "_announce", "_discover_port",
+                             "_broadcast", NULL};
+    PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
+    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None;
+    const char *bcast = NULL;
+    PyObject *env = NULL;
+    const char **cenv = NULL;
+    int proto = 5, raise_exc = 1, announce = 0, discover_port = 51000;
+    if (self->engine) {
+        PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpiz:Server", kwlist, &ncpus_o,
+                                     &ppservers, &secret, &restart_o, &proto, &timeout_o,
+                                     &raise_exc, &listen, &liveness_o, &announce, &discover_port,
+                                     &bcast))
+        return -1;
+    int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
+    if (ncpus < 0)
+        return -1;
+    if (!ppservers)
+        ppservers = PyTuple_New(0);
+    else
+        Py_INCREF(ppservers);
+    if (!ppservers)
+        return -1;
+    Py_XSETREF(self->ppservers, ppservers);
+    if (check_ppservers(ppservers) < 0)
+        return -1;
+    if (secret != Py_None && !PyUnicode_Check(secret) && !PyBytes_Check(secret)) {
+        PyErr_SetString(PyExc_TypeError, "secret must be of a string type");
+        return -1;
+    }
+    Py_INCREF(secret);
+    Py_XSETREF(self->secret, secret);
+    int restart = PyObject_IsTrue(restart_o);
+    if (restart < 0)
+        return -1;
+    if (proto < 0 || proto > 5) {
+        PyErr_SetString(PyExc_ValueError, "proto must be a pickle protocol number 0..5");
+        return -1;
+    }
+    double timeout = 3600.0;
+    if (timeout_o && timeout_o != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_o);
+        if (timeout == -1.0 && PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "socket_timeout must be a number of seconds");
+            return -1;
+        }
+        if (!(timeout > 0) || isinf(timeout)) {
+            PyErr_SetString(PyExc_ValueError, "socket_timeout must be a positive number");
+            return -1;
+        }
+    }
+    self->proto = proto;
+    self->restart = restart;
+    self->raise_exceptions = raise_exc;
+    self->socket_timeout = timeout;
+    self->next_fid = 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    self->created = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+
+    Py_XSETREF(self->fn_cache, PyDict_New());
+    Py_XSETREF(self->groups, PyDict_New());
+    Py_XSETREF(self->group_names, PyList_New(0));
+    if (!self->fn_cache || !self->groups || !self->group_names)
+        return -1;
+    PyObject *logging_getLogger = ppc_import_attr("logging", "getLogger");
+    if (!logging_getLogger)
+        return -1;
+    Py_XSETREF(self->logger, PyObject_CallFunction(logging_getLogger, "s", "pp"));
+    Py_DECREF(logging_getLogger);
+    if (!self->logger)
+        return -1;
+
+    PyObject *argv = worker_command();
+    if (!argv)
+        return -1;
+    PyObject *init = build_init(self);
+    if (!init) {
+        Py_DECREF(argv);
+        return -1;
+    }
+    Py_ssize_t argc = PyTuple_GET_SIZE(argv);
+    const char *cargv[8] = {NULL};
+    for (Py_ssize_t i = 0; i < argc && i < 7; i++) {
+        cargv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(argv, i));
+        if (!cargv[i]) {
+            Py_DECREF(argv);
+            Py_DECREF(init);
+            return -1;
+        }
+    }
+    env = worker_env();
+    if (!env)
+        goto fail_early;
+    Py_ssize_t nenv = PyList_GET_SIZE(env);
+    cenv = PyMem_Calloc((size_t)nenv + 1, sizeof(char *));
+    if (!cenv) {
+        PyErr_NoMemory();
+        goto fail_early;
+    }
+    for (Py_ssize_t i = 0; i < nenv; i++) {
+        cenv[i] = PyUnicode_AsUTF8(PyList_GET_ITEM(env, i));
+        if (!cenv[i])
+            goto fail_early;
+    }
+    ppc_engine_opts o = {0};
+    o.nworkers = ncpus;
+    o.worker_argv = (char *const *)cargv;
+    o.worker_env = (char *const *)cenv;
+    o.init = (const uint8_t *)PyBytes_AS_STRING(init);
+    o.init_len = (size_t)PyBytes_GET_SIZE(init);
+    o.restart = restart;
+    o.py_major = PY_MAJOR_VERSION;
+    o.py_minor = PY_MINOR_VERSION;
+    o.listen_port = -1;
+    o.discover_port = discover_port;
+    o.broadcast = bcast;
+    o.announce = announce;
+    double liveness = timeout;
+    if (liveness_o != Py_None) {
+        liveness = PyFloat_AsDouble(liveness_o);
+        if (liveness == -1.0 && PyErr_Occurred())
+            goto fail_early;
+    }
+    o.liveness_ms = liveness * 1000 > 2e9 ? 2000000000 : (int)(liveness * 1000);
+    if (o.liveness_ms < 100)
+        o.liveness_ms = 100;
+    if (secret != Py_None) {
+        Py_ssize_t sl;
+        const char *sc = PyBytes_Check(secret) ? PyBytes_AS_STRING(secret)
+                                               : PyUnicode_AsUTF8AndSize(secret, &sl);
+        if (!sc)
+            goto fail_early;
+        if (PyBytes_Check(secret))
+            sl = PyBytes_GET_SIZE(secret);
+        o.secret = (const uint8_t *)sc;
+        o.secret_len = (size_t)sl;
+    }
+    if (listen != Py_None) {
+        if (!PyArg_ParseTuple(listen, "zi:_listen", &o.listen_host, &o.listen_port))
+            goto fail_early;
+    }
+    /* remote nodes: "host[:port]" entries; any "*" entry asks for discovery */
+    Py_ssize_t nps = PyTuple_GET_SIZE(ppservers);
+    const char **nodes = PyMem_Calloc((size_t)nps + 1, sizeof(char *));
+    if (!nodes) {
+        PyErr_NoMemory();
+        goto fail_early;
+    }
+    Py_ssize_t nn = 0;
+    for (Py_ssize_t i = 0; i < nps; i++) {
+        const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(ppservers, i));
+        if (strchr(c, '*'))
+            o.discover = 1;
+        else
+            nodes[nn++] = c;
+    }
+    o.ppservers = nodes;
+    if ((nps > 0 || listen != Py_None) && o.secret_len == 0) {
+        PyMem_Free(nodes);
+        PyErr_SetString(PyExc_ValueError,
+                        "a secret is required to use remote nodes: pass secret=..., or set "
+                        "the PP_SECRET environment variable");
+        goto fail_early;
+    }
+    char err[256] = "";
+    ppc_engine *e;
+    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(&o, err, sizeof err);
+    Py_END_ALLOW_THREADS PyMem_Free(nodes);
+    PyMem_Free(cenv);
+    Py_DECREF(env);
+    Py_DECREF(argv);
+    Py_DECREF(init);
+    if (!e) {
+        PyErr_Format(PyExc_OSError, "cannot start the job server: %s", err);
+        return -1;
+    }
+    self->engine = e;
+    if (0) {
+    fail_early:
+        PyMem_Free(cenv);
+        Py_XDECREF(env);
+        Py_DECREF(argv);
+        Py_DECREF(init);
+        return -1;
+    }
+
+    /* The library's one Python thread: callbacks and log forwarding. */
+    PyObject *Thread = ppc_import_attr("threading", "Thread");
+    if (!Thread)
+        return -1;
+    PyObject *target = PyObject_GetAttrString((PyObject *)self, "_event_loop");
+    PyObject *kwargs = target ? Py_BuildValue("{sOsssO}", "target", target, "name", "pp-events",
+                                              "daemon", Py_True)
+                              : NULL;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *th = kwargs && empty ? PyObject_Call(Thread, empty, kwargs) : NULL;
+    Py_XDECREF(empty);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(target);
+    Py_DECREF(Thread);
+    if (!th)
+        return -1;
+    PyObject *r = PyObject_CallMethod(th, "start", NULL);
+    if (!r) {
+        Py_DECREF(th);
+        return -1;
+    }
+    Py_DECREF(r);
+    Py_XSETREF(self->event_thread, th);
+    return 0;
+}
+
+static int check_alive(ppc_Server *self)
+{
+    if (!self->engine) {
+        PyErr_SetString(PyExc_RuntimeError, "Server.__init__ was not called");
+        return -1;
+    }
+    if (self->destroyed) {
+        PyErr_SetString(G.DestroyedServerError,
+                        "Cannot submit jobs: server instance has been destroyed");
+        return -1;
+    }
+    return 0;
+}
+
+static int group_id(ppc_Server *self, PyObject *group, uint32_t *out)
+{
+    PyObject *v = PyDict_GetItemWithError(self->groups, group);
+    if (v) {
+        *out = (uint32_t)PyLong_AsUnsignedLong(v);
+        return 0;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(self->group_names);
+    PyObject *idx = PyLong_FromSsize_t(n);
+    if (!idx)
+        return -1;
+    int rc = PyDict_SetItem(self->groups, group, idx);
+    Py_DECREF(idx);
+    if (rc < 0 || PyList_Append(self->group_names, group) < 0)
+        return -1;
+    *out = (uint32_t)n;
+    return 0;
+}
+
+static int check_tuple(PyObject *o, const char *name)
+{
+    if (!PyTuple_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s argument must be a tuple", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Server_submit(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"func",  "args",   "depfuncs", "modules", "callback", "callbackargs",
+                             "group", "globals", NULL};
+    PyObject *func, *fargs = NULL, *depfuncs = NULL, *modules = NULL, *callback = Py_None;
+    PyObject *cbargs = NULL, *group = NULL, *globals = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOOOO:submit", kwlist, &func, &fargs,
+                                     &depfuncs, &modules, &callback, &cbargs, &group, &globals))
+        return NULL;
+    if (check_alive(self) < 0)
+        return NULL;
+    PyObject *empty = NULL;
+    if (!fargs || !depfuncs || !modules || !cbargs) {
+        empty = PyTuple_New(0);
+        if (!empty)
+            return NULL;
+    }
+    if (!fargs)
+        fargs = empty;
+    if (!depfuncs)
+        depfuncs = empty;
+    if (!modules)
+        modules = empty;
+    if (!cbargs)
+        cbargs = empty;
+    PyObject *result = NULL, *call_args = NULL, *pick = NULL, *blob = NULL;
+    if (!group)
+        group = G.str_default;
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "func argument must be callable");
+        goto done;
+    }
+    if (check_tuple(fargs, "args") < 0 || check_tuple(depfuncs, "depfuncs") < 0 ||
+        check_tuple(modules, "modules") < 0 || check_tuple(cbargs, "callbackargs") < 0)
+        goto done;
+    if (globals != Py_None && !PyDict_Check(globals)) {
+        PyErr_SetString(PyExc_TypeError, "globals argument must be a dictionary");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(modules); i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(modules, i))) {
+            PyErr_SetString(PyExc_TypeError, "modules argument must be a list of strings");
+            goto done;
+        }
+    }
+    if (callback != Py_None && !PyCallable_Check(callback)) {
+        PyErr_SetString(PyExc_TypeError, "callback argument must be callable or None");
+        goto done;
+    }
+    /* A bound method travels as its function with self as first argument. */
+    if (PyMethod_Check(func)) {
+        PyObject *selfobj = PyMethod_GET_SELF(func);
+        func = PyMethod_GET_FUNCTION(func);
+        Py_ssize_t n = PyTuple_GET_SIZE(fargs);
+        call_args = PyTuple_New(n + 1);
+        if (!call_args)
+            goto done;
+        Py_INCREF(selfobj);
+        PyTuple_SET_ITEM(call_args, 0, selfobj);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *a = PyTuple_GET_ITEM(fargs, i);
+            Py_INCREF(a);
+            PyTuple_SET_ITEM(call_args, i + 1, a);
+        }
+    } else {
+        call_args = fargs;
+        Py_INCREF(call_args);
+    }
+    pick = PyObject_CallFunction(G.pickle_dumps, "Oi", call_args, self->proto);
+    if (!pick)
+        goto done;
+    blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pick);
+    if (!blob)
+        goto done;
+    uint32_t gid;
+    if (group_id(self, group, &gid) < 0)
+        goto done;
+    ppc_blob *b = PyCapsule_GetPointer(blob, "ppc_blob");
+    if (!b)
+        goto done;
+    ppc_job *j = ppc_job_new(b, PyBytes_AS_STRING(pick), (size_t)PyBytes_GET_SIZE(pick));
+    if (!j) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int has_cb = callback != Py_None;
+    ppc_Job *jo = ppc_job_wrap(self, j, has_cb ? callback : NULL, cbargs);
+    if (!jo) {
+        ppc_job_decref(j);
+        goto done;
+    }
+    if (has_cb) {
+        Py_INCREF(jo); /* released by the event thread after the callback */
+        j->user = jo;
+    }
+    if (ppc_engine_submit(self->engine, j, gid, has_cb) < 0) {
+        if (has_cb) {
+            j->user = NULL;
+            Py_DECREF(jo);
+        }
+        Py_DECREF(jo);
+        PyErr_SetString(G.DestroyedServerError,
+                        "Cannot submit jobs: server instance has been destroyed");
+        goto done;
+    }
+    result = (PyObject *)jo;
+done:
+    Py_XDECREF(empty);
+    Py_XDECREF(call_args);
+    Py_XDECREF(pick);
+    Py_XDECREF(blob);
+    return result;
+}
+
+static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"group", NULL};
+    PyObject *group = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait", kwlist, &group))
+        return NULL;
+    if (!self->engine)
+        Py_RETURN_NONE;
+    uint32_t gid = PPC_GROUP_ALL;
+    if (group != Py_None) {
+        PyObject *v = PyDict_GetItemWithError(self->groups, group);
+        if (!v) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE; /* no job was ever submitted in that group */
+        }
+        gid = (uint32_t)PyLong_AsUnsignedLong(v);
+    }
+    if (ppc_wait_interruptible(self->engine, NULL, gid, 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!self->engine)
+        return PyLong_FromLong(0);
+    return PyLong_FromLong(ppc_engine_get_workers(self->engine));
+}
+
+static PyObject *Server_set_ncpus(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ncpus", NULL};
+    PyObject *o = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:set_ncpus", kwlist, &o))
+        return NULL;
+    int n = o ? parse_ncpus(o) : detect_ncpus();
+    if (n < 0)
+        return NULL;
+    if (check_alive(self) < 0)
+        return NULL;
+    if (ppc_engine_set_workers(self->engine, n) < 0) {
+        PyErr_SetString(G.DestroyedServerError, "server instance has been destroyed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Server_get_active_nodes(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    PyObject *d = PyDict_New();
+    if (!d || !self->engine || self->destroyed)
+        return d;
+    ppc_node_stats st[64];
+    int n = ppc_engine_stats(self->engine, st, 64);
+    for (int i = 0; i < n; i++) {
+        if (!st[i].active)
+            continue;
+        PyObject *v = PyLong_FromLong(st[i].ncpus);
+        if (!v || PyDict_SetItemString(d, st[i].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *Server_stats(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    PyObject *d = PyDict_New();
+    if (!d || !self->engine)
+        return d;
+    ppc_node_stats st[64];
+    int n = ppc_engine_stats(self->engine, st, 64);
+    for (int i = 0; i < n; i++) {
+        PyObject *v = Py_BuildValue("(iKd)", st[i].ncpus, (unsigned long long)st[i].njobs,
+                                    (double)st[i].time_ns / 1e9);
+        if (!v || PyDict_SetItemString(d, st[i].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    int port = -1, n = 0;
+    int64_t idle = 0;
+    if (self->engine)
+        ppc_engine_server_info(self->engine, &port, &n, &idle);
+    return Py_BuildValue("(iid)", port, n, (double)idle / 1000.0);
+}
+
+static PyObject *Server_active_tasks(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyLong_FromSize_t(self->engine ? ppc_engine_pending(self->engine) : 0);
+}
+
+static PyObject *Server_worker_pids(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    int pids[1024];
+    int n = self->engine ? ppc_engine_worker_pids(self->engine, pids, 1024) : 0;
+    PyObject *l = PyList_New(n);
+    for (int i = 0; l && i < n; i++) {
+        PyObject *v = PyLong_FromLong(pids[i]);
+        if (!v) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, i, v);
+    }
+    return l;
+}
+
+static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!self->engine || self->destroyed)
+        Py_RETURN_NONE;
+    self->destroyed = 1;
+    Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
+    Py_END_ALLOW_THREADS
+    /* Let the event thread deliver what is left, then end, unless we are
+     * that thread (destroy() called from a callback). */
+    if (self->event_thread) {
+        PyObject *cur = ppc_import_attr("threading", "current_thread");
+        PyObject *me = cur ? PyObject_CallNoArgs(cur) : NULL;
+        Py_XDECREF(cur);
+        if (!me)
+            return NULL;
+        if (me != self->event_thread) {
+            PyObject *r = PyObject_CallMethod(self->event_thread, "join", "d", 5.0);
+            if (!r) {
+                Py_DECREF(me);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(me);
+    }
+    Py_RETURN_NONE;
+}
+
+static void log_message(ppc_Server *self, int level, const char *msg)
+{
+    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
+    if (!r)
+        PyErr_WriteUnraisable(self->logger);
+    Py_XDECREF(r);
+}
+
+/* Run one job's callback on the event thread: callback(*callbackargs,
+ * result). Errors in the callback are logged, never lost. */
+static void run_callback(ppc_Server *self, ppc_job *j)
+{
+    ppc_Job *jo = (ppc_Job *)j->user;
+    j->user = NULL;
+    if (!jo)
+        return;
+    if (j->status == PPC_JOB_EDESTROYED) {
+        Py_DECREF(jo);
+        return;
+    }
+    if (ppc_job_unpack(jo) < 0) {
+        PyErr_WriteUnraisable((PyObject *)jo);
+        Py_DECREF(jo);
+        return;
+    }
+    PyObject *value = NULL;
+    if (jo->exc && self->raise_exceptions) {
+        PyObject *s = PyObject_Repr(jo->exc);
+        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
+                                          "job %d raised %r; its callback was not called",
+                                          (unsigned long long)j->id, s ? s : Py_None);
+        Py_XDECREF(s);
+        if (!r)
+            PyErr_WriteUnraisable(self->logger);
+        Py_XDECREF(r);
+        Py_DECREF(jo);
+        return;
+    }
+    value = jo->exc ? Py_None : jo->value;
+    Py_ssize_t n = PyTuple_GET_SIZE(jo->callbackargs);
+    PyObject *a = PyTuple_New(n + 1);
+    if (a) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PyTuple_GET_ITEM(jo->callbackargs, i);
+            Py_INCREF(x);
+            PyTuple_SET_ITEM(a, i, x);
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(a, n, value);
+        PyObject *r = PyObject_Call(jo->callback, a, NULL);
+        Py_DECREF(a);
+        if (r) {
+            Py_DECREF(r);
+        } else {
+            PyObject *t, *exc, *tb;
+            PyErr_Fetch(&t, &exc, &tb);
+            PyErr_NormalizeException(&t, &exc, &tb);
+            if (tb && exc)
+                PyException_SetTraceback(exc, tb);
+            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
+            PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
+                                         exc ? exc : Py_None);
+            PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
+            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
+            if (!rr)
+                PyErr_WriteUnraisable(self->logger);
+            Py_XDECREF(rr);
+            Py_XDECREF(meth);
+            Py_XDECREF(pa);
+            Py_XDECREF(pk);
+            Py_XDECREF(t);
+            Py_XDECREF(exc);
+            Py_XDECREF(tb);
+        }
+    }
+    Py_DECREF(jo);
+}
+
+static PyObject *Server_event_loop(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    ppc_engine *e = self->engine;
+    if (!e)
+        Py_RETURN_NONE;
+    Py_INCREF(self);
+    for (;;) {
+        ppc_event ev;
+        int kind;
+        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &ev);
+        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
+        if (kind == PPC_EV_LOG) {
+            log_message(self, ev.level, ev.msg);
+        } else if (kind == PPC_EV_JOB) {
+            run_callback(self, ev.job);
+            ppc_engine_callback_done(e, ev.job);
+        }
+    }
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Server_get_created(ppc_Server *self, void *c)
+{
+    (void)c;
+    return PyFloat_FromDouble(self->created);
+}
+
+static PyObject *Server_get_destroyed(ppc_Server *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->destroyed);
+}
+
+static PyObject *Server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    (void)args;
+    (void)kw;
+    return type->tp_alloc(type, 0);
+}
+
+static int Server_traverse(ppc_Server *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fn_cache);
+    Py_VISIT(self->groups);
+    Py_VISIT(self->group_names);
+    Py_VISIT(self->event_thread);
+    Py_VISIT(self->logger);
+    for (int i = 0; i < 4; i++)
+        Py_VISIT(self->last_key[i]);
+    Py_VISIT(self->last_cap);
+    return 0;
+}
+
+static int Server_clear(ppc_Server *self)
+{
+    for (int i = 0; i < 4; i++)
+        Py_CLEAR(self->last_key[i]);
+    Py_CLEAR(self->last_cap);
+    Py_CLEAR(self->fn_cache);
+    Py_CLEAR(self->groups);
+    Py_CLEAR(self->group_names);
+    Py_CLEAR(self->event_thread);
+    Py_CLEAR(self->logger);
+    Py_CLEAR(self->ppservers);
+    Py_CLEAR(self->secret);
+    return 0;
+}
+
+static void Server_dealloc(ppc_Server *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->engine) {
+        ppc_engine *e = self->engine;
+        self->engine = NULL;
+        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
+        Py_END_ALLOW_THREADS
+    }
+    Server_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Server_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Server_submit, METH_VARARGS | METH_KEYWORDS,
+     "submit(func, args=(), depfuncs=(), modules=(), callback=None, callbackargs=(), "
+     "group='default', globals=None)\n--\n\nSubmit func(*args) for execution; returns a job "
+     "whose call returns the result."},
+    {"wait", (PyCFunction)(void (*)(void))Server_wait, METH_VARARGS | METH_KEYWORDS,
+     "wait(group=None)\n--\n\nWait for all jobs of the group (all jobs when None) and their "
+     "callbacks."},
+    {"get_ncpus", (PyCFunction)Server_get_ncpus, METH_NOARGS,
+     "Number of local worker processes."},
+    {"set_ncpus", (PyCFunction)(void (*)(void))Server_set_ncpus, METH_VARARGS | METH_KEYWORDS,
+     "set_ncpus(ncpus='autodetect')\n--\n\nGrow or shrink the local pool, also while jobs run."},
+    {"get_active_nodes", (PyCFunction)Server_get_active_nodes, METH_NOARGS,
+     "Dictionary node name -> number of workers, for the nodes in use."},
+    {"_stats", (PyCFunction)Server_stats, METH_NOARGS,
+     "Node name -> (ncpus, njobs, seconds of job time)."},
+    {"_active_tasks", (PyCFunction)Server_active_tasks, METH_NOARGS,
+     "Number of jobs submitted and not yet done."},
+    {"_server_info", (PyCFunction)Server_server_info, METH_NOARGS,
+     "ppserver: (port, clients connected, seconds without a client)."},
+    {"_worker_pids", (PyCFunction)Server_worker_pids, METH_NOARGS,
+     "Process ids of the live local workers."},
+    {"destroy", (PyCFunction)Server_destroy, METH_NOARGS,
+     "Stop the workers; pending jobs raise DestroyedServerError."},
+    {"_event_loop", (PyCFunction)Server_event_loop, METH_NOARGS,
+     "Body of the library's event thread (callbacks and log messages)."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Server_getset[] = {
+    {"_created", (getter)Server_get_created, NULL, "Creation time (time.time()).", NULL},
+    {"_destroyed", (getter)Server_get_destroyed, NULL, "True after destroy().", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+PyTypeObject ppc_ServerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.Server",
+    .tp_basicsize = sizeof(ppc_Server),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Parallel Python job server (engine in C).",
+    .tp_new = Server_new,
+    .tp_init = (initproc)Server_init,
+    .tp_dealloc = (destructor)Server_dealloc,
+    .tp_traverse = (traverseproc)Server_traverse,
+    .tp_clear = (inquiry)Server_clear,
+    .tp_methods = Server_methods,
+    .tp_getset = Server_getset,
+};

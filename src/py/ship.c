@@ -1,0 +1,568 @@
+/* ship.c - function shipping on the client: turn (func, depfuncs, modules,
+ * globals) into one function blob, cached per server so each distinct
+ * combination is encoded once and sent once per worker.
+ *
+ * Each function travels in the cheapest form that works, per DESIGN.md:
+ *   ("ref",  name, module, qualname)      importable: module + name
+ *   ("src",  name, top, qualname, source, filename, firstline)
+ *                                         defined in __main__ with source
+ *   ("code", name, marshal, defaults, kwdefaults, closure, qualname)
+ *                                         lambdas, closures, no source
+ *   ("obj",  name, pickle)                any other picklable callable
+ * The blob is pickle((modules, deps, main)). Classes defined in __main__
+ * that the pickled arguments refer to travel as extra deps, so instances
+ * of user classes arrive with their definitions. */
+#include "ppc_py.h"
+#include <string.h>
+
+
+static PyObject *mod_main(void)
+{
+    PyObject *modules = PySys_GetObject("modules");
+    return modules ? PyDict_GetItemString(modules, "__main__") : NULL; /* borrowed */
+}
+
+/* getattr along a dotted path; new reference or NULL (no error set). */
+static PyObject *resolve(PyObject *root, PyObject *qualname)
+{
+    PyObject *dot = PyUnicode_FromString(".");
+    PyObject *parts = dot ? PyUnicode_Split(qualname, dot, -1) : NULL;
+    Py_XDECREF(dot);
+    if (!parts) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *cur = root;
+    Py_INCREF(cur);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts) && cur; i++) {
+        PyObject *nx = PyObject_GetAttr(cur, PyList_GET_ITEM(parts, i));
+        Py_DECREF(cur);
+        cur = nx;
+    }
+    Py_DECREF(parts);
+    if (!cur)
+        PyErr_Clear();
+    return cur;
+}
+
+static PyObject *attr_or_none(PyObject *o, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (!v) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return v;
+}
+
+static int has_lt(PyObject *s)
+{
+    return PyUnicode_FindChar(s, '<', 0, PyUnicode_GET_LENGTH(s), 1) >= 0;
+}
+
+/* ("src", ...) for an object of __main__, or Py_None when no usable
+ * source exists. */
+static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
+{
+    PyObject *main = mod_main();
+    if (!main)
+        Py_RETURN_NONE;
+    Py_ssize_t dot = PyUnicode_FindChar(qn, '.', 0, PyUnicode_GET_LENGTH(qn), 1);
+    PyObject *top = dot >= 0 ? PyUnicode_Substring(qn, 0, dot) : (Py_INCREF(qn), qn);
+    if (!top)
+        return NULL;
+    PyObject *topobj = PyObject_GetAttr(main, top);
+    if (!topobj) {
+        PyErr_Clear();
+        Py_DECREF(top);
+        Py_RETURN_NONE;
+    }
+    PyObject *res = NULL;
+    int same = 0;
+    if (dot >= 0) {
+        /* a method or nested class: the path from the top object must lead to it */
+        PyObject *rest = PyUnicode_Substring(qn, dot + 1, PyUnicode_GET_LENGTH(qn));
+        PyObject *r = rest ? resolve(topobj, rest) : NULL;
+        Py_XDECREF(rest);
+        PyErr_Clear();
+        PyObject *rf = r && !PyFunction_Check(r) ? PyObject_GetAttrString(r, "__func__") : NULL;
+        PyErr_Clear();
+        same = r == obj || (rf && rf == obj);
+        Py_XDECREF(rf);
+        Py_XDECREF(r);
+    } else {
+        same = topobj == obj;
+    }
+    if (!same || (PyFunction_Check(obj) && dot < 0 && PyFunction_GET_CLOSURE(obj))) {
+        res = Py_None;
+        Py_INCREF(res);
+        goto out;
+    }
+    PyObject *getsourcelines = ppc_import_attr("inspect", "getsourcelines");
+    PyObject *getsourcefile = ppc_import_attr("inspect", "getsourcefile");
+    PyObject *dedent = ppc_import_attr("textwrap", "dedent");
+    PyObject *lines = NULL, *src = NULL, *file = NULL, *empty = NULL, *joined = NULL;
+    if (!getsourcelines || !getsourcefile || !dedent)
+        goto src_out;
+    lines = PyObject_CallOneArg(getsourcelines, topobj);
+    if (!lines || !PyTuple_Check(lines) || PyTuple_GET_SIZE(lines) != 2) {
+        PyErr_Clear();
+        res = Py_None;
+        Py_INCREF(res);
+        goto src_out;
+    }
+    empty = PyUnicode_FromString("");
+    joined = empty ? PyUnicode_Join(empty, PyTuple_GET_ITEM(lines, 0)) : NULL;
+    src = joined ? PyObject_CallOneArg(dedent, joined) : NULL;
+    if (!src)
+        goto src_out;
+    /* A decorated function needs its decorator in the worker: ship it as
+     * code instead. Decorated classes keep their source. */
+    if (PyFunction_Check(obj) && dot < 0 && PyUnicode_GET_LENGTH(src) > 0 &&
+        PyUnicode_READ_CHAR(src, 0) == '@') {
+        res = Py_None;
+        Py_INCREF(res);
+        goto src_out;
+    }
+    file = PyObject_CallOneArg(getsourcefile, topobj);
+    if (!file) {
+        PyErr_Clear();
+        file = PyUnicode_FromString("<pp>");
+    } else if (file == Py_None) {
+        Py_DECREF(file);
+        file = PyUnicode_FromString("<pp>");
+    }
+    if (!file)
+        goto src_out;
+    res = Py_BuildValue("(sOOOOOO)", "src", name, top, qn, src, file,
+                        PyTuple_GET_ITEM(lines, 1));
+src_out:
+    Py_XDECREF(getsourcelines);
+    Py_XDECREF(getsourcefile);
+    Py_XDECREF(dedent);
+    Py_XDECREF(lines);
+    Py_XDECREF(src);
+    Py_XDECREF(file);
+    Py_XDECREF(empty);
+    Py_XDECREF(joined);
+out:
+    Py_DECREF(topobj);
+    Py_DECREF(top);
+    return res;
+}
+
+static PyObject *code_spec(PyObject *f, PyObject *name, PyObject *qn, int proto)
+{
+    (void)proto;
+    PyObject *marshal_dumps = ppc_import_attr("marshal", "dumps");
+    if (!marshal_dumps)
+        return NULL;
+    PyObject *code = PyObject_CallOneArg(marshal_dumps, PyFunction_GET_CODE(f));
+    Py_DECREF(marshal_dumps);
+    if (!code)
+        return NULL;
+    PyObject *closure = PyFunction_GET_CLOSURE(f);
+    PyObject *values = Py_None;
+    Py_INCREF(values);
+    if (closure && PyTuple_Check(closure)) {
+        Py_DECREF(values);
+        values = PyTuple_New(PyTuple_GET_SIZE(closure));
+        for (Py_ssize_t i = 0; values && i < PyTuple_GET_SIZE(closure); i++) {
+            PyObject *v = PyCell_GET(PyTuple_GET_ITEM(closure, i));
+            if (!v) {
+                Py_DECREF(values);
+                Py_DECREF(code);
+                PyErr_Format(PyExc_TypeError,
+                             "cannot ship %R: a variable of its closure is not set yet", f);
+                return NULL;
+            }
+            Py_INCREF(v);
+            PyTuple_SET_ITEM(values, i, v);
+        }
+        if (!values) {
+            Py_DECREF(code);
+            return NULL;
+        }
+    }
+    PyObject *defaults = PyFunction_GET_DEFAULTS(f);
+    PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(f);
+    PyObject *r = Py_BuildValue("(sONOOOO)", "code", name, code, defaults ? defaults : Py_None,
+                                kwdefaults ? kwdefaults : Py_None, values, qn);
+    Py_DECREF(values);
+    return r;
+}
+
+/* The travelling form of one function or class. */
+static PyObject *fspec(PyObject *obj, int proto)
+{
+    PyObject *name = attr_or_none(obj, "__name__");
+    PyObject *mod = attr_or_none(obj, "__module__");
+    PyObject *qn = attr_or_none(obj, "__qualname__");
+    PyObject *res = NULL;
+    if (!PyUnicode_Check(name)) {
+        Py_DECREF(name);
+        name = PyUnicode_FromString("func");
+        if (!name)
+            goto out;
+    }
+    if (!PyUnicode_Check(qn)) {
+        Py_DECREF(qn);
+        qn = name;
+        Py_INCREF(qn);
+    }
+    if (PyUnicode_Check(mod) && !has_lt(qn)) {
+        if (PyUnicode_CompareWithASCIIString(mod, "__main__") != 0) {
+            PyObject *m = PyImport_Import(mod);
+            if (!m)
+                PyErr_Clear();
+            PyObject *r = m ? resolve(m, qn) : NULL;
+            Py_XDECREF(m);
+            int same = r == obj;
+            Py_XDECREF(r);
+            if (same) {
+                res = Py_BuildValue("(sOOO)", "ref", name, mod, qn);
+                goto out;
+            }
+        } else {
+            res = source_spec(obj, name, qn);
+            if (!res || res != Py_None)
+                goto out;
+            Py_CLEAR(res);
+        }
+    }
+    if (PyFunction_Check(obj)) {
+        res = code_spec(obj, name, qn, proto);
+        goto out;
+    }
+    PyObject *pick = PyObject_CallFunction(G.pickle_dumps, "Oi", obj, proto);
+    if (!pick) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyErr_Format(PyExc_TypeError, "cannot ship %R to the workers: %S", obj, v ? v : Py_None);
+        Py_XDECREF(t);
+        Py_XDECREF(v);
+        Py_XDECREF(tb);
+        goto out;
+    }
+    res = Py_BuildValue("(sON)", "obj", name, pick);
+out:
+    Py_XDECREF(name);
+    Py_XDECREF(mod);
+    Py_XDECREF(qn);
+    return res;
+}
+
+/* Names of __main__ globals a pickle refers to (memo-aware scan of the
+ * opcodes). Only called when the bytes contain "__main__". */
+static PyObject *main_refs(PyObject *pick)
+{
+    PyObject *genops = ppc_import_attr("pickletools", "genops");
+    if (!genops)
+        return NULL;
+    PyObject *it = PyObject_CallOneArg(genops, pick);
+    Py_DECREF(genops);
+    if (!it)
+        return NULL;
+    PyObject *names = PySet_New(NULL), *stack = PyList_New(0), *memo = PyDict_New();
+    PyObject *item = NULL;
+    if (!names || !stack || !memo)
+        goto fail;
+    while ((item = PyIter_Next(it))) {
+        PyObject *op = PyTuple_GET_ITEM(item, 0), *arg = PyTuple_GET_ITEM(item, 1);
+        PyObject *opname = PyObject_GetAttrString(op, "name");
+        if (!opname)
+            goto fail;
+        const char *on = PyUnicode_AsUTF8(opname);
+        if (!on) {
+            Py_DECREF(opname);
+            goto fail;
+        }
+        if (strstr(on, "UNICODE") && PyUnicode_Check(arg)) {
+            PyList_Append(stack, arg);
+        } else if (!strcmp(on, "MEMOIZE")) {
+            PyObject *k = PyLong_FromSsize_t(PyDict_GET_SIZE(memo));
+            Py_ssize_t n = PyList_GET_SIZE(stack);
+            if (k)
+                PyDict_SetItem(memo, k, n ? PyList_GET_ITEM(stack, n - 1) : Py_None);
+            Py_XDECREF(k);
+        } else if (strstr(on, "GET") && PyLong_Check(arg)) {
+            PyObject *v = PyDict_GetItem(memo, arg);
+            PyList_Append(stack, v ? v : Py_None);
+        } else if (!strcmp(on, "STACK_GLOBAL")) {
+            Py_ssize_t n = PyList_GET_SIZE(stack);
+            if (n >= 2) {
+                PyObject *m = PyList_GET_ITEM(stack, n - 2), *nm = PyList_GET_ITEM(stack, n - 1);
+                if (PyUnicode_Check(m) && PyUnicode_Check(nm) &&
+                    PyUnicode_CompareWithASCIIString(m, "__main__") == 0)
+                    PySet_Add(names, nm);
+            }
+        } else if ((!strcmp(on, "GLOBAL") || !strcmp(on, "INST")) && PyUnicode_Check(arg)) {
+            const char *a = PyUnicode_AsUTF8(arg);
+            if (a && !strncmp(a, "__main__ ", 9))
+                PySet_Add(names, PyUnicode_FromString(a + 9));
+        }
+        Py_DECREF(opname);
+        Py_DECREF(item);
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    Py_DECREF(it);
+    Py_DECREF(stack);
+    Py_DECREF(memo);
+    PyObject *lst = PySequence_List(names);
+    Py_DECREF(names);
+    if (lst && PyList_Sort(lst) < 0)
+        Py_CLEAR(lst);
+    PyObject *t = lst ? PyList_AsTuple(lst) : NULL;
+    Py_XDECREF(lst);
+    return t;
+fail:
+    Py_XDECREF(item);
+    Py_DECREF(it);
+    Py_XDECREF(names);
+    Py_XDECREF(stack);
+    Py_XDECREF(memo);
+    return NULL;
+}
+
+/* Names used by a code object and the code objects nested in it. */
+static int code_names(PyObject *code, PyObject *out)
+{
+    PyObject *names = PyObject_GetAttrString(code, "co_names");
+    PyObject *consts = PyObject_GetAttrString(code, "co_consts");
+    int rc = -1;
+    if (!names || !consts)
+        goto out;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+        if (PySet_Add(out, PyTuple_GET_ITEM(names, i)) < 0)
+            goto out;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(consts); i++) {
+        PyObject *c = PyTuple_GET_ITEM(consts, i);
+        if (PyCode_Check(c) && code_names(c, out) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(names);
+    Py_XDECREF(consts);
+    return rc;
+}
+
+/* pp's globals=globals(): modules, functions and classes of that dict
+ * which the function (transitively) names are imported/shipped too. */
+static int autoimport(PyObject *func, PyObject *globals, PyObject *deps, PyObject *mods)
+{
+    PyObject *todo = PyList_New(0), *seen = PySet_New(NULL);
+    int rc = -1;
+    if (!todo || !seen || PyList_Append(todo, func) < 0)
+        goto out;
+    while (PyList_GET_SIZE(todo)) {
+        Py_ssize_t last = PyList_GET_SIZE(todo) - 1;
+        PyObject *f = PyList_GET_ITEM(todo, last);
+        Py_INCREF(f);
+        PyList_SetSlice(todo, last, last + 1, NULL);
+        PyObject *names = PySet_New(NULL);
+        if (!names) {
+            Py_DECREF(f);
+            goto out;
+        }
+        int r = 0;
+        if (PyFunction_Check(f))
+            r = code_names(PyFunction_GET_CODE(f), names);
+        else if (PyType_Check(f)) {
+            PyObject *d = PyObject_GetAttrString(f, "__dict__");
+            PyObject *vals = d ? PyMapping_Values(d) : NULL;
+            for (Py_ssize_t i = 0; vals && i < PyList_GET_SIZE(vals) && r == 0; i++) {
+                PyObject *v = PyList_GET_ITEM(vals, i);
+                if (PyFunction_Check(v))
+                    r = code_names(PyFunction_GET_CODE(v), names);
+            }
+            Py_XDECREF(vals);
+            Py_XDECREF(d);
+            if (!vals)
+                r = -1;
+        }
+        Py_DECREF(f);
+        PyObject *it = r == 0 ? PyObject_GetIter(names) : NULL;
+        PyObject *n;
+        while (it && (n = PyIter_Next(it))) {
+            PyObject *v = PyDict_GetItemWithError(globals, n);
+            if (v && PySet_Contains(seen, n) == 0) {
+                PySet_Add(seen, n);
+                if (PyModule_Check(v)) {
+                    PyObject *mn = PyModule_GetNameObject(v);
+                    PyObject *stmt = NULL;
+                    if (mn)
+                        stmt = PyUnicode_Compare(mn, n) == 0
+                                   ? PyUnicode_FromFormat("import %U", mn)
+                                   : PyUnicode_FromFormat("import %U as %U", mn, n);
+                    if (!mn && PyErr_ExceptionMatches(PyExc_SystemError))
+                        PyErr_Clear();
+                    if (stmt)
+                        PyList_Append(mods, stmt);
+                    Py_XDECREF(stmt);
+                    Py_XDECREF(mn);
+                } else if (PyFunction_Check(v) || PyType_Check(v)) {
+                    PyList_Append(deps, v);
+                    PyList_Append(todo, v);
+                }
+            }
+            Py_DECREF(n);
+        }
+        Py_XDECREF(it);
+        Py_DECREF(names);
+        if (PyErr_Occurred())
+            goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(todo);
+    Py_XDECREF(seen);
+    return rc;
+}
+
+static void blob_capsule_free(PyObject *cap)
+{
+    ppc_blob_decref(PyCapsule_GetPointer(cap, "ppc_blob"));
+}
+
+static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
+                        PyObject *globals, PyObject *refs)
+{
+    PyObject *deps = PySequence_List(depfuncs);
+    PyObject *mods = PySequence_List(modules);
+    PyObject *specs = PyList_New(0), *blob = NULL, *cap = NULL, *mainspec = NULL;
+    if (!deps || !mods || !specs)
+        goto out;
+    if (globals != Py_None && autoimport(func, globals, deps, mods) < 0)
+        goto out;
+    PyObject *main = mod_main();
+    for (Py_ssize_t i = 0; refs && main && i < PyTuple_GET_SIZE(refs); i++) {
+        PyObject *n = PyTuple_GET_ITEM(refs, i);
+        PyObject *dot = PyUnicode_FromString(".");
+        PyObject *parts = dot ? PyUnicode_Split(n, dot, 1) : NULL;
+        Py_XDECREF(dot);
+        if (!parts)
+            goto out;
+        PyObject *o = PyObject_GetAttr(main, PyList_GET_ITEM(parts, 0));
+        Py_DECREF(parts);
+        if (!o) {
+            PyErr_Clear();
+            continue;
+        }
+        if (PyFunction_Check(o) || PyType_Check(o))
+            PyList_Append(deps, o);
+        Py_DECREF(o);
+    }
+    /* each dependency once, in order */
+    PyObject *seen = PySet_New(NULL);
+    if (!seen)
+        goto out;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(deps); i++) {
+        PyObject *d = PyList_GET_ITEM(deps, i);
+        if (PyMethod_Check(d))
+            d = PyMethod_GET_FUNCTION(d);
+        PyObject *key = PyLong_FromVoidPtr(d);
+        int c = key ? PySet_Contains(seen, key) : -1;
+        if (c == 0)
+            c = PySet_Add(seen, key);
+        else if (c == 1) {
+            Py_DECREF(key);
+            continue;
+        }
+        Py_XDECREF(key);
+        if (c < 0) {
+            Py_DECREF(seen);
+            goto out;
+        }
+        PyObject *sp = fspec(d, s->proto);
+        if (!sp || PyList_Append(specs, sp) < 0) {
+            Py_XDECREF(sp);
+            Py_DECREF(seen);
+            goto out;
+        }
+        Py_DECREF(sp);
+    }
+    Py_DECREF(seen);
+    mainspec = fspec(func, s->proto);
+    if (!mainspec)
+        goto out;
+    PyObject *t = Py_BuildValue("(NNO)", PyList_AsTuple(mods), PyList_AsTuple(specs), mainspec);
+    if (!t)
+        goto out;
+    blob = PyObject_CallFunction(G.pickle_dumps, "Oi", t, s->proto);
+    Py_DECREF(t);
+    if (!blob)
+        goto out;
+    ppc_blob *b = ppc_blob_new(s->next_fid++, PyBytes_AS_STRING(blob), (size_t)PyBytes_GET_SIZE(blob));
+    if (!b) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    /* code objects only load in the same Python version */
+    int code = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
+    for (Py_ssize_t i = 0; !code && i < PyList_GET_SIZE(specs); i++)
+        code = PyUnicode_CompareWithASCIIString(
+                   PyTuple_GET_ITEM(PyList_GET_ITEM(specs, i), 0), "code") == 0;
+    if (code)
+        b->flags |= PPC_BLOB_SAME_PY;
+    cap = PyCapsule_New(b, "ppc_blob", blob_capsule_free);
+    if (!cap)
+        ppc_blob_decref(b);
+out:
+    Py_XDECREF(mainspec);
+    Py_XDECREF(deps);
+    Py_XDECREF(mods);
+    Py_XDECREF(specs);
+    Py_XDECREF(blob);
+    return cap;
+}
+
+PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
+                        PyObject *globals, PyObject *pick)
+{
+    PyObject *refs = NULL;
+    const char *data = PyBytes_AS_STRING(pick);
+    Py_ssize_t n = PyBytes_GET_SIZE(pick);
+    PyObject *gflag = globals == Py_None ? Py_False : Py_True;
+    if (memmem(data, (size_t)n, "__main__", 8)) {
+        refs = main_refs(pick);
+        if (!refs)
+            return NULL;
+    } else if (s->last_cap && s->last_key[0] == func && s->last_key[1] == depfuncs &&
+               s->last_key[2] == modules && s->last_key[3] == gflag) {
+        /* the same call as last time: no key to build, no dict lookup */
+        Py_INCREF(s->last_cap);
+        return s->last_cap;
+    }
+    PyObject *key = Py_BuildValue("(OOOOO)", func, depfuncs, modules, gflag,
+                                  refs ? refs : Py_None);
+    if (!key) {
+        Py_XDECREF(refs);
+        return NULL;
+    }
+    PyObject *cap = PyDict_GetItemWithError(s->fn_cache, key);
+    if (cap) {
+        Py_INCREF(cap);
+    } else if (!PyErr_Occurred()) {
+        cap = encode(s, func, depfuncs, modules, globals, refs);
+        if (cap && PyDict_SetItem(s->fn_cache, key, cap) < 0)
+            Py_CLEAR(cap);
+    } else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+        /* unhashable part (e.g. a callable instance): encode without caching */
+        PyErr_Clear();
+        cap = encode(s, func, depfuncs, modules, globals, refs);
+    }
+    Py_DECREF(key);
+    if (cap && !refs) {
+        PyObject *k[4] = {func, depfuncs, modules, gflag};
+        for (int i = 0; i < 4; i++) {
+            Py_INCREF(k[i]);
+            Py_XSETREF(s->last_key[i], k[i]);
+        }
+        Py_INCREF(cap);
+        Py_XSETREF(s->last_cap, cap);
+    }
+    Py_XDECREF(refs);
+    return cap;
+}

@@ -1,0 +1,552 @@
+/* worker.c - the worker process's receive / execute / reply loop.
+ *
+ * A worker is a fresh interpreter started by the client's engine. It reads
+ * frames on fd 3 and writes on fd 4: INIT (the client's sys.path, working
+ * directory, pickle protocol; answered with INIT once ready), FUNC (a
+ * function blob to install under its id, see ship.c for the forms), JOB
+ * (function id + pickled args). Results are written back in order, several
+ * to one write() while more jobs are already buffered. What a job prints
+ * (stdout and stderr, as pp did) is captured and returned with its result.
+ * The worker ignores SIGINT: Ctrl-C belongs to the client. */
+#include "ppc_py.h"
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../core/frame.h"
+
+#define FLUSH_BYTES (256u * 1024u)
+#define FLUSH_RESULTS 64
+
+typedef struct {
+    int fd_in, fd_out;
+    ppc_buf in, out;
+    int pending_results;
+    PyObject *ns;      /* __main__.__dict__: where shipped code lives */
+    PyObject *fns;     /* function id -> callable, or bytes (install error) */
+    PyObject *capture; /* io.StringIO standing in for stdout/stderr */
+    int proto;
+} wstate;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w;
+        Py_BEGIN_ALLOW_THREADS w = write(fd, p, n);
+        Py_END_ALLOW_THREADS if (w < 0)
+        {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int flush_out(wstate *w)
+{
+    if (ppc_buf_unread(&w->out) == 0)
+        return 0;
+    int rc = write_all(w->fd_out, ppc_buf_head(&w->out), ppc_buf_unread(&w->out));
+    ppc_buf_consume(&w->out, ppc_buf_unread(&w->out));
+    ppc_buf_shrink(&w->out, 4u << 20);
+    w->pending_results = 0;
+    return rc;
+}
+
+/* Pickled (exception, traceback text, type name, message) of the error
+ * being raised; falls back to None in place of an unpicklable exception. */
+static PyObject *exception_payload(wstate *w)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb && v)
+        PyException_SetTraceback(v, tb);
+    PyObject *fmt = ppc_import_attr("traceback", "format_exception");
+    PyObject *lines = fmt ? PyObject_CallFunctionObjArgs(fmt, t, v, tb ? tb : Py_None, NULL) : NULL;
+    Py_XDECREF(fmt);
+    PyObject *empty = PyUnicode_FromString("");
+    PyObject *text = lines && empty ? PyUnicode_Join(empty, lines) : NULL;
+    Py_XDECREF(lines);
+    Py_XDECREF(empty);
+    if (!text) {
+        PyErr_Clear();
+        text = PyUnicode_FromString("(traceback unavailable)\n");
+    }
+    PyObject *tname = t ? PyObject_GetAttrString(t, "__qualname__") : NULL;
+    if (!tname) {
+        PyErr_Clear();
+        tname = PyUnicode_FromString("Exception");
+    }
+    PyObject *msg = v ? PyObject_Str(v) : NULL;
+    if (!msg) {
+        PyErr_Clear();
+        msg = PyUnicode_FromString("");
+    }
+    PyObject *res = NULL;
+    PyObject *tup = Py_BuildValue("(OOOO)", v ? v : Py_None, text, tname, msg);
+    if (tup)
+        res = PyObject_CallFunction(G.pickle_dumps, "Oi", tup, w->proto);
+    Py_XDECREF(tup);
+    if (!res) {
+        PyErr_Clear();
+        tup = Py_BuildValue("(OOOO)", Py_None, text, tname, msg);
+        if (tup)
+            res = PyObject_CallFunction(G.pickle_dumps, "Oi", tup, w->proto);
+        Py_XDECREF(tup);
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    Py_XDECREF(text);
+    Py_XDECREF(tname);
+    Py_XDECREF(msg);
+    return res;
+}
+
+static int exec_source(wstate *w, PyObject *src, PyObject *filename)
+{
+    PyObject *code = Py_CompileStringObject(PyUnicode_AsUTF8(src), filename, Py_file_input, NULL, -1);
+    if (!code)
+        return -1;
+    PyObject *r = PyEval_EvalCode(code, w->ns, w->ns);
+    Py_DECREF(code);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *walk(PyObject *root, PyObject *qualname, Py_ssize_t skip_first)
+{
+    PyObject *dot = PyUnicode_FromString(".");
+    PyObject *parts = dot ? PyUnicode_Split(qualname, dot, -1) : NULL;
+    Py_XDECREF(dot);
+    if (!parts)
+        return NULL;
+    PyObject *cur = root;
+    Py_INCREF(cur);
+    for (Py_ssize_t i = skip_first; i < PyList_GET_SIZE(parts) && cur; i++) {
+        PyObject *nx = PyObject_GetAttr(cur, PyList_GET_ITEM(parts, i));
+        Py_DECREF(cur);
+        cur = nx;
+    }
+    Py_DECREF(parts);
+    return cur;
+}
+
+/* Build the object one travelling spec stands for (see ship.c). */
+static PyObject *materialize(wstate *w, PyObject *spec)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 3) {
+        PyErr_SetString(PyExc_ValueError, "malformed function spec");
+        return NULL;
+    }
+    const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(spec, 0));
+    if (!kind)
+        return NULL;
+    if (!strcmp(kind, "ref") && PyTuple_GET_SIZE(spec) == 4) {
+        PyObject *m = PyImport_Import(PyTuple_GET_ITEM(spec, 2));
+        if (!m)
+            return NULL;
+        PyObject *o = walk(m, PyTuple_GET_ITEM(spec, 3), 0);
+        Py_DECREF(m);
+        return o;
+    }
+    if (!strcmp(kind, "src") && PyTuple_GET_SIZE(spec) == 7) {
+        PyObject *top = PyTuple_GET_ITEM(spec, 2), *qn = PyTuple_GET_ITEM(spec, 3);
+        PyObject *src = PyTuple_GET_ITEM(spec, 4), *file = PyTuple_GET_ITEM(spec, 5);
+        long line = PyLong_AsLong(PyTuple_GET_ITEM(spec, 6));
+        if (line == -1 && PyErr_Occurred())
+            return NULL;
+        if (line < 1 || line > 10000000)
+            line = 1;
+        /* pad so line numbers in tracebacks match the client's file */
+        PyObject *pad = PyUnicode_New(line - 1, 127);
+        if (!pad)
+            return NULL;
+        for (long i = 0; i < line - 1; i++)
+            PyUnicode_WRITE(PyUnicode_KIND(pad), PyUnicode_DATA(pad), i, '\n');
+        PyObject *full = PyUnicode_Concat(pad, src);
+        Py_DECREF(pad);
+        if (!full)
+            return NULL;
+        int rc = exec_source(w, full, file);
+        Py_DECREF(full);
+        if (rc < 0)
+            return NULL;
+        PyObject *o = PyDict_GetItemWithError(w->ns, top);
+        if (!o) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_NameError, "shipped source did not define %R", top);
+            return NULL;
+        }
+        return walk(o, qn, 1);
+    }
+    if (!strcmp(kind, "code") && PyTuple_GET_SIZE(spec) == 7) {
+        PyObject *loads = ppc_import_attr("marshal", "loads");
+        PyObject *code = loads ? PyObject_CallOneArg(loads, PyTuple_GET_ITEM(spec, 2)) : NULL;
+        Py_XDECREF(loads);
+        if (!code)
+            return NULL;
+        if (!PyCode_Check(code)) {
+            Py_DECREF(code);
+            PyErr_SetString(PyExc_TypeError, "shipped code is not a code object");
+            return NULL;
+        }
+        PyObject *f = PyFunction_NewWithQualName(code, w->ns, PyTuple_GET_ITEM(spec, 6));
+        Py_DECREF(code);
+        if (!f)
+            return NULL;
+        PyObject *defaults = PyTuple_GET_ITEM(spec, 3), *kwd = PyTuple_GET_ITEM(spec, 4);
+        PyObject *vals = PyTuple_GET_ITEM(spec, 5);
+        if ((defaults != Py_None && PyFunction_SetDefaults(f, defaults) < 0) ||
+            (kwd != Py_None && PyFunction_SetKwDefaults(f, kwd) < 0)) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (vals != Py_None) {
+            if (!PyTuple_Check(vals)) {
+                Py_DECREF(f);
+                PyErr_SetString(PyExc_TypeError, "malformed closure");
+                return NULL;
+            }
+            PyObject *cells = PyTuple_New(PyTuple_GET_SIZE(vals));
+            for (Py_ssize_t i = 0; cells && i < PyTuple_GET_SIZE(vals); i++) {
+                PyObject *c = PyCell_New(PyTuple_GET_ITEM(vals, i));
+                if (!c) {
+                    Py_CLEAR(cells);
+                    break;
+                }
+                PyTuple_SET_ITEM(cells, i, c);
+            }
+            if (!cells || PyFunction_SetClosure(f, cells) < 0) {
+                Py_XDECREF(cells);
+                Py_DECREF(f);
+                return NULL;
+            }
+            Py_DECREF(cells);
+        }
+        return f;
+    }
+    if (!strcmp(kind, "obj"))
+        return PyObject_CallOneArg(G.pickle_loads, PyTuple_GET_ITEM(spec, 2));
+    PyErr_Format(PyExc_ValueError, "unknown function spec kind %s", kind);
+    return NULL;
+}
+
+static PyObject *install(wstate *w, const uint8_t *p, size_t n)
+{
+    PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
+    PyObject *t = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
+    Py_XDECREF(mv);
+    if (!t)
+        return NULL;
+    PyObject *mods, *deps, *main;
+    if (!PyArg_ParseTuple(t, "O!O!O:blob", &PyTuple_Type, &mods, &PyTuple_Type, &deps, &main)) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mods); i++) {
+        PyObject *m = PyTuple_GET_ITEM(mods, i);
+        if (!PyUnicode_Check(m))
+            continue;
+        PyObject *stmt;
+        const char *ms = PyUnicode_AsUTF8(m);
+        if (!ms) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        while (*ms == ' ')
+            ms++;
+        if (!strncmp(ms, "import ", 7) || !strncmp(ms, "from ", 5)) {
+            stmt = m;
+            Py_INCREF(stmt);
+        } else {
+            stmt = PyUnicode_FromFormat("import %U", m);
+        }
+        PyObject *fname = PyUnicode_FromString("<pp modules>");
+        int rc = stmt && fname ? exec_source(w, stmt, fname) : -1;
+        Py_XDECREF(stmt);
+        Py_XDECREF(fname);
+        if (rc < 0) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(deps); i++) {
+        PyObject *spec = PyTuple_GET_ITEM(deps, i);
+        PyObject *o = materialize(w, spec);
+        if (!o || PyDict_SetItem(w->ns, PyTuple_GET_ITEM(spec, 1), o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(t);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    PyObject *f = materialize(w, main);
+    Py_DECREF(t);
+    return f;
+}
+
+static int on_init(wstate *w, const uint8_t *p, size_t n)
+{
+    PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
+    PyObject *d = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
+    Py_XDECREF(mv);
+    if (!d)
+        return -1;
+    int rc = -1;
+    PyObject *path = PyDict_GetItemString(d, "path");
+    PyObject *cwd = PyDict_GetItemString(d, "cwd");
+    PyObject *proto = PyDict_GetItemString(d, "proto");
+    if (!path || !cwd || !proto)
+        goto out;
+    w->proto = (int)PyLong_AsLong(proto);
+    PyObject *syspath = PyList_New(0);
+    if (!syspath)
+        goto out;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(path); i++)
+        PyList_Append(syspath, PyList_GET_ITEM(path, i));
+    PySys_SetObject("path", syspath);
+    Py_DECREF(syspath);
+    PyObject *chdir = ppc_import_attr("os", "chdir");
+    PyObject *r = chdir ? PyObject_CallOneArg(chdir, cwd) : NULL;
+    Py_XDECREF(chdir);
+    if (!r)
+        PyErr_Clear(); /* the directory may be gone: run elsewhere */
+    Py_XDECREF(r);
+    PyObject *StringIO = ppc_import_attr("io", "StringIO");
+    w->capture = StringIO ? PyObject_CallNoArgs(StringIO) : NULL;
+    Py_XDECREF(StringIO);
+    if (!w->capture)
+        goto out;
+    PySys_SetObject("stdout", w->capture);
+    PySys_SetObject("stderr", w->capture);
+    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, 0, NULL, 0, NULL, 0);
+out:
+    Py_DECREF(d);
+    return rc;
+}
+
+/* Take what the job printed; new reference to a str, or NULL when none. */
+static PyObject *take_output(wstate *w)
+{
+    PyObject *pos = PyObject_CallMethod(w->capture, "tell", NULL);
+    if (!pos) {
+        PyErr_Clear();
+        return NULL;
+    }
+    long n = PyLong_AsLong(pos);
+    Py_DECREF(pos);
+    if (n <= 0)
+        return NULL;
+    PyObject *v = PyObject_CallMethod(w->capture, "getvalue", NULL);
+    PyObject *r1 = PyObject_CallMethod(w->capture, "seek", "i", 0);
+    PyObject *r2 = PyObject_CallMethod(w->capture, "truncate", "i", 0);
+    Py_XDECREF(r1);
+    Py_XDECREF(r2);
+    PyErr_Clear();
+    return v;
+}
+
+static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out, PyObject *pick)
+{
+    Py_ssize_t outlen = 0;
+    const char *outs = NULL;
+    if (out) {
+        outs = PyUnicode_AsUTF8AndSize(out, &outlen);
+        if (!outs) {
+            PyErr_Clear();
+            outlen = 0;
+        }
+        if (outlen > 0x7fffffff)
+            outlen = 0x7fffffff;
+    }
+    size_t plen = (size_t)PyBytes_GET_SIZE(pick);
+    uint8_t pre[13];
+    ppc_put_u64(pre, ns);
+    pre[8] = (uint8_t)kind;
+    ppc_put_u32(pre + 9, (uint32_t)outlen);
+    size_t hdr_at = w->out.len;
+    if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, 0, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
+        ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 ||
+        ppc_buf_append(&w->out, PyBytes_AS_STRING(pick), plen) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* the frame header was written before the variable parts: fix its length */
+    ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen));
+    w->pending_results++;
+    return 0;
+}
+
+static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
+{
+    if (n < 8)
+        return -1;
+    uint64_t fid = ppc_get_u64(p);
+    uint64_t t0 = now_ns();
+    PyObject *res = NULL, *pick = NULL;
+    int kind = PPC_R_VALUE;
+    PyObject *key = PyLong_FromUnsignedLongLong(fid);
+    PyObject *f = key ? PyDict_GetItemWithError(w->fns, key) : NULL;
+    Py_XDECREF(key);
+    if (!f) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "function %llu was never sent to this worker",
+                         (unsigned long long)fid);
+    } else if (PyBytes_Check(f)) {
+        /* installing the function failed: every job of it reports that */
+        kind = PPC_R_EXCEPTION;
+        pick = f;
+        Py_INCREF(pick);
+    } else {
+        PyObject *mv = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(n - 8), PyBUF_READ);
+        PyObject *args = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
+        Py_XDECREF(mv);
+        if (args && !PyTuple_Check(args)) {
+            Py_DECREF(args);
+            args = NULL;
+            PyErr_SetString(PyExc_TypeError, "job arguments are not a tuple");
+        }
+        if (args) {
+            res = PyObject_Call(f, args, NULL);
+            Py_DECREF(args);
+        }
+        if (res) {
+            PyObject *proto = PyLong_FromLong(w->proto);
+            pick = proto ? PyObject_CallFunctionObjArgs(G.pickle_dumps, res, proto, NULL) : NULL;
+            Py_XDECREF(proto);
+            Py_DECREF(res);
+        }
+    }
+    if (!pick) {
+        kind = PPC_R_EXCEPTION;
+        pick = exception_payload(w);
+        if (!pick)
+            return -1;
+    }
+    uint64_t t1 = now_ns();
+    PyObject *out = take_output(w);
+    int rc = put_result(w, id, t1 - t0, kind, out, pick);
+    Py_XDECREF(out);
+    Py_DECREF(pick);
+    return rc;
+}
+
+static int on_func(wstate *w, uint64_t fid, const uint8_t *p, size_t n)
+{
+    PyObject *f = install(w, p, n);
+    if (!f) {
+        f = exception_payload(w);
+        if (!f)
+            return -1;
+        /* what install printed belongs to nobody's job: drop it */
+        PyObject *o = take_output(w);
+        Py_XDECREF(o);
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(fid);
+    int rc = key ? PyDict_SetItem(w->fns, key, f) : -1;
+    Py_XDECREF(key);
+    Py_DECREF(f);
+    return rc;
+}
+
+PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    wstate w;
+    memset(&w, 0, sizeof w);
+    w.proto = 5;
+    if (!PyArg_ParseTuple(args, "ii:worker_main", &w.fd_in, &w.fd_out))
+        return NULL;
+    signal(SIGINT, SIG_IGN);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
+    if (!main)
+        return NULL;
+    w.ns = PyModule_GetDict(main);
+    w.fns = PyDict_New();
+    if (!w.fns)
+        return NULL;
+    PyObject *ret = NULL;
+    for (;;) {
+        ppc_frame f;
+        int rc = ppc_frame_parse(ppc_buf_head(&w.in), ppc_buf_unread(&w.in), (uint64_t)1 << 40, &f);
+        if (rc < 0) {
+            PyErr_SetString(PyExc_RuntimeError, "malformed frame from the client");
+            goto out;
+        }
+        if (rc == PPC_FRAME_OK) {
+            int hr = 0;
+            if (f.type == PPC_F_JOB)
+                hr = on_job(&w, f.id, f.payload, (size_t)f.len);
+            else if (f.type == PPC_F_FUNC)
+                hr = on_func(&w, f.id, f.payload, (size_t)f.len);
+            else if (f.type == PPC_F_INIT)
+                hr = on_init(&w, f.payload, (size_t)f.len);
+            if (hr < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_RuntimeError, "worker protocol failure");
+                goto out;
+            }
+            ppc_buf_consume(&w.in, PPC_FRAME_HDR + (size_t)f.len);
+            /* Keep batching while more work is already here. */
+            ppc_frame peek;
+            int more = ppc_frame_parse(ppc_buf_head(&w.in), ppc_buf_unread(&w.in),
+                                       (uint64_t)1 << 40, &peek) == PPC_FRAME_OK;
+            if (!more || ppc_buf_unread(&w.out) >= FLUSH_BYTES ||
+                w.pending_results >= FLUSH_RESULTS) {
+                if (flush_out(&w) < 0)
+                    goto done; /* the client is gone */
+            }
+            continue;
+        }
+        if (flush_out(&w) < 0)
+            goto done;
+        size_t want = 65536;
+        if (f.len > 0 && PPC_FRAME_HDR + f.len - ppc_buf_unread(&w.in) > want)
+            want = PPC_FRAME_HDR + (size_t)f.len - ppc_buf_unread(&w.in);
+        if (ppc_buf_reserve(&w.in, want) < 0) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        ssize_t r;
+        Py_BEGIN_ALLOW_THREADS r = read(w.fd_in, w.in.data + w.in.len, w.in.cap - w.in.len);
+        Py_END_ALLOW_THREADS if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            goto done; /* EOF: the client closed us */
+        w.in.len += (size_t)r;
+    }
+done:
+    ret = Py_None;
+    Py_INCREF(ret);
+out:
+    if (w.capture) {
+        /* hand the real streams back so a failure here is reported */
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PySys_SetObject("stdout", PySys_GetObject("__stdout__"));
+        PySys_SetObject("stderr", PySys_GetObject("__stderr__"));
+        PyErr_Restore(t, v, tb);
+    }
+    ppc_buf_free(&w.in);
+    ppc_buf_free(&w.out);
+    Py_XDECREF(w.fns);
+    Py_XDECREF(w.capture);
+    return ret;
+}

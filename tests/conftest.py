@@ -1,0 +1,134 @@
+"""Shared fixtures for the pytest suite of pp (engine in C).
+
+Everything here uses real worker processes: no mocks. Provides
+  * ``server``: one pp.Server(ncpus=2) per test module, destroyed at teardown;
+  * ``fresh_server``: a factory of servers that are destroyed after the test;
+  * ``run_python``: run a script file (or ``python -c`` code) in a child
+    interpreter that imports the same ``pp`` as this process (``child_env``
+    is the environment it uses);
+  * ``wait_until``: poll a condition with a generous deadline.
+Every test without its own ``timeout`` marker gets one (60 s), so a hang
+fails the test instead of stalling the run.
+
+Only the standard library, pytest and pp are imported here: this file is
+also loaded when the Makefile runs tests/test_asan_subset.py against an
+AddressSanitizer build of the extension.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import pp
+
+DEFAULT_TIMEOUT = 60
+NCPUS = 2
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test that takes more than a few seconds")
+    config.addinivalue_line("markers", "timeout(seconds): fail the test after so many seconds")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = pp.Server(ncpus=NCPUS)
+    yield s
+    s.destroy()
+
+
+@pytest.fixture
+def fresh_server():
+    made = []
+
+    def make(*args, **kwargs):
+        s = pp.Server(*args, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.destroy()
+
+
+def _wait_until(pred, timeout=10.0, interval=0.01):
+    """Poll pred() until it is true; return its last value (falsy on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until():
+    return _wait_until
+
+
+def child_env():
+    """Environment for child interpreters: they import the pp this process
+    imported (the in-place build, or the ASan build of the Makefile)."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pp.__file__)))
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root + (os.pathsep + old if old else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(name="child_env")
+def child_env_fixture():
+    return child_env()
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """run_python(source, as_c=False, timeout=60, args=()) -> CompletedProcess.
+
+    The source is dedented; by default it is written to tmp_path/script.py
+    and run as a script (so its functions live in a real ``__main__`` with
+    a source file); with as_c=True it is run with ``python -c``."""
+
+    def run(source, as_c=False, timeout=60, args=(), name="script.py"):
+        source = textwrap.dedent(source)
+        if as_c:
+            cmd = [sys.executable, "-c", source]
+        else:
+            path = tmp_path / name
+            path.write_text(source)
+            cmd = [sys.executable, str(path)]
+        return subprocess.run(
+            cmd + list(args),
+            cwd=str(tmp_path),
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+def check_ok(proc):
+    """Assert a child finished with status 0, showing its output if not."""
+    assert proc.returncode == 0, "child failed (rc=%s)\n--- stdout\n%s\n--- stderr\n%s" % (
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+    )
+    return proc.stdout
+
+
+@pytest.fixture
+def ok():
+    return check_ok

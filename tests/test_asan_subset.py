@@ -1,0 +1,219 @@
+"""A small, fast subset of the suite run against an AddressSanitizer +
+UndefinedBehaviorSanitizer build of the extension (``make test-asan``).
+
+Walks the C paths of the binding and the engine once each: submit and
+results (functions by reference and by code object), an exception with
+its remote traceback, an exception that cannot be pickled, argument
+checking at submit, callbacks, output capture, a worker dying mid-job,
+destroy with jobs pending, set_ncpus growing and shrinking while jobs run,
+restart=True, several submitting threads and a 16 MB round trip.
+
+Self-contained on purpose: imports only pytest, pp and the standard
+library, uses no helper module, and every job function is a builtin, a
+stdlib function or a local function/lambda (shipped as a code object), so
+the workers never import this file.
+"""
+import os
+import threading
+import time
+
+import pytest
+
+import pp
+
+
+def _wait_until(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_running_against_the_sanitizer_build():
+    # When the Makefile preloads ASan, the extension imported here (and so
+    # the one the workers load, found next to it) must be the instrumented
+    # build, not the plain in-place one that happens to sit in the current
+    # directory.
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("not an ASan run (LD_PRELOAD has no libasan)")
+    import pp._ppc
+    with open(pp._ppc.__file__, "rb") as f:
+        assert b"__asan_init" in f.read(), pp._ppc.__file__ + " is not built with ASan"
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = pp.Server(ncpus=2)
+    yield s
+    s.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_submit_and_results(srv):
+    assert srv.submit(pow, (2, 10))() == 1024
+    assert srv.submit(lambda a, b: a * b, (6, 7))() == 42
+
+    def add_n(n):
+        return lambda x: x + n
+
+    assert srv.submit(add_n(5), (1,))() == 6
+    jobs = [srv.submit(divmod, (i, 7)) for i in range(300)]
+    assert [j() for j in jobs] == [divmod(i, 7) for i in range(300)]
+    assert srv.get_active_nodes() == {"local": 2}
+    assert srv.get_stats()["local"].njobs >= 303
+
+
+@pytest.mark.timeout(120)
+def test_exception_with_remote_traceback(srv):
+    def failing_job(x):
+        raise ValueError("bad %s" % x)
+
+    job = srv.submit(failing_job, ("input",))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad input") as info:
+            job()
+        assert isinstance(info.value.__cause__, pp.RemoteTraceback)
+        assert "failing_job" in str(info.value.__cause__)
+    with pytest.raises(ValueError):
+        srv.submit(int, ("not a number",))()
+
+
+@pytest.mark.timeout(120)
+def test_unpicklable_exception_is_remote_error(srv):
+    def raise_with_lock():
+        e = KeyError("held a lock")
+        e.lock = threading.Lock()
+        raise e
+
+    with pytest.raises(pp.RemoteError) as info:
+        srv.submit(raise_with_lock, modules=("threading",))()
+    assert "KeyError" in str(info.value)
+    assert "raise_with_lock" in str(info.value.__cause__)
+
+
+@pytest.mark.timeout(120)
+def test_submit_argument_errors(srv):
+    with pytest.raises(TypeError, match="args argument must be a tuple"):
+        srv.submit(pow, [2, 3])
+    with pytest.raises(TypeError):
+        srv.submit(pow, (2, 3), modules=(1,))
+    with pytest.raises(TypeError):
+        srv.submit(pow, (2, 3), globals=[])
+    with pytest.raises(TypeError):
+        srv.submit(len, (threading.Lock(),))
+    assert srv._active_tasks() == 0
+
+
+@pytest.mark.timeout(120)
+def test_callbacks_and_output(srv, capsys):
+    got, idents = [], set()
+
+    def cb(tag, result):
+        idents.add(threading.get_ident())
+        got.append((tag, result))
+
+    for i in range(20):
+        srv.submit(pow, (i, 2), callback=cb, callbackargs=(i,))
+    srv.wait()
+    assert sorted(got) == [(i, i * i) for i in range(20)]
+    assert len(idents) == 1 and threading.get_ident() not in idents
+
+    def bad_cb(result):
+        raise RuntimeError("callback failure")
+
+    srv.submit(pow, (2, 2), callback=bad_cb)
+    srv.wait()
+    capsys.readouterr()
+    job = srv.submit(print, ("printed by a job",))
+    assert job() is None
+    assert capsys.readouterr().out == "printed by a job\n"
+
+
+@pytest.mark.timeout(120)
+def test_worker_death():
+    s = pp.Server(ncpus=2)
+    try:
+        def pid_after(t):
+            time.sleep(t)
+            return os.getpid()
+
+        # let both workers start and answer first
+        warm = [s.submit(pid_after, (0.3,), modules=("os", "time")) for _ in range(2)]
+        assert len({j() for j in warm}) == 2
+        with pytest.raises(pp.WorkerError, match="exit code 3"):
+            s.submit(os._exit, (3,))()
+        assert s.submit(pow, (3, 3))() == 27
+        assert _wait_until(lambda: len(s._worker_pids()) == 2)
+    finally:
+        s.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_destroy_with_pending_jobs():
+    s = pp.Server(ncpus=1)
+    got = []
+    jobs = [s.submit(time.sleep, (30,)) for _ in range(3)]
+    jobs.append(s.submit(time.sleep, (30,), callback=got.append))
+    time.sleep(0.2)
+    s.destroy()
+    s.destroy()
+    for j in jobs:
+        with pytest.raises(pp.DestroyedServerError):
+            j()
+    with pytest.raises(pp.DestroyedServerError):
+        s.submit(pow, (1, 1))
+    assert got == []
+
+
+@pytest.mark.timeout(120)
+def test_set_ncpus_while_running():
+    s = pp.Server(ncpus=1)
+    try:
+        jobs = [s.submit(time.sleep, (0.05,)) for _ in range(20)]
+        s.set_ncpus(3)
+        jobs += [s.submit(pow, (i, 2)) for i in range(50)]
+        s.set_ncpus(1)
+        results = [j() for j in jobs]
+        assert results[20:] == [i * i for i in range(50)]
+        assert s.get_ncpus() == 1
+        assert _wait_until(lambda: len(s._worker_pids()) == 1)
+    finally:
+        s.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_restart_and_threads():
+    s = pp.Server(ncpus=2, restart=True)
+    try:
+        pids = [s.submit(os.getpid)() for _ in range(3)]
+        assert len(set(pids)) == 3
+    finally:
+        s.destroy()
+
+    s = pp.Server(ncpus=2)
+    out, errors = {}, []
+
+    def submitter(t):
+        try:
+            out[t] = [j() for j in [s.submit(pow, (t, i)) for i in range(50)]]
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not errors
+        assert out == {t: [t ** i for i in range(50)] for t in range(3)}
+    finally:
+        s.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_large_bytes(srv):
+    data = os.urandom(16 * 1024 * 1024)
+    assert srv.submit(bytes, (data,))() == data
