@@ -68,6 +68,16 @@ void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
     pthread_mutex_unlock(&e->mu);
 }
 
+void ppc_engine_forget(ppc_engine *e, const void *obj, size_t size)
+{
+    const char *lo = obj, *hi = lo + size;
+    for (int i = 0; i < e->batch_n; i++) {
+        const char *p = e->batch[i].data.ptr;
+        if (p && p >= lo && p < hi)
+            e->batch[i].data.ptr = NULL;
+    }
+}
+
 void ppc_engine_complete(ppc_engine *e, ppc_job *j)
 {
     j->next = NULL;
@@ -263,8 +273,12 @@ static void *engine_main(void *arg)
         int stopping = e->stopping;
         pthread_mutex_unlock(&e->mu);
 
+        e->batch = evs;
+        e->batch_n = n > 0 ? n : 0;
         for (int i = 0; i < n; i++) {
             ppc_evsrc *src = evs[i].data.ptr;
+            if (!src)
+                continue; /* its object was freed earlier in this batch */
             if (src->kind == PPC_SRC_WAKE) {
                 uint64_t v;
                 ssize_t r = read(e->wakefd, &v, sizeof v);
@@ -274,22 +288,18 @@ static void *engine_main(void *arg)
             } else if (src->kind == PPC_SRC_LISTEN) {
                 ppc_serve_accept(e);
             } else if (src->kind == PPC_SRC_SCONN) {
-                /* a connection closed earlier in this batch is no longer listed */
-                ppc_sconn *sc = e->sconns;
-                while (sc && sc != src->obj)
-                    sc = sc->next;
-                if (sc)
-                    ppc_serve_event(e, sc, evs[i].events);
+                ppc_serve_event(e, src->obj, evs[i].events);
             } else if (src->kind == PPC_SRC_UDP) {
                 ppc_discover_event(e);
             } else {
                 ppc_pool_event(e->pool, src, evs[i].events);
             }
         }
+        e->batch_n = 0;
         if (stopping)
             break;
         if (want >= 0)
-            ppc_pool_set_target(e->pool, want);
+            ppc_pool_retarget(e->pool, want);
         int t = ppc_remote_tick(e);
         t = min_timeout(t, ppc_serve_tick(e));
         t = min_timeout(t, ppc_discover_tick(e));

@@ -5,6 +5,7 @@
  * guarded by ppc_engine.mu. */
 #ifndef PPC_ENGINE_INT_H
 #define PPC_ENGINE_INT_H
+#include <sys/epoll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <sys/types.h>
@@ -167,9 +168,16 @@ struct ppc_engine {
     ppc_evsrc udp_src;
     int64_t next_announce;
     int64_t created_ms;
+    /* the epoll batch being handled: events for an object freed while the
+     * batch runs are dropped by ppc_engine_forget (no stale pointer read) */
+    struct epoll_event *batch;
+    int batch_n;
 };
 
 /* engine.c services for the nodes */
+/* Call before freeing an object of `size` bytes that holds evsrcs: events
+ * still pending for it in the current epoll batch are dropped. */
+void ppc_engine_forget(ppc_engine *e, const void *obj, size_t size);
 void ppc_engine_complete(ppc_engine *e, ppc_job *j);
 void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j);
 void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
@@ -208,6 +216,7 @@ void ppc_discover_stop(ppc_engine *e);
 ppc_pool *ppc_pool_new(ppc_engine *e);
 void ppc_pool_free(ppc_pool *p);
 void ppc_pool_set_target(ppc_pool *p, int n);
+void ppc_pool_retarget(ppc_pool *p, int n); /* set_ncpus: also clears a start failure */
 /* A worker that can take one more job now, given the run queue length. */
 ppc_worker *ppc_pool_pick(ppc_pool *p, size_t qlen);
 int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j);

@@ -220,8 +220,9 @@ static void unlink_worker(ppc_pool *p, ppc_worker *w)
     }
 }
 
-static void free_worker(ppc_worker *w)
+static void free_worker(ppc_pool *p, ppc_worker *w)
 {
+    ppc_engine_forget(p->e, w, sizeof *w);
     ppc_buf_free(&w->in);
     ppc_buf_free(&w->out);
     ppc_u64set_free(&w->fns);
@@ -241,16 +242,22 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
     char how[96] = "";
     int st = 0;
     pid_t r = 0;
+    if (why)
+        kill(w->pid, SIGKILL); /* it broke the protocol: no grace */
     for (int i = 0; i < 50 && (r = waitpid(w->pid, &st, WNOHANG)) == 0; i++) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
-    if (r == w->pid)
+    if (r == w->pid && !why)
         describe_status(st, how, sizeof how);
     else {
+        /* the engine's own reason (a broken protocol) says more than the
+         * signal the worker then got from us */
         snprintf(how, sizeof how, "%s", why ? why : "closed its pipe");
-        kill(w->pid, SIGKILL);
-        add_zombie(p, w->pid);
+        if (r != w->pid) {
+            kill(w->pid, SIGKILL);
+            add_zombie(p, w->pid);
+        }
     }
     int expected = w->retiring && w->inflight == 0;
     if (!w->retiring)
@@ -304,7 +311,7 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
         ppc_engine_requeue_front(e, rev);
         rev = nx;
     }
-    free_worker(w);
+    free_worker(p, w);
     ppc_pool_set_target(p, p->target);
     update_pids(p);
 }
@@ -335,6 +342,16 @@ void ppc_pool_set_target(ppc_pool *p, int n)
     }
     if (spawned)
         update_pids(p);
+}
+
+void ppc_pool_retarget(ppc_pool *p, int n)
+{
+    /* an explicit set_ncpus is a new try after failed worker starts */
+    if (p->failed) {
+        p->failed = 0;
+        p->start_failures = 0;
+    }
+    ppc_pool_set_target(p, n);
 }
 
 int ppc_pool_dead(ppc_pool *p, const char **msg)
@@ -538,12 +555,6 @@ static void on_readable(ppc_pool *p, ppc_worker *w)
 void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events)
 {
     ppc_worker *w = src->obj;
-    /* a worker freed earlier in this batch of events is no longer listed */
-    ppc_worker *it = p->workers;
-    while (it && it != w)
-        it = it->next;
-    if (!it)
-        return;
     if (src->kind == PPC_SRC_WWRITE) {
         if (events & (EPOLLERR | EPOLLHUP)) {
             close_write(p, w);
@@ -597,7 +608,7 @@ void ppc_pool_shutdown(ppc_pool *p)
             close(w->fd_r);
         }
         add_zombie(p, w->pid);
-        free_worker(w);
+        free_worker(p, w);
     }
     p->nlive = 0;
     update_pids(p);
@@ -646,7 +657,7 @@ void ppc_pool_free(ppc_pool *p)
     while (p->workers) {
         ppc_worker *w = p->workers;
         p->workers = w->next;
-        free_worker(w);
+        free_worker(p, w);
     }
     while (p->zombies) {
         ppc_zombie *z = p->zombies;

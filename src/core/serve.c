@@ -194,6 +194,7 @@ static void sconn_close(ppc_engine *e, ppc_sconn *s, const char *why)
             break;
         }
     }
+    ppc_engine_forget(e, s, sizeof *s);
     free(s);
     count_clients(e, -1);
 }
