@@ -69,7 +69,7 @@ test-asan: $(STAMP)
 	cp -r pp/*.py build/asan/pp/
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 PYTHONPATH=build/asan \
-	  $(VPY) -m pytest -q -p no:cacheprovider -m "not slow" tests/test_asan_subset.py
+	  $(VPY) -P -m pytest -q -p no:cacheprovider -m "not slow" tests/test_asan_subset.py
 
 -include fuzz/fuzz.mk
 

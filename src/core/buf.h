@@ -26,6 +26,12 @@ void ppc_buf_shrink(ppc_buf *b, size_t keep);
 void ppc_buf_free(ppc_buf *b);
 
 static inline size_t ppc_buf_unread(const ppc_buf *b) { return b->len - b->off; }
-static inline uint8_t *ppc_buf_head(const ppc_buf *b) { return b->data + b->off; }
+/* The unread bytes; a buffer that owns no memory yet gives a valid empty
+ * pointer (NULL + 0 is undefined behaviour). */
+static inline uint8_t *ppc_buf_head(const ppc_buf *b)
+{
+    static uint8_t none[1];
+    return b->data ? b->data + b->off : none;
+}
 
 #endif
