@@ -31,10 +31,12 @@ extern PyTypeObject ppc_JobType;
 typedef struct {
     PyObject_HEAD
     ppc_engine *engine;
-    PyObject *fn_cache;   /* key -> capsule(ppc_blob) */
+    PyObject *fn_cache;   /* key -> capsule(ppc_blob), or None: encode each time */
+    PyObject *fn_volatile;/* blob bytes -> capsule, for blobs holding state */
     PyObject *groups;     /* group object -> int */
     PyObject *group_names;/* list: int -> group object */
     PyObject *event_thread;
+    unsigned long event_tid; /* ident of the thread running callbacks; 0 before */
     PyObject *logger;
     PyObject *ppservers;
     PyObject *secret;

@@ -28,6 +28,20 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
     return self;
 }
 
+/* job() or job.wait() for a job whose callback has not run yet, called from
+ * a callback: its callback needs the thread that is waiting. */
+static int would_deadlock(ppc_Job *self)
+{
+    if (self->server->event_tid != PyThread_get_thread_ident() || !self->job->has_cb ||
+        atomic_load_explicit(&self->job->state, memory_order_acquire) == PPC_JOB_DONE)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "a job with a callback was waited for from a callback: callbacks run on "
+                    "one thread, so its callback could never run; wait from another thread "
+                    "or submit it without a callback");
+    return 1;
+}
+
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group)
 {
     for (;;) {
@@ -58,18 +72,28 @@ static int print_output(const char *s, size_t n)
 
 static PyObject *rebuild_exception(PyObject *payload)
 {
-    /* payload: (exception or None, traceback text, type name, message) */
+    /* payload: (pickled exception or None, traceback text, type name,
+     * message). An exception that cannot be rebuilt here becomes a
+     * RemoteError naming its type and message. */
     PyObject *exc, *tb, *tname, *msg;
     if (!PyTuple_Check(payload) || !PyArg_ParseTuple(payload, "OOOO", &exc, &tb, &tname, &msg)) {
         PyErr_Clear();
         return PyObject_CallFunction(G.RemoteError, "s", "malformed exception from worker");
     }
-    PyObject *e;
-    if (exc != Py_None && PyExceptionInstance_Check(exc)) {
-        e = exc;
-        Py_INCREF(e);
-    } else {
-        e = PyObject_CallFunction(G.RemoteError, "U", PyUnicode_FromFormat("%S: %S", tname, msg));
+    PyObject *e = NULL;
+    if (PyBytes_Check(exc)) {
+        e = PyObject_CallOneArg(G.pickle_loads, exc);
+        if (!e || !PyExceptionInstance_Check(e)) {
+            PyErr_Clear();
+            Py_CLEAR(e);
+        }
+    }
+    if (!e) {
+        PyObject *text = PyUnicode_FromFormat("%S: %S", tname, msg);
+        if (!text)
+            return NULL;
+        e = PyObject_CallOneArg(G.RemoteError, text);
+        Py_DECREF(text);
         if (!e)
             return NULL;
     }
@@ -123,9 +147,22 @@ int ppc_job_unpack(ppc_Job *self)
         PyObject *t, *v, *tb;
         PyErr_Fetch(&t, &v, &tb);
         PyErr_NormalizeException(&t, &v, &tb);
+        if (tb && v)
+            PyException_SetTraceback(v, tb);
         Py_XDECREF(t);
         Py_XDECREF(tb);
-        self->exc = v;
+        self->exc = v ? PyObject_CallFunction(G.RemoteError, "sO",
+                                              kind == PPC_R_EXCEPTION
+                                                  ? "the job's exception could not be unpickled here"
+                                                  : "the job's result could not be unpickled here",
+                                              v)
+                      : NULL;
+        if (self->exc)
+            PyException_SetCause(self->exc, v); /* steals */
+        else {
+            Py_XDECREF(v);
+            return -1;
+        }
     } else if (kind == PPC_R_EXCEPTION) {
         self->exc = rebuild_exception(obj);
         Py_DECREF(obj);
@@ -144,6 +181,8 @@ int ppc_job_unpack(ppc_Job *self)
 
 static PyObject *Job_result(ppc_Job *self)
 {
+    if (would_deadlock(self))
+        return NULL;
     if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
         ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
         return NULL;
@@ -187,7 +226,7 @@ static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
 static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
 {
     (void)noargs;
-    if (ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
+    if (would_deadlock(self) || ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -248,9 +248,10 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     self->created = (double)ts.tv_sec + ts.tv_nsec / 1e9;
 
     Py_XSETREF(self->fn_cache, PyDict_New());
+    Py_XSETREF(self->fn_volatile, PyDict_New());
     Py_XSETREF(self->groups, PyDict_New());
     Py_XSETREF(self->group_names, PyList_New(0));
-    if (!self->fn_cache || !self->groups || !self->group_names)
+    if (!self->fn_cache || !self->fn_volatile || !self->groups || !self->group_names)
         return -1;
     PyObject *logging_getLogger = ppc_import_attr("logging", "getLogger");
     if (!logging_getLogger)
@@ -576,6 +577,18 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
         }
         gid = (uint32_t)PyLong_AsUnsignedLong(v);
     }
+    if (self->event_tid == PyThread_get_thread_ident()) {
+        /* In a callback: the callback being run is itself pending, and the
+         * jobs left may need this thread for theirs. Waiting would never end. */
+        int done;
+        Py_BEGIN_ALLOW_THREADS done = ppc_engine_wait_group(self->engine, gid, 0);
+        Py_END_ALLOW_THREADS if (done) Py_RETURN_NONE;
+        PyErr_SetString(PyExc_RuntimeError,
+                        "wait() called from a callback would wait for itself: callbacks run on "
+                        "one thread, and the jobs being waited for need it; wait from another "
+                        "thread");
+        return NULL;
+    }
     if (ppc_wait_interruptible(self->engine, NULL, gid, 1) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -797,6 +810,7 @@ static PyObject *Server_event_loop(ppc_Server *self, PyObject *noargs)
     if (!e)
         Py_RETURN_NONE;
     Py_INCREF(self);
+    self->event_tid = PyThread_get_thread_ident();
     for (;;) {
         ppc_event ev;
         int kind;
@@ -835,6 +849,7 @@ static PyObject *Server_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int Server_traverse(ppc_Server *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fn_cache);
+    Py_VISIT(self->fn_volatile);
     Py_VISIT(self->groups);
     Py_VISIT(self->group_names);
     Py_VISIT(self->event_thread);
@@ -851,6 +866,7 @@ static int Server_clear(ppc_Server *self)
         Py_CLEAR(self->last_key[i]);
     Py_CLEAR(self->last_cap);
     Py_CLEAR(self->fn_cache);
+    Py_CLEAR(self->fn_volatile);
     Py_CLEAR(self->groups);
     Py_CLEAR(self->group_names);
     Py_CLEAR(self->event_thread);

@@ -1,6 +1,9 @@
 /* ship.c - function shipping on the client: turn (func, depfuncs, modules,
  * globals) into one function blob, cached per server so each distinct
- * combination is encoded once and sent once per worker.
+ * combination is encoded once and sent once per worker. A blob that holds
+ * state (closure values, defaults, a pickled callable) is encoded at every
+ * submit, so jobs see the values of their submit time, and deduplicated by
+ * content, so unchanged state is still sent once per worker.
  *
  * Each function travels in the cheapest form that works, per DESIGN.md:
  *   ("ref",  name, module, qualname)      importable: module + name
@@ -151,9 +154,19 @@ out:
     return res;
 }
 
-static PyObject *code_spec(PyObject *f, PyObject *name, PyObject *qn, int proto)
+static PyObject *fspec(PyObject *obj, int proto, PyObject *stack);
+
+/* Position of f in the stack of functions being encoded, or -1. */
+static Py_ssize_t stack_index(PyObject *stack, PyObject *f)
 {
-    (void)proto;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stack); i++)
+        if (PyList_GET_ITEM(stack, i) == f)
+            return i;
+    return -1;
+}
+
+static PyObject *code_spec(PyObject *f, PyObject *name, PyObject *qn, int proto, PyObject *stack)
+{
     PyObject *marshal_dumps = ppc_import_attr("marshal", "dumps");
     if (!marshal_dumps)
         return NULL;
@@ -162,38 +175,72 @@ static PyObject *code_spec(PyObject *f, PyObject *name, PyObject *qn, int proto)
     if (!code)
         return NULL;
     PyObject *closure = PyFunction_GET_CLOSURE(f);
-    PyObject *values = Py_None;
+    PyObject *values = Py_None, *fns = PyList_New(0), *r = NULL;
     Py_INCREF(values);
+    if (!fns || PyList_Append(stack, f) < 0)
+        goto out;
     if (closure && PyTuple_Check(closure)) {
         Py_DECREF(values);
         values = PyTuple_New(PyTuple_GET_SIZE(closure));
         for (Py_ssize_t i = 0; values && i < PyTuple_GET_SIZE(closure); i++) {
             PyObject *v = PyCell_GET(PyTuple_GET_ITEM(closure, i));
             if (!v) {
-                Py_DECREF(values);
-                Py_DECREF(code);
                 PyErr_Format(PyExc_TypeError,
                              "cannot ship %R: a variable of its closure is not set yet", f);
-                return NULL;
+                goto pop;
+            }
+            if (PyFunction_Check(v)) {
+                /* a local, nested or recursive function: as a spec */
+                Py_ssize_t k = stack_index(stack, v);
+                PyObject *sub = k >= 0 ? Py_BuildValue("(sn)", "back", k) : fspec(v, proto, stack);
+                PyObject *slot = sub ? Py_BuildValue("(nN)", i, sub) : NULL;
+                if (!slot || PyList_Append(fns, slot) < 0) {
+                    Py_XDECREF(slot);
+                    goto pop;
+                }
+                Py_DECREF(slot);
+                v = Py_None;
             }
             Py_INCREF(v);
             PyTuple_SET_ITEM(values, i, v);
         }
-        if (!values) {
-            Py_DECREF(code);
-            return NULL;
-        }
+        if (!values)
+            goto pop;
     }
     PyObject *defaults = PyFunction_GET_DEFAULTS(f);
     PyObject *kwdefaults = PyFunction_GET_KW_DEFAULTS(f);
-    PyObject *r = Py_BuildValue("(sONOOOO)", "code", name, code, defaults ? defaults : Py_None,
-                                kwdefaults ? kwdefaults : Py_None, values, qn);
-    Py_DECREF(values);
+    r = Py_BuildValue("(sOOOOOON)", "code", name, code, defaults ? defaults : Py_None,
+                      kwdefaults ? kwdefaults : Py_None, values, qn,
+                      PyList_GET_SIZE(fns) ? PyList_AsTuple(fns) : (Py_INCREF(Py_None), Py_None));
+pop:
+    PyList_SetSlice(stack, PyList_GET_SIZE(stack) - 1, PyList_GET_SIZE(stack), NULL);
+out:
+    Py_DECREF(code);
+    Py_XDECREF(values);
+    Py_XDECREF(fns);
     return r;
 }
 
+/* Does a spec carry values that may change between submits? */
+static int spec_volatile(PyObject *spec)
+{
+    const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(spec, 0));
+    if (!k) {
+        PyErr_Clear();
+        return 1;
+    }
+    if (!strcmp(k, "obj"))
+        return 1;
+    if (strcmp(k, "code") || PyTuple_GET_SIZE(spec) != 8)
+        return 0;
+    for (int i = 3; i <= 5; i++)
+        if (PyTuple_GET_ITEM(spec, i) != Py_None)
+            return 1;
+    return PyTuple_GET_ITEM(spec, 7) != Py_None;
+}
+
 /* The travelling form of one function or class. */
-static PyObject *fspec(PyObject *obj, int proto)
+static PyObject *fspec(PyObject *obj, int proto, PyObject *stack)
 {
     PyObject *name = attr_or_none(obj, "__name__");
     PyObject *mod = attr_or_none(obj, "__module__");
@@ -231,7 +278,7 @@ static PyObject *fspec(PyObject *obj, int proto)
         }
     }
     if (PyFunction_Check(obj)) {
-        res = code_spec(obj, name, qn, proto);
+        res = code_spec(obj, name, qn, proto, stack);
         goto out;
     }
     PyObject *pick = PyObject_CallFunction(G.pickle_dumps, "Oi", obj, proto);
@@ -421,18 +468,15 @@ out:
     return rc;
 }
 
-static void blob_capsule_free(PyObject *cap)
-{
-    ppc_blob_decref(PyCapsule_GetPointer(cap, "ppc_blob"));
-}
-
+/* The blob bytes of one submit's function; *vol set when they hold state. */
 static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                        PyObject *globals, PyObject *refs)
+                        PyObject *globals, PyObject *refs, int *vol, int *code)
 {
     PyObject *deps = PySequence_List(depfuncs);
     PyObject *mods = PySequence_List(modules);
-    PyObject *specs = PyList_New(0), *blob = NULL, *cap = NULL, *mainspec = NULL;
-    if (!deps || !mods || !specs)
+    PyObject *specs = PyList_New(0), *stack = PyList_New(0), *blob = NULL, *mainspec = NULL;
+    PyObject *seen = NULL;
+    if (!deps || !mods || !specs || !stack)
         goto out;
     if (globals != Py_None && autoimport(func, globals, deps, mods) < 0)
         goto out;
@@ -455,7 +499,7 @@ static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
         Py_DECREF(o);
     }
     /* each dependency once, in order */
-    PyObject *seen = PySet_New(NULL);
+    seen = PySet_New(NULL);
     if (!seen)
         goto out;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(deps); i++) {
@@ -471,50 +515,89 @@ static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
             continue;
         }
         Py_XDECREF(key);
-        if (c < 0) {
-            Py_DECREF(seen);
+        if (c < 0)
             goto out;
-        }
-        PyObject *sp = fspec(d, s->proto);
+        PyObject *sp = fspec(d, s->proto, stack);
         if (!sp || PyList_Append(specs, sp) < 0) {
             Py_XDECREF(sp);
-            Py_DECREF(seen);
             goto out;
         }
         Py_DECREF(sp);
     }
-    Py_DECREF(seen);
-    mainspec = fspec(func, s->proto);
+    mainspec = fspec(func, s->proto, stack);
     if (!mainspec)
         goto out;
+    *vol = spec_volatile(mainspec);
+    /* code objects only load in the same Python version */
+    *code = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); i++) {
+        PyObject *sp = PyList_GET_ITEM(specs, i);
+        *vol |= spec_volatile(sp);
+        *code |= PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(sp, 0), "code") == 0;
+    }
     PyObject *t = Py_BuildValue("(NNO)", PyList_AsTuple(mods), PyList_AsTuple(specs), mainspec);
     if (!t)
         goto out;
     blob = PyObject_CallFunction(G.pickle_dumps, "Oi", t, s->proto);
     Py_DECREF(t);
-    if (!blob)
-        goto out;
-    ppc_blob *b = ppc_blob_new(s->next_fid++, PyBytes_AS_STRING(blob), (size_t)PyBytes_GET_SIZE(blob));
-    if (!b) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    /* code objects only load in the same Python version */
-    int code = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
-    for (Py_ssize_t i = 0; !code && i < PyList_GET_SIZE(specs); i++)
-        code = PyUnicode_CompareWithASCIIString(
-                   PyTuple_GET_ITEM(PyList_GET_ITEM(specs, i), 0), "code") == 0;
-    if (code)
-        b->flags |= PPC_BLOB_SAME_PY;
-    cap = PyCapsule_New(b, "ppc_blob", blob_capsule_free);
-    if (!cap)
-        ppc_blob_decref(b);
 out:
+    Py_XDECREF(seen);
     Py_XDECREF(mainspec);
     Py_XDECREF(deps);
     Py_XDECREF(mods);
     Py_XDECREF(specs);
-    Py_XDECREF(blob);
+    Py_XDECREF(stack);
+    return blob;
+}
+
+static void blob_capsule_free(PyObject *cap)
+{
+    ppc_blob_decref(PyCapsule_GetPointer(cap, "ppc_blob"));
+}
+
+/* A new function id for the bytes, in a capsule. */
+static PyObject *make_cap(ppc_Server *s, PyObject *blob, int code)
+{
+    ppc_blob *b = ppc_blob_new(s->next_fid++, PyBytes_AS_STRING(blob), (size_t)PyBytes_GET_SIZE(blob));
+    if (!b)
+        return PyErr_NoMemory();
+    if (code)
+        b->flags |= PPC_BLOB_SAME_PY;
+    PyObject *cap = PyCapsule_New(b, "ppc_blob", blob_capsule_free);
+    if (!cap)
+        ppc_blob_decref(b);
+    return cap;
+}
+
+/* Blobs holding state are kept by content, at most this many. */
+#define VOLATILE_MAX 256
+
+/* Encode and find the blob: by content for blobs holding state; *vol says
+ * which. */
+static PyObject *encode_cap(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
+                            PyObject *globals, PyObject *refs, int *vol)
+{
+    int code = 0;
+    *vol = 0;
+    PyObject *blob = encode(s, func, depfuncs, modules, globals, refs, vol, &code);
+    if (!blob)
+        return NULL;
+    if (!*vol) {
+        PyObject *cap = make_cap(s, blob, code);
+        Py_DECREF(blob);
+        return cap;
+    }
+    PyObject *cap = PyDict_GetItemWithError(s->fn_volatile, blob);
+    if (cap) {
+        Py_INCREF(cap);
+    } else if (!PyErr_Occurred()) {
+        if (PyDict_GET_SIZE(s->fn_volatile) >= VOLATILE_MAX)
+            PyDict_Clear(s->fn_volatile); /* queued jobs keep their blobs alive */
+        cap = make_cap(s, blob, code);
+        if (cap && PyDict_SetItem(s->fn_volatile, blob, cap) < 0)
+            Py_CLEAR(cap);
+    }
+    Py_DECREF(blob);
     return cap;
 }
 
@@ -541,20 +624,26 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
         Py_XDECREF(refs);
         return NULL;
     }
+    int vol = 1;
     PyObject *cap = PyDict_GetItemWithError(s->fn_cache, key);
-    if (cap) {
+    if (cap == Py_None) {
+        /* holds state: encoded again, found by content */
+        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
+    } else if (cap) {
+        vol = 0;
         Py_INCREF(cap);
     } else if (!PyErr_Occurred()) {
-        cap = encode(s, func, depfuncs, modules, globals, refs);
-        if (cap && PyDict_SetItem(s->fn_cache, key, cap) < 0)
+        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
+        if (cap && PyDict_SetItem(s->fn_cache, key, vol ? Py_None : cap) < 0)
             Py_CLEAR(cap);
     } else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-        /* unhashable part (e.g. a callable instance): encode without caching */
+        /* unhashable part (e.g. a callable instance): encode every time */
         PyErr_Clear();
-        cap = encode(s, func, depfuncs, modules, globals, refs);
+        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
+        vol = 1;
     }
     Py_DECREF(key);
-    if (cap && !refs) {
+    if (cap && !refs && !vol) {
         PyObject *k[4] = {func, depfuncs, modules, gflag};
         for (int i = 0; i < 4; i++) {
             Py_INCREF(k[i]);

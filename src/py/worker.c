@@ -66,8 +66,8 @@ static int flush_out(wstate *w)
     return rc;
 }
 
-/* Pickled (exception, traceback text, type name, message) of the error
- * being raised; falls back to None in place of an unpicklable exception. */
+/* Pickled (pickled exception, traceback text, type name, message) of the
+ * error being raised; None in place of an unpicklable exception. */
 static PyObject *exception_payload(wstate *w)
 {
     PyObject *t, *v, *tb;
@@ -96,18 +96,17 @@ static PyObject *exception_payload(wstate *w)
         PyErr_Clear();
         msg = PyUnicode_FromString("");
     }
+    /* the exception travels pickled on its own, so that a client that
+     * cannot rebuild it still gets the type name, message and traceback */
+    PyObject *eb = v ? PyObject_CallFunction(G.pickle_dumps, "Oi", v, w->proto) : NULL;
+    if (!eb)
+        PyErr_Clear();
     PyObject *res = NULL;
-    PyObject *tup = Py_BuildValue("(OOOO)", v ? v : Py_None, text, tname, msg);
+    PyObject *tup = Py_BuildValue("(OOOO)", eb ? eb : Py_None, text, tname, msg);
+    Py_XDECREF(eb);
     if (tup)
         res = PyObject_CallFunction(G.pickle_dumps, "Oi", tup, w->proto);
     Py_XDECREF(tup);
-    if (!res) {
-        PyErr_Clear();
-        tup = Py_BuildValue("(OOOO)", Py_None, text, tname, msg);
-        if (tup)
-            res = PyObject_CallFunction(G.pickle_dumps, "Oi", tup, w->proto);
-        Py_XDECREF(tup);
-    }
     Py_XDECREF(t);
     Py_XDECREF(v);
     Py_XDECREF(tb);
@@ -148,10 +147,44 @@ static PyObject *walk(PyObject *root, PyObject *qualname, Py_ssize_t skip_first)
     return cur;
 }
 
-/* Build the object one travelling spec stands for (see ship.c). */
-static PyObject *materialize(wstate *w, PyObject *spec)
+static PyObject *materialize(wstate *w, PyObject *spec, PyObject *stack);
+
+/* Closure cells that hold functions: fns is ((index, spec), ...) or None. */
+static int fill_cells(wstate *w, PyObject *f, PyObject *cells, PyObject *fns, PyObject *stack)
 {
-    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 3) {
+    if (fns == Py_None)
+        return 0;
+    if (!PyTuple_Check(fns)) {
+        PyErr_SetString(PyExc_TypeError, "malformed closure functions");
+        return -1;
+    }
+    if (PyList_Append(stack, f) < 0)
+        return -1;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(fns); i++) {
+        PyObject *slot = PyTuple_GET_ITEM(fns, i);
+        Py_ssize_t at;
+        PyObject *sub;
+        if (!PyTuple_Check(slot) || !PyArg_ParseTuple(slot, "nO!", &at, &PyTuple_Type, &sub) ||
+            at < 0 || at >= PyTuple_GET_SIZE(cells)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "malformed closure function slot");
+            rc = -1;
+            break;
+        }
+        PyObject *o = materialize(w, sub, stack);
+        rc = o ? PyCell_Set(PyTuple_GET_ITEM(cells, at), o) : -1;
+        Py_XDECREF(o);
+    }
+    PyList_SetSlice(stack, PyList_GET_SIZE(stack) - 1, PyList_GET_SIZE(stack), NULL);
+    return rc;
+}
+
+/* Build the object one travelling spec stands for (see ship.c). stack:
+ * the functions being built, for closures that refer back to them. */
+static PyObject *materialize(wstate *w, PyObject *spec, PyObject *stack)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 2) {
         PyErr_SetString(PyExc_ValueError, "malformed function spec");
         return NULL;
     }
@@ -196,7 +229,7 @@ static PyObject *materialize(wstate *w, PyObject *spec)
         }
         return walk(o, qn, 1);
     }
-    if (!strcmp(kind, "code") && PyTuple_GET_SIZE(spec) == 7) {
+    if (!strcmp(kind, "code") && PyTuple_GET_SIZE(spec) == 8) {
         PyObject *loads = ppc_import_attr("marshal", "loads");
         PyObject *code = loads ? PyObject_CallOneArg(loads, PyTuple_GET_ITEM(spec, 2)) : NULL;
         Py_XDECREF(loads);
@@ -238,12 +271,28 @@ static PyObject *materialize(wstate *w, PyObject *spec)
                 Py_DECREF(f);
                 return NULL;
             }
+            int rc = fill_cells(w, f, cells, PyTuple_GET_ITEM(spec, 7), stack);
             Py_DECREF(cells);
+            if (rc < 0) {
+                Py_DECREF(f);
+                return NULL;
+            }
         }
         return f;
     }
-    if (!strcmp(kind, "obj"))
+    if (!strcmp(kind, "obj") && PyTuple_GET_SIZE(spec) == 3)
         return PyObject_CallOneArg(G.pickle_loads, PyTuple_GET_ITEM(spec, 2));
+    if (!strcmp(kind, "back") && PyTuple_GET_SIZE(spec) == 2) {
+        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 1));
+        if (k < 0 || k >= PyList_GET_SIZE(stack)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "malformed function back-reference");
+            return NULL;
+        }
+        PyObject *o = PyList_GET_ITEM(stack, k);
+        Py_INCREF(o);
+        return o;
+    }
     PyErr_Format(PyExc_ValueError, "unknown function spec kind %s", kind);
     return NULL;
 }
@@ -287,17 +336,26 @@ static PyObject *install(wstate *w, const uint8_t *p, size_t n)
             return NULL;
         }
     }
+    PyObject *stack = PyList_New(0);
+    if (!stack) {
+        Py_DECREF(t);
+        return NULL;
+    }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(deps); i++) {
         PyObject *spec = PyTuple_GET_ITEM(deps, i);
-        PyObject *o = materialize(w, spec);
+        PyObject *o = PyTuple_Check(spec) && PyTuple_GET_SIZE(spec) >= 2 ? materialize(w, spec, stack) : NULL;
         if (!o || PyDict_SetItem(w->ns, PyTuple_GET_ITEM(spec, 1), o) < 0) {
+            if (!o && !PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "malformed dependency spec");
             Py_XDECREF(o);
+            Py_DECREF(stack);
             Py_DECREF(t);
             return NULL;
         }
         Py_DECREF(o);
     }
-    PyObject *f = materialize(w, main);
+    PyObject *f = materialize(w, main, stack);
+    Py_DECREF(stack);
     Py_DECREF(t);
     return f;
 }
@@ -505,11 +563,12 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
                 goto out;
             }
             ppc_buf_consume(&w.in, PPC_FRAME_HDR + (size_t)f.len);
-            /* Keep batching while more work is already here. */
+            /* Keep batching while more work is already here; the INIT
+             * reply (ready) goes out at once. */
             ppc_frame peek;
             int more = ppc_frame_parse(ppc_buf_head(&w.in), ppc_buf_unread(&w.in),
                                        (uint64_t)1 << 40, &peek) == PPC_FRAME_OK;
-            if (!more || ppc_buf_unread(&w.out) >= FLUSH_BYTES ||
+            if (!more || f.type == PPC_F_INIT || ppc_buf_unread(&w.out) >= FLUSH_BYTES ||
                 w.pending_results >= FLUSH_RESULTS) {
                 if (flush_out(&w) < 0)
                     goto done; /* the client is gone */
