@@ -458,6 +458,11 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
             goto fail;
         }
     }
+    if (o->listen_port >= 0 && (!o->secret || o->secret_len == 0)) {
+        /* never a node that runs anyone's code */
+        snprintf(err, errlen, "a listening engine needs a secret");
+        goto fail;
+    }
     if (o->listen_port >= 0 && ppc_serve_start(e, err, errlen) < 0)
         goto fail;
     if ((o->announce || o->discover) && o->discover_port > 0 &&

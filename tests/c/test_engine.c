@@ -352,7 +352,7 @@ TEST(engine_worker_killed_by_signal)
 
 TEST(engine_worker_garbage_frame)
 {
-    worker_death_case("garbage", "worker process");
+    worker_death_case("garbage", "sent a malformed frame");
 }
 
 /* Jobs pipelined behind the one that kills the worker are not lost: they go
@@ -633,13 +633,13 @@ TEST(engine_callbacks)
     ctest_sleep_ms(100);
     int64_t last = 0;
     for (int i = 0; i < NCB; i++) {
+        if (i == NCB - 1)
+            last = ctest_now_ms(); /* before: the waiter may wake at once */
         ppc_engine_callback_done(e, got[i]);
         CHECK_EQ_INT(atomic_load(&got[i]->state), PPC_JOB_DONE);
         CHECK_EQ_INT(ppc_engine_wait_job(e, got[i], 0), 1);
         if (i == NCB - 2)
             ctest_sleep_ms(100);
-        if (i == NCB - 1)
-            last = ctest_now_ms();
     }
     pthread_join(th, NULL);
     CHECK_EQ_INT(wa.rc, 1);
@@ -700,6 +700,13 @@ TEST(engine_zero_workers)
     err[0] = 0;
     CHECK(ppc_engine_new(&o, err, sizeof err) == NULL);
     CHECK(err[0] != 0);
+    /* listening (port 0: any) without a secret is refused */
+    o.nworkers = 0;
+    o.listen_host = "127.0.0.1";
+    o.listen_port = 0;
+    err[0] = 0;
+    CHECK(ppc_engine_new(&o, err, sizeof err) == NULL);
+    CHECK(strstr(err, "secret") != NULL);
     ppc_blob_decref(fn);
 }
 
