@@ -1,7 +1,7 @@
 # bench/cases/memory.py - case 5: memory. --case mem_pending: client RSS
 # growth (/proc/self/statm) per pending tiny job, after N submits whose
-# results are never collected and which cannot run yet (pp: ncpus=0, no
-# nodes; mp: every worker blocked in a sleeping job). The job handles are
+# results are never collected and which cannot run yet (every worker
+# blocked in a sleeping job). The job handles are
 # kept in a list, as a user would. --case worker_rss: resident size of the
 # worker processes (VmRSS of every descendant of the client, found by
 # scanning /proc), after each worker has run jobs.
@@ -39,13 +39,15 @@ def pending(args):
         extra.update(common.pp_info(pp))
         n = {("ppft", False): 200000, ("ppft", True): 20000,
              ("ppc", False): 1000000, ("ppc", True): 100000}[(impl, bool(args.quick))]
-        common.PHASE[0] = "pp.Server(ncpus=0)"
-        try:
-            job_server = pp.Server(ncpus=0)
-            extra["setup"] = "Server(ncpus=0)"
-        except Exception as e:  # noqa: BLE001
-            extra["setup"] = "Server() (ncpus=0 refused: %s)" % type(e).__name__
-            job_server = pp.Server()
+        # as for mp: every worker busy in a sleeping job, so the jobs stay
+        # queued in the client (ncpus=0 would fail them at once in ppc:
+        # no node can run them)
+        common.PHASE[0] = "pp.Server(), all workers blocked"
+        job_server = pp.Server(ncpus=common.ncpus())
+        for _ in range(common.ncpus()):
+            job_server.submit(blocker, (3600,))
+        time.sleep(0.5)
+        extra["setup"] = "Server(), all workers blocked"
         submit = lambda: job_server.submit(tiny, (-1,))  # noqa: E731
         submit()  # first submit ships/caches the function: not per-job memory
     gc.collect()

@@ -45,7 +45,7 @@ ppc_job *ppc_job_new(ppc_blob *fn, const void *args, size_t args_len)
     if (fn)
         ppc_blob_incref(fn);
     j->args_len = args_len;
-    if (args_len)
+    if (args_len && args)
         memcpy(j->args, args, args_len);
     return j;
 }

@@ -62,7 +62,8 @@ typedef struct ppc_job {
     uint8_t args[];
 } ppc_job;
 
-/* A new job holding a reference to fn and a copy of args; refs = 1. */
+/* A new job holding a reference to fn and a copy of args (args NULL: the
+ * caller fills the args_len bytes); refs = 1. */
 ppc_job *ppc_job_new(ppc_blob *fn, const void *args, size_t args_len);
 void ppc_job_incref(ppc_job *j);
 void ppc_job_decref(ppc_job *j);

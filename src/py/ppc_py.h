@@ -78,6 +78,21 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args);
 
 /* pyutil.c helpers */
+/* A pickle of protocol 4 or 5 whose whole body is one FRAME: its
+ * 9-byte frame opcode can go (framing is optional for the unpickler),
+ * which matters for tiny jobs and results. Returns the bytes to skip after
+ * the 2-byte PROTO opcode (9), or 0 to keep the pickle as it is. */
+static inline size_t ppc_pickle_frame_skip(const char *p, size_t n)
+{
+    if (n < 12 || (unsigned char)p[0] != 0x80 || (unsigned char)p[1] < 4 ||
+        (unsigned char)p[2] != 0x95)
+        return 0;
+    uint64_t flen = 0;
+    for (int i = 0; i < 8; i++)
+        flen |= (uint64_t)(unsigned char)p[3 + i] << (8 * i);
+    return flen == n - 11 ? 9 : 0;
+}
+
 PyObject *ppc_import_attr(const char *module, const char *attr);
 int ppc_globals_init(void); /* pickle.dumps/loads into G */
 

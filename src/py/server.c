@@ -525,7 +525,15 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *args, PyObject *kw)
     ppc_blob *b = PyCapsule_GetPointer(blob, "ppc_blob");
     if (!b)
         goto done;
-    ppc_job *j = ppc_job_new(b, PyBytes_AS_STRING(pick), (size_t)PyBytes_GET_SIZE(pick));
+    const char *pb = PyBytes_AS_STRING(pick);
+    size_t pn = (size_t)PyBytes_GET_SIZE(pick), skip = ppc_pickle_frame_skip(pb, pn);
+    ppc_job *j = ppc_job_new(b, NULL, pn - skip);
+    if (j && skip) {
+        memcpy(j->args, pb, 2);
+        memcpy(j->args + 2, pb + 2 + skip, pn - 2 - skip);
+    } else if (j) {
+        memcpy(j->args, pb, pn);
+    }
     if (!j) {
         PyErr_NoMemory();
         goto done;

@@ -434,7 +434,8 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
         if (outlen > 0x7fffffff)
             outlen = 0x7fffffff;
     }
-    size_t plen = (size_t)PyBytes_GET_SIZE(pick);
+    const char *pdata = PyBytes_AS_STRING(pick);
+    size_t plen = (size_t)PyBytes_GET_SIZE(pick), skip = ppc_pickle_frame_skip(pdata, plen);
     uint8_t pre[13];
     ppc_put_u64(pre, ns);
     pre[8] = (uint8_t)kind;
@@ -442,12 +443,13 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     size_t hdr_at = w->out.len;
     if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, 0, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
         ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 ||
-        ppc_buf_append(&w->out, PyBytes_AS_STRING(pick), plen) < 0) {
+        ppc_buf_append(&w->out, pdata, skip ? 2 : plen) < 0 ||
+        (skip && ppc_buf_append(&w->out, pdata + 2 + skip, plen - 2 - skip) < 0)) {
         PyErr_NoMemory();
         return -1;
     }
     /* the frame header was written before the variable parts: fix its length */
-    ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen));
+    ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen - skip));
     w->pending_results++;
     return 0;
 }
