@@ -250,14 +250,19 @@ static void *engine_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&e->mu);
         int idle = !e->in_head && e->want_workers < 0 && !e->stopping;
-        if (idle)
+        if (idle) {
             e->sleeping = 1;
+            /* every node is full: a new job could not be placed before some
+             * node reports back (an epoll event), so submit need not wake us */
+            e->saturated = e->rq_head != NULL;
+        }
         pthread_mutex_unlock(&e->mu);
         int n = epoll_wait(e->epfd, evs, 64, idle ? timeout : 0);
         if (n < 0 && errno != EINTR)
             n = 0;
         pthread_mutex_lock(&e->mu);
         e->sleeping = 0;
+        e->saturated = 0;
         if (e->in_head) {
             if (e->rq_tail)
                 e->rq_tail->next = e->in_head;
@@ -601,7 +606,8 @@ int ppc_engine_submit(ppc_engine *e, ppc_job *j, uint32_t group, int has_cb)
     else
         e->in_head = j;
     e->in_tail = j;
-    wake_locked(e);
+    if (!e->saturated)
+        wake_locked(e);
     pthread_mutex_unlock(&e->mu);
     return 0;
 }

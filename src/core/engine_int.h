@@ -127,6 +127,7 @@ struct ppc_engine {
     /* locked */
     ppc_job *in_head, *in_tail; /* submitted, not yet taken */
     int sleeping;
+    int saturated; /* sleeping with jobs queued that no node can take yet */
     int waiters;
     int stopping;
     int stopped;

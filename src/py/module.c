@@ -32,7 +32,8 @@ static PyObject *init_module(const char *name)
     if (!m)
         return NULL;
     G.str_default = PyUnicode_InternFromString("default");
-    if (ppc_globals_init() < 0 || !G.str_default)
+    G.empty_tuple = PyTuple_New(0);
+    if (ppc_globals_init() < 0 || !G.str_default || !G.empty_tuple)
         goto fail;
     if (add_exc(m, &G.DestroyedServerError, "DestroyedServerError", PyExc_RuntimeError,
                 "The job server was destroyed: no job can be submitted, and jobs that were "

@@ -22,6 +22,7 @@ typedef struct {
     PyObject *RemoteError;
     PyObject *RemoteTraceback;
     PyObject *str_default;
+    PyObject *empty_tuple;
 } ppc_globals;
 extern ppc_globals G;
 
@@ -42,6 +43,9 @@ typedef struct {
     PyObject *secret;
     PyObject *last_key[4]; /* func, depfuncs, modules, globals flag of the */
     PyObject *last_cap;    /* last submit, and its blob: the common case */
+    PyObject *last_group; /* borrowed (kept alive by group_names) */
+    uint32_t last_gid;
+    PyObject *proto_obj;  /* proto as an int object, for the pickler */
     uint64_t next_fid;
     int proto;
     int restart;

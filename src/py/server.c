@@ -239,6 +239,9 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         }
     }
     self->proto = proto;
+    Py_XSETREF(self->proto_obj, PyLong_FromLong(proto));
+    if (!self->proto_obj)
+        return -1;
     self->restart = restart;
     self->raise_exceptions = raise_exc;
     self->socket_timeout = timeout;
@@ -417,9 +420,19 @@ static int check_alive(ppc_Server *self)
 
 static int group_id(ppc_Server *self, PyObject *group, uint32_t *out)
 {
+    if (group == self->last_group) {
+        *out = self->last_gid;
+        return 0;
+    }
     PyObject *v = PyDict_GetItemWithError(self->groups, group);
     if (v) {
         *out = (uint32_t)PyLong_AsUnsignedLong(v);
+        /* remember the stored key (alive in group_names, unlike an equal
+         * temporary the caller may have passed) to recognise it next time */
+        if (*out < (uint32_t)PyList_GET_SIZE(self->group_names)) {
+            self->last_group = PyList_GET_ITEM(self->group_names, *out);
+            self->last_gid = *out;
+        }
         return 0;
     }
     if (PyErr_Occurred())
@@ -445,23 +458,53 @@ static int check_tuple(PyObject *o, const char *name)
     return 0;
 }
 
-static PyObject *Server_submit(ppc_Server *self, PyObject *args, PyObject *kw)
+/* submit's parameters, by position and keyword (fast call: no argument
+ * tuple or keyword dict is built per job). */
+static const char *const submit_kw[] = {"func",     "args",  "depfuncs", "modules",
+                                        "callback", "callbackargs", "group", "globals"};
+#define SUBMIT_NARGS 8
+
+static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize_t nargsf,
+                               PyObject *kwnames)
 {
-    static char *kwlist[] = {"func",  "args",   "depfuncs", "modules", "callback", "callbackargs",
-                             "group", "globals", NULL};
-    PyObject *func, *fargs = NULL, *depfuncs = NULL, *modules = NULL, *callback = Py_None;
-    PyObject *cbargs = NULL, *group = NULL, *globals = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOOOO:submit", kwlist, &func, &fargs,
-                                     &depfuncs, &modules, &callback, &cbargs, &group, &globals))
+    PyObject *a[SUBMIT_NARGS] = {NULL};
+    Py_ssize_t npos = PyVectorcall_NARGS(nargsf);
+    if (npos > SUBMIT_NARGS) {
+        PyErr_Format(PyExc_TypeError, "submit() takes at most %d arguments (%zd given)",
+                     SUBMIT_NARGS, npos);
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < npos; i++)
+        a[i] = argv[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+        int at = -1;
+        for (int i = 0; i < SUBMIT_NARGS && at < 0; i++)
+            if (PyUnicode_CompareWithASCIIString(name, submit_kw[i]) == 0)
+                at = i;
+        if (at < 0) {
+            PyErr_Format(PyExc_TypeError, "submit() got an unexpected keyword argument '%U'",
+                         name);
+            return NULL;
+        }
+        if (a[at]) {
+            PyErr_Format(PyExc_TypeError, "submit() got multiple values for argument '%s'",
+                         submit_kw[at]);
+            return NULL;
+        }
+        a[at] = argv[npos + k];
+    }
+    if (!a[0]) {
+        PyErr_SetString(PyExc_TypeError, "submit() missing required argument 'func' (pos 1)");
+        return NULL;
+    }
+    PyObject *func = a[0], *fargs = a[1], *depfuncs = a[2], *modules = a[3];
+    PyObject *callback = a[4] ? a[4] : Py_None, *cbargs = a[5], *group = a[6];
+    PyObject *globals = a[7] ? a[7] : Py_None;
     if (check_alive(self) < 0)
         return NULL;
-    PyObject *empty = NULL;
-    if (!fargs || !depfuncs || !modules || !cbargs) {
-        empty = PyTuple_New(0);
-        if (!empty)
-            return NULL;
-    }
+    PyObject *empty = G.empty_tuple;
     if (!fargs)
         fargs = empty;
     if (!depfuncs)
@@ -513,7 +556,8 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *args, PyObject *kw)
         call_args = fargs;
         Py_INCREF(call_args);
     }
-    pick = PyObject_CallFunction(G.pickle_dumps, "Oi", call_args, self->proto);
+    PyObject *dargs[2] = {call_args, self->proto_obj};
+    pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
     if (!pick)
         goto done;
     blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pick);
@@ -560,7 +604,6 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *args, PyObject *kw)
     }
     result = (PyObject *)jo;
 done:
-    Py_XDECREF(empty);
     Py_XDECREF(call_args);
     Py_XDECREF(pick);
     Py_XDECREF(blob);
@@ -875,6 +918,7 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->last_cap);
     Py_CLEAR(self->fn_cache);
     Py_CLEAR(self->fn_volatile);
+    Py_CLEAR(self->proto_obj);
     Py_CLEAR(self->groups);
     Py_CLEAR(self->group_names);
     Py_CLEAR(self->event_thread);
@@ -898,7 +942,7 @@ static void Server_dealloc(ppc_Server *self)
 }
 
 static PyMethodDef Server_methods[] = {
-    {"submit", (PyCFunction)(void (*)(void))Server_submit, METH_VARARGS | METH_KEYWORDS,
+    {"submit", (PyCFunction)(void (*)(void))Server_submit, METH_FASTCALL | METH_KEYWORDS,
      "submit(func, args=(), depfuncs=(), modules=(), callback=None, callbackargs=(), "
      "group='default', globals=None)\n--\n\nSubmit func(*args) for execution; returns a job "
      "whose call returns the result."},

@@ -28,7 +28,13 @@ typedef struct {
     PyObject *ns;      /* __main__.__dict__: where shipped code lives */
     PyObject *fns;     /* function id -> callable, or bytes (install error) */
     PyObject *capture; /* io.StringIO standing in for stdout/stderr */
+    PyObject *str_tell;
+    PyObject *proto_obj;
     int proto;
+    uint64_t last_fid;  /* the function of the last job (borrowed from fns) */
+    PyObject *last_f;
+    uint64_t t_mark;    /* end of the previous job while jobs run back to
+                           back (its clock reading starts the next), or 0 */
 } wstate;
 
 static uint64_t now_ns(void)
@@ -374,6 +380,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     if (!path || !cwd || !proto)
         goto out;
     w->proto = (int)PyLong_AsLong(proto);
+    Py_INCREF(proto);
+    Py_XSETREF(w->proto_obj, proto);
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -403,7 +411,7 @@ out:
 /* Take what the job printed; new reference to a str, or NULL when none. */
 static PyObject *take_output(wstate *w)
 {
-    PyObject *pos = PyObject_CallMethod(w->capture, "tell", NULL);
+    PyObject *pos = PyObject_CallMethodNoArgs(w->capture, w->str_tell);
     if (!pos) {
         PyErr_Clear();
         return NULL;
@@ -459,12 +467,21 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
     if (n < 8)
         return -1;
     uint64_t fid = ppc_get_u64(p);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = w->t_mark ? w->t_mark : now_ns();
     PyObject *res = NULL, *pick = NULL;
     int kind = PPC_R_VALUE;
-    PyObject *key = PyLong_FromUnsignedLongLong(fid);
-    PyObject *f = key ? PyDict_GetItemWithError(w->fns, key) : NULL;
-    Py_XDECREF(key);
+    PyObject *f = NULL;
+    if (fid && fid == w->last_fid) {
+        f = w->last_f;
+    } else {
+        PyObject *key = PyLong_FromUnsignedLongLong(fid);
+        f = key ? PyDict_GetItemWithError(w->fns, key) : NULL;
+        Py_XDECREF(key);
+        if (f) {
+            w->last_fid = fid;
+            w->last_f = f;
+        }
+    }
     if (!f) {
         if (!PyErr_Occurred())
             PyErr_Format(PyExc_RuntimeError, "function %llu was never sent to this worker",
@@ -488,9 +505,8 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
             Py_DECREF(args);
         }
         if (res) {
-            PyObject *proto = PyLong_FromLong(w->proto);
-            pick = proto ? PyObject_CallFunctionObjArgs(G.pickle_dumps, res, proto, NULL) : NULL;
-            Py_XDECREF(proto);
+            PyObject *dargs[2] = {res, w->proto_obj};
+            pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
             Py_DECREF(res);
         }
     }
@@ -501,6 +517,7 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
             return -1;
     }
     uint64_t t1 = now_ns();
+    w->t_mark = t1;
     PyObject *out = take_output(w);
     int rc = put_result(w, id, t1 - t0, kind, out, pick);
     Py_XDECREF(out);
@@ -510,6 +527,8 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
 
 static int on_func(wstate *w, uint64_t fid, const uint8_t *p, size_t n)
 {
+    w->last_fid = 0;
+    w->last_f = NULL;
     PyObject *f = install(w, p, n);
     if (!f) {
         f = exception_payload(w);
@@ -541,8 +560,14 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
         return NULL;
     w.ns = PyModule_GetDict(main);
     w.fns = PyDict_New();
-    if (!w.fns)
+    w.str_tell = PyUnicode_InternFromString("tell");
+    w.proto_obj = PyLong_FromLong(w.proto);
+    if (!w.fns || !w.str_tell || !w.proto_obj) {
+        Py_XDECREF(w.fns);
+        Py_XDECREF(w.str_tell);
+        Py_XDECREF(w.proto_obj);
         return NULL;
+    }
     PyObject *ret = NULL;
     for (;;) {
         ppc_frame f;
@@ -574,11 +599,13 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
                 w.pending_results >= FLUSH_RESULTS) {
                 if (flush_out(&w) < 0)
                     goto done; /* the client is gone */
+                w.t_mark = 0;
             }
             continue;
         }
         if (flush_out(&w) < 0)
             goto done;
+        w.t_mark = 0; /* about to wait for input: the next job starts its own clock */
         size_t want = 65536;
         if (f.len > 0 && PPC_FRAME_HDR + f.len - ppc_buf_unread(&w.in) > want)
             want = PPC_FRAME_HDR + (size_t)f.len - ppc_buf_unread(&w.in);
@@ -609,5 +636,7 @@ out:
     ppc_buf_free(&w.out);
     Py_XDECREF(w.fns);
     Py_XDECREF(w.capture);
+    Py_XDECREF(w.str_tell);
+    Py_XDECREF(w.proto_obj);
     return ret;
 }
