@@ -25,7 +25,7 @@ venv: $(STAMP)
 
 $(EXT): $(STAMP) $(SRC) setup.py
 	$(VPY) setup.py -q build_ext --inplace
-	@$(VPY) -c "import pp" 2>/dev/null || $(VPY) -m pip install -q --no-build-isolation -e .
+	@test -x $(VENV)/bin/ppserver || $(VPY) -m pip install -q --no-build-isolation -e .
 
 build: $(EXT)
 

@@ -594,8 +594,8 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     table("mem_pending", "5a. Client memory per pending tiny job (bytes/job, lower is better)",
           ["mp", "ppft", "ppc"],
           note="RSS growth of the client (/proc/self/statm) after N `submit(tiny, (-1,))` "
-               "whose results are never collected and which cannot run yet: pp with "
-               "`Server(ncpus=0)` (no node), mp with every worker blocked in a sleeping job. "
+               "whose results are never collected and which cannot run yet: every worker "
+               "blocked in a sleeping job (mp, ppft and ppc alike). "
                "N: mp %s, ppft %s, ppc %s." % (n_mem["mp"], n_mem["ppft"], n_mem["ppc"]),
           ratio_col=("setup", lambda i: (S["mem_pending"][i] or {}).get("last", {}).get("setup", "-")))
     table("worker_rss", "5b. Worker resident size (MB per worker process)", ["mp", "ppft", "ppc"],
