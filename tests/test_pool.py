@@ -308,3 +308,34 @@ def test_pending_jobs_at_exit_do_not_hang(run_python, ok):
         print("exiting")
     """, timeout=30))
     assert out.strip() == "exiting"
+
+
+@pytest.mark.timeout(60)
+def test_jobs_queued_while_every_worker_is_busy_start_on_growth(fresh_server, tmp_path,
+                                                                 wait_until):
+    # The only worker is held by a job that waits for a file. Jobs submitted
+    # now cannot be placed (the engine sleeps without being woken by each
+    # submit); set_ncpus must still wake it, and the new worker runs them
+    # while the first job is still holding its worker.
+    s = fresh_server(ncpus=1)
+    release, started = tmp_path / "release", tmp_path / "started"
+    held = s.submit(H.wait_for_file, (str(release), 50.0, str(started)))
+    assert wait_until(started.exists)
+    quick = [s.submit(H.square, (i,)) for i in range(50)]
+    time.sleep(0.3)
+    assert not any(j.finished for j in quick)
+    s.set_ncpus(2)
+    assert [j() for j in quick] == [i * i for i in range(50)]
+    assert not held.finished
+    release.write_text("go")
+    assert held()[1] is True
+    # and a submit while saturated, released later, still runs
+    release.unlink()
+    started.unlink()
+    held = [s.submit(H.wait_for_file, (str(release), 50.0, str(started))) for _ in range(2)]
+    late = s.submit(H.square, (7,))
+    time.sleep(0.3)
+    assert not late.finished
+    release.write_text("go")
+    assert late() == 49
+    assert all(h()[1] is True for h in held)
