@@ -155,3 +155,8 @@ class Multiplier(object):
 
     def __call__(self, x):
         return self.k * x
+
+
+def pack_args(*args):
+    """Return the positional arguments as the tuple they arrived in."""
+    return args

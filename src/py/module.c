@@ -3,7 +3,44 @@
  * (wmodule.c), which has no engine and no libcrypto. */
 #include "ppc_py.h"
 
-static PyMethodDef module_methods[] = {{NULL, NULL, 0, NULL}};
+/* Test hooks for the hand-written pickle path (tests/test_fastpickle.py):
+ * _fast_dumps(obj, proto) -> bytes or None; _fast_loads(bytes) -> (obj,)
+ * or None when the reader does not handle it. */
+static PyObject *fast_dumps_hook(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *obj;
+    int proto;
+    if (!PyArg_ParseTuple(args, "Oi:_fast_dumps", &obj, &proto))
+        return NULL;
+    uint8_t buf[512];
+    size_t n = ppc_fast_dumps(obj, proto, buf, sizeof buf);
+    if (!n)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+}
+
+static PyObject *fast_loads_hook(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "_fast_loads takes bytes");
+        return NULL;
+    }
+    PyObject *o = ppc_fast_loads((const uint8_t *)PyBytes_AS_STRING(arg),
+                                 (size_t)PyBytes_GET_SIZE(arg));
+    if (!o) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(N)", o);
+}
+
+static PyMethodDef module_methods[] = {
+    {"_fast_dumps", fast_dumps_hook, METH_VARARGS, NULL},
+    {"_fast_loads", fast_loads_hook, METH_O, NULL},
+    {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_ppc",

@@ -76,10 +76,17 @@ int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_gro
 /* ship.c: the function blob for a call, cached per server. Returns a new
  * reference to a capsule holding a ppc_blob, or NULL with an error. */
 PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                        PyObject *globals, PyObject *args_pickle);
+                        PyObject *globals, const char *args_pickle, size_t n);
 
 /* worker.c */
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args);
+
+/* fastpickle.c: scalars and flat tuples of scalars as pickle opcodes by
+ * hand. ppc_fast_dumps: bytes written to buf, 0 when not handled (never
+ * raises). ppc_fast_loads: new object, or NULL without an exception when
+ * not handled (then use _pickle). */
+size_t ppc_fast_dumps(PyObject *obj, int proto, uint8_t *buf, size_t cap);
+PyObject *ppc_fast_loads(const uint8_t *p, size_t n);
 
 /* pyutil.c helpers */
 /* A pickle of protocol 4 or 5 whose whole body is one FRAME: its

@@ -136,12 +136,15 @@ int ppc_job_unpack(ppc_Job *self)
     }
     if (outlen && print_output((const char *)p + 5, outlen) < 0)
         return -1;
-    PyObject *mv = PyMemoryView_FromMemory((char *)p + 5 + outlen, (Py_ssize_t)(n - 5 - outlen),
-                                           PyBUF_READ);
-    if (!mv)
-        return -1;
-    PyObject *obj = PyObject_CallOneArg(G.pickle_loads, mv);
-    Py_DECREF(mv);
+    PyObject *obj = kind == PPC_R_EXCEPTION ? NULL : ppc_fast_loads(p + 5 + outlen, n - 5 - outlen);
+    if (!obj) {
+        PyObject *mv = PyMemoryView_FromMemory((char *)p + 5 + outlen,
+                                               (Py_ssize_t)(n - 5 - outlen), PyBUF_READ);
+        if (!mv)
+            return -1;
+        obj = PyObject_CallOneArg(G.pickle_loads, mv);
+        Py_DECREF(mv);
+    }
     if (!obj) {
         /* the result cannot be rebuilt here: report it as the job's error */
         PyObject *t, *v, *tb;

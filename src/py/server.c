@@ -556,11 +556,19 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         call_args = fargs;
         Py_INCREF(call_args);
     }
-    PyObject *dargs[2] = {call_args, self->proto_obj};
-    pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
-    if (!pick)
-        goto done;
-    blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pick);
+    /* tiny arguments by hand (fastpickle.c), anything else by _pickle */
+    uint8_t fbuf[512];
+    const char *pb = (const char *)fbuf;
+    size_t pn = ppc_fast_dumps(call_args, self->proto, fbuf, sizeof fbuf);
+    if (!pn) {
+        PyObject *dargs[2] = {call_args, self->proto_obj};
+        pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+        if (!pick)
+            goto done;
+        pb = PyBytes_AS_STRING(pick);
+        pn = (size_t)PyBytes_GET_SIZE(pick);
+    }
+    blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pb, pn);
     if (!blob)
         goto done;
     uint32_t gid;
@@ -569,8 +577,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     ppc_blob *b = PyCapsule_GetPointer(blob, "ppc_blob");
     if (!b)
         goto done;
-    const char *pb = PyBytes_AS_STRING(pick);
-    size_t pn = (size_t)PyBytes_GET_SIZE(pick), skip = ppc_pickle_frame_skip(pb, pn);
+    size_t skip = ppc_pickle_frame_skip(pb, pn);
     ppc_job *j = ppc_job_new(b, NULL, pn - skip);
     if (j && skip) {
         memcpy(j->args, pb, 2);

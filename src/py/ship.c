@@ -602,14 +602,14 @@ static PyObject *encode_cap(ppc_Server *s, PyObject *func, PyObject *depfuncs, P
 }
 
 PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                        PyObject *globals, PyObject *pick)
+                        PyObject *globals, const char *data, size_t n)
 {
     PyObject *refs = NULL;
-    const char *data = PyBytes_AS_STRING(pick);
-    Py_ssize_t n = PyBytes_GET_SIZE(pick);
     PyObject *gflag = globals == Py_None ? Py_False : Py_True;
-    if (memmem(data, (size_t)n, "__main__", 8)) {
-        refs = main_refs(pick);
+    if (memmem(data, n, "__main__", 8)) {
+        PyObject *pick = PyBytes_FromStringAndSize(data, (Py_ssize_t)n);
+        refs = pick ? main_refs(pick) : NULL;
+        Py_XDECREF(pick);
         if (!refs)
             return NULL;
     } else if (s->last_cap && s->last_key[0] == func && s->last_key[1] == depfuncs &&

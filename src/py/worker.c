@@ -492,9 +492,12 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
         pick = f;
         Py_INCREF(pick);
     } else {
-        PyObject *mv = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(n - 8), PyBUF_READ);
-        PyObject *args = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
-        Py_XDECREF(mv);
+        PyObject *args = ppc_fast_loads(p + 8, n - 8);
+        if (!args) {
+            PyObject *mv = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(n - 8), PyBUF_READ);
+            args = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
+            Py_XDECREF(mv);
+        }
         if (args && !PyTuple_Check(args)) {
             Py_DECREF(args);
             args = NULL;
@@ -505,8 +508,15 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
             Py_DECREF(args);
         }
         if (res) {
-            PyObject *dargs[2] = {res, w->proto_obj};
-            pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+            /* a scalar result by hand (fastpickle.c), as bytes like _pickle's */
+            uint8_t fbuf[256];
+            size_t fn = ppc_fast_dumps(res, w->proto, fbuf, sizeof fbuf);
+            if (fn) {
+                pick = PyBytes_FromStringAndSize((const char *)fbuf, (Py_ssize_t)fn);
+            } else {
+                PyObject *dargs[2] = {res, w->proto_obj};
+                pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+            }
             Py_DECREF(res);
         }
     }
