@@ -70,6 +70,7 @@ def _parse(argv):
             ("network", "broadcast"): ("broadcast", str), ("network", "port"): ("port", int),
             ("network", "timeout"): ("timeout", float),
             ("network", "socket_timeout"): ("socket_timeout", float),
+            ("network", "discovery_port"): ("discover_port", int),
         }
         for (sec, key), (name, fn) in conv.items():
             src = g if sec == "general" else n
