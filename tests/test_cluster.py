@@ -138,6 +138,7 @@ def test_wrong_secret_node_not_used_next_to_good_one(start_ppserver, caplog):
         assert c.get_stats().get(bad.addr) is None or c.get_stats()[bad.addr].njobs == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_unreachable_node_logged_and_jobs_fail_clearly(caplog):
     caplog.set_level(logging.INFO, logger="pp")
@@ -202,6 +203,7 @@ def test_node_killed_jobs_move_to_second_node(start_ppserver):
         assert c.get_active_nodes() == {b.addr: 1}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(40)
 def test_only_node_killed_jobs_fail_clearly_with_bounded_retries(start_ppserver):
     node = start_ppserver(workers=1)
@@ -547,3 +549,41 @@ def test_fake_node_without_secret_cannot_lure_jobs(fake_node, caplog):
         assert [c.submit(J.square_pid, (i,))()[0] for i in range(5)] == [0, 1, 4, 9, 16]
         assert wait_until(lambda: any(node.addr in m for m in pp_errors(caplog)), 5)
     assert node.jobs == [] and node.funcs == []
+
+
+@pytest.mark.timeout(30)
+def test_node_without_workers_jobs_fail_clearly(start_ppserver, caplog):
+    """A ppserver -w 0 is connected but has no slots: with no other node a
+    job fails at once (it used to wait forever: the node counted as one
+    that might still run it)."""
+    caplog.set_level(logging.INFO, logger="pp")
+    node = start_ppserver(workers=0)
+    with pp.Server(ncpus=0, ppservers=(node.addr,), secret=SECRET) as c:
+        assert wait_until(lambda: node.addr in c.get_active_nodes(), 10)
+        t0 = time.monotonic()
+        with pytest.raises(pp.WorkerError, match="no node can run"):
+            c.submit(J.square_pid, (2,))()
+        assert time.monotonic() - t0 < 5
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(node.addr in m and "no workers" in m for m in msgs), msgs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+def test_stopped_only_node_jobs_fail_clearly(start_ppserver):
+    """SIGSTOP the only node: lost after the liveness interval, the
+    reconnection's handshake times out (the kernel still accepts), and the
+    job fails instead of waiting for ever."""
+    node = start_ppserver(workers=1, args=["-k", "1"])
+    with pp.Server(ncpus=0, ppservers=(node.addr,), secret=SECRET, socket_timeout=1) as c:
+        assert wait_until(lambda: node.addr in c.get_active_nodes(), 10)
+        job = c.submit(J.sleep_then, (1, 2))
+        time.sleep(0.3)
+        node.signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(pp.WorkerError):
+                job()
+            assert time.monotonic() - t0 < 25
+        finally:
+            node.signal(signal.SIGCONT)

@@ -155,6 +155,7 @@ with pp.Server(ncpus=0, ppservers=("*",), secret=secret, _discover_port=udp,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_autodiscovery_across_network_namespaces(netns_pair, tmp_path):
     ns_a, ns_b = netns_pair
@@ -182,6 +183,7 @@ def test_autodiscovery_across_network_namespaces(netns_pair, tmp_path):
         node.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_nothing_discovered_jobs_fail_clearly():
     """ncpus=0 and "*" with no node announcing: once the discovery window

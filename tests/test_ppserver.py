@@ -162,3 +162,27 @@ def test_worker_count_seen_by_client(start_ppserver):
         jobs = [c.submit(J.sleep_then, (i, 0.3)) for i in range(6)]
         pids = {j()[1] for j in jobs}
     assert len(pids) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+def test_sigterm_while_jobs_run_stops_promptly_and_reaps(start_ppserver):
+    node = start_ppserver(workers=2)
+    c = client(node)
+    try:
+        jobs = [c.submit(J.sleep_then, (i, 30)) for i in range(4)]
+        assert wait_until(lambda: c._active_tasks() and node.addr in c.get_active_nodes(), 10)
+        time.sleep(0.5)
+        workers = node.workers()
+        assert len(workers) == 2
+        t0 = time.monotonic()
+        node.signal(signal.SIGTERM)
+        assert node.proc.wait(10) == 0, node.log()
+        assert time.monotonic() - t0 < 5
+        assert wait_until(lambda: not any(alive(p) for p in workers), 5)
+        # the client sees the node lost; with nowhere else to go the jobs fail
+        for j in jobs:
+            with pytest.raises(pp.WorkerError):
+                j()
+    finally:
+        c.destroy()
