@@ -587,3 +587,17 @@ def test_stopped_only_node_jobs_fail_clearly(start_ppserver):
             assert time.monotonic() - t0 < 25
         finally:
             node.signal(signal.SIGCONT)
+
+
+@pytest.mark.timeout(30)
+def test_client_liveness_shorter_than_node_heartbeat(start_ppserver, caplog):
+    """The client's socket_timeout (1 s) is shorter than the node's own
+    heartbeat period (the default -k 3600 gives one PING per 5 s): the
+    client's PINGs must be answered, or a 3 s job looks like a dead node."""
+    caplog.set_level(logging.INFO, logger="pp")
+    node = start_ppserver(workers=1)
+    with pp.Server(ncpus=0, ppservers=(node.addr,), secret=SECRET, socket_timeout=1) as c:
+        assert c.submit(J.sleep_then, (5, 3))()[0] == 5
+        warns = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not warns, warns
+        assert c.get_stats()[node.addr].njobs == 1

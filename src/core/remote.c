@@ -317,7 +317,9 @@ static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
     case R_READY:
         if (f->type == PPC_F_RESULT)
             on_result(e, r, f);
-        else if (f->type != PPC_F_PING && f->type != PPC_F_PONG)
+        else if (f->type == PPC_F_PING)
+            ppc_conn_put(&r->c, PPC_F_PONG, 0, f->id, NULL, 0, NULL, 0);
+        else if (f->type != PPC_F_PONG)
             lost(e, r, "protocol violation");
         return;
     default:
