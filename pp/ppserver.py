@@ -37,7 +37,8 @@ Options:
 -P pid_file        : file to write the process id to
 
 A secret is required: there is no built-in default. Give one with -s,
-the config file ([general] secret = ...), or the PP_SECRET variable.
+the config file ([general] secret = ...), the PP_SECRET variable, or
+pp_secret = '...' in ~/.pythonrc.py.
 """
 
 
@@ -69,6 +70,7 @@ def _parse(argv):
             ("network", "broadcast"): ("broadcast", str), ("network", "port"): ("port", int),
             ("network", "timeout"): ("timeout", float),
             ("network", "socket_timeout"): ("socket_timeout", float),
+            ("network", "discovery_port"): ("discover_port", int),
         }
         for (sec, key), (name, fn) in conv.items():
             src = g if sec == "general" else n
@@ -107,7 +109,9 @@ def _parse(argv):
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if not cfg["secret"]:
-        cfg["secret"] = os.environ.get("PP_SECRET") or None
+        # PP_SECRET, then pp's classic pp_secret in ~/.pythonrc.py
+        from pp import _user_secret
+        cfg["secret"] = _user_secret() or None
     return cfg
 
 
@@ -132,8 +136,8 @@ def main(argv=None):
         sys.stderr.write(
             "ppserver: refusing to start without a secret: anyone who can reach the port "
             "could run code here.\nGive one with -s SECRET, with 'secret = ...' in the "
-            "[general] section of a config file (-c), or in the PP_SECRET environment "
-            "variable.\n")
+            "[general] section of a config file (-c), in the PP_SECRET environment "
+            "variable, or as pp_secret = '...' in ~/.pythonrc.py.\n")
         return 2
     logging.basicConfig(level=logging.DEBUG if cfg["debug"] else logging.INFO,
                         format=cfg["format"])

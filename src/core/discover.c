@@ -23,6 +23,7 @@
 #include "engine_int.h"
 
 #define ANNOUNCE_EVERY_MS 3000
+#define DISCOVER_WINDOW_MS 5000 /* as the engine's grace for announcements */
 #define MAX_AGE_S 120
 static const char QUERY[8] = {'P', 'P', 'C', 'Q', 1, 0, 0, 0};
 
@@ -130,16 +131,27 @@ void ppc_discover_event(ppc_engine *e)
 
 int ppc_discover_tick(ppc_engine *e)
 {
-    if (e->udp_fd < 0 || !e->opts.announce)
+    if (e->udp_fd < 0)
         return -1;
     int64_t now = ppc_now_ms();
+    /* A discovering client must wake when the window for announcements
+     * closes: jobs queued with no node found then fail instead of waiting
+     * for a wake-up that never comes (nothing else is armed when no node
+     * was ever found). */
+    int wake = -1;
+    int64_t window_end = e->created_ms + DISCOVER_WINDOW_MS + 1;
+    if (e->opts.discover && now < window_end)
+        wake = (int)(window_end - now);
+    if (!e->opts.announce)
+        return wake;
     if (now >= e->next_announce) {
         struct sockaddr_in b;
         broadcast_addr(e, &b);
         announce(e, &b);
         e->next_announce = now + ANNOUNCE_EVERY_MS;
     }
-    return (int)(e->next_announce - now);
+    int t = (int)(e->next_announce - now);
+    return wake >= 0 && wake < t ? wake : t;
 }
 
 void ppc_discover_stop(ppc_engine *e)

@@ -241,7 +241,11 @@ static void on_welcome(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
     r->why[0] = 0;
     r->ever_ready = 1;
     set_state(e, r, R_READY);
-    ppc_engine_log(e, PPC_LOG_INFO, "connected to node %s (%d workers)", r->name, r->ncpus);
+    if (r->ncpus <= 0)
+        ppc_engine_log(e, PPC_LOG_WARNING, "node %s has no workers: no job will run there",
+                       r->name);
+    else
+        ppc_engine_log(e, PPC_LOG_INFO, "connected to node %s (%d workers)", r->name, r->ncpus);
 }
 
 static void on_result(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
@@ -313,7 +317,9 @@ static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
     case R_READY:
         if (f->type == PPC_F_RESULT)
             on_result(e, r, f);
-        else if (f->type != PPC_F_PING && f->type != PPC_F_PONG)
+        else if (f->type == PPC_F_PING)
+            ppc_conn_put(&r->c, PPC_F_PONG, 0, f->id, NULL, 0, NULL, 0);
+        else if (f->type != PPC_F_PONG)
             lost(e, r, "protocol violation");
         return;
     default:
@@ -376,6 +382,8 @@ int ppc_remote_may_run(ppc_engine *e, uint32_t flags)
             continue;
         if (r->state == R_READY && (flags & PPC_BLOB_SAME_PY) && !r->same_py)
             continue;
+        if (r->state == R_READY && r->ncpus <= 0)
+            continue; /* a node with no workers (ppserver -w 0) runs nothing */
         if (r->state != R_DOWN || now - r->down_since < GRACE_MS)
             return 1;
     }

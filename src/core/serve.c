@@ -7,7 +7,9 @@
  * malformed, oversized or unexpected frame closes that connection and
  * nothing else. A client that goes away has its queued jobs dropped and
  * the workers running its jobs stopped. A client silent for the liveness
- * interval is dropped. Engine thread only. */
+ * interval is dropped; a client's PING is answered with a PONG at once, so
+ * a client whose liveness interval is shorter than ours still hears from
+ * us in time. Engine thread only. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -316,6 +318,10 @@ static void on_ready(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
         return;
     }
     case PPC_F_PING:
+        /* answer at once: the client's liveness interval may be shorter
+         * than ours, so our own heartbeat period is not enough for it */
+        ppc_conn_put(&s->c, PPC_F_PONG, 0, f->id, NULL, 0, NULL, 0);
+        return;
     case PPC_F_PONG:
         return;
     case PPC_F_BYE:
