@@ -19,7 +19,7 @@ setup(
             "pp._ppc",
             sources=sorted(glob.glob("src/core/*.c"))
             + sorted(f for f in glob.glob("src/py/*.c") if f not in WORKER)
-            + SHARED,
+            + SHARED + ["src/py/worker.c"],  # worker.c: forked workers
             include_dirs=["src/core", "src/py"],
             libraries=["crypto"],
             extra_compile_args=CFLAGS + extra,

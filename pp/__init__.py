@@ -73,7 +73,9 @@ class Server(_ppc.Server):
            raise_exceptions=True)
 
     ncpus: local worker processes ("autodetect": one per available core);
-    0 runs jobs on remote nodes only.
+    0 runs jobs on remote nodes only. The first ones are forks of this
+    process when it is single-threaded, the others fresh interpreters
+    (PPC_START=spawn in the environment: all fresh interpreters).
     ppservers: remote nodes, "host", "host:port" (default port 60000), or
     "*" to use the nodes that announce themselves on the network.
     secret: the cluster's shared secret (str or bytes); when None, the

@@ -217,3 +217,27 @@ def test_restart_and_threads():
 def test_large_bytes(srv):
     data = os.urandom(16 * 1024 * 1024)
     assert srv.submit(bytes, (data,))() == data
+
+
+def test_forked_first_workers():
+    # a child interpreter (single-threaded, same sanitizer environment):
+    # its first workers are forks running the worker loop of this build
+    import subprocess
+    import sys
+    code = ("import os, pp\n"
+            "s = pp.Server(2)\n"
+            "assert s._forked_workers == 2, s._forked_workers\n"
+            "try:\n"
+            "    s.submit(os._exit, (3,))()\n"
+            "except pp.WorkerError:\n"
+            "    pass\n"
+            "print(sum(s.submit(pow, (i, 2))() for i in range(50)))\n"
+            "s.destroy()\n")
+    env = dict(os.environ)
+    env.pop("PPC_START", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pp.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(sum(i * i for i in range(50)))]

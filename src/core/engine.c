@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -353,6 +354,21 @@ static char **copy_strv(char *const *v)
     return c;
 }
 
+/* Prestarted workers from index `from` on that nobody took: close our
+ * ends (they see EOF), kill and reap them. */
+static void release_prestarted(const ppc_engine_opts *o, int from)
+{
+    for (int i = from; o->prestarted && i < o->nprestarted; i++) {
+        const ppc_prestarted *ps = &o->prestarted[i];
+        close(ps->fd_to_worker);
+        close(ps->fd_from_worker);
+        if (ps->pid > 0) {
+            kill(ps->pid, SIGKILL);
+            waitpid(ps->pid, NULL, 0);
+        }
+    }
+}
+
 static int copy_opts(ppc_engine *e, const ppc_engine_opts *o)
 {
     e->opts = *o;
@@ -403,13 +419,18 @@ static int copy_opts(ppc_engine *e, const ppc_engine_opts *o)
 
 ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
 {
-    if (o->nworkers < 0 || (o->nworkers > 0 && (!o->worker_argv || !o->worker_argv[0]))) {
+    int adopted = 0; /* prestarted workers the pool owns now */
+    if (o->nworkers < 0 || (o->nworkers > 0 && (!o->worker_argv || !o->worker_argv[0])) ||
+        o->nprestarted < 0 || o->nprestarted > o->nworkers ||
+        (o->nprestarted > 0 && !o->prestarted)) {
         snprintf(err, errlen, "invalid engine options");
+        release_prestarted(o, 0);
         return NULL;
     }
     ppc_engine *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
+        release_prestarted(o, 0);
         return NULL;
     }
     e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
@@ -446,6 +467,14 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     if (!e->pool) {
         snprintf(err, errlen, "out of memory");
         goto fail;
+    }
+    /* Workers the caller started: the pool owns each from here on (a
+     * failed adoption closes and reaps that one); the engine thread starts
+     * only the rest. */
+    for (; adopted < o->nprestarted; adopted++) {
+        const ppc_prestarted *ps = &o->prestarted[adopted];
+        if (ppc_pool_adopt(e->pool, ps->pid, ps->fd_to_worker, ps->fd_from_worker) < 0)
+            ppc_engine_log(e, PPC_LOG_WARNING, "cannot take over worker %d", ps->pid);
     }
     for (size_t i = 0; o->ppservers && o->ppservers[i]; i++) {
         const char *hp = o->ppservers[i];
@@ -485,8 +514,11 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
         goto fail;
     }
     e->thread_started = 1;
+    e->opts.prestarted = NULL;
+    e->opts.nprestarted = 0;
     return e;
 fail:
+    release_prestarted(o, adopted);
     ppc_engine_free(e);
     return NULL;
 }
@@ -549,8 +581,11 @@ void ppc_engine_free(ppc_engine *e)
         e->log_head = m->next;
         free(m);
     }
-    if (e->pool)
+    if (e->pool) {
+        if (!e->thread_started)
+            ppc_pool_shutdown(e->pool); /* adopted workers, if any */
         ppc_pool_free(e->pool);
+    }
     ppc_remote_free(e);
     if (e->listen_fd >= 0)
         close(e->listen_fd);

@@ -16,8 +16,24 @@
 
 typedef struct ppc_engine ppc_engine;
 
+/* A local worker the caller started itself (e.g. forked): a direct child
+ * of this process that reads frames from fd_to_worker's other end and
+ * writes to fd_from_worker's. */
+typedef struct ppc_prestarted {
+    int pid;
+    int fd_to_worker;   /* our write end */
+    int fd_from_worker; /* our read end */
+} ppc_prestarted;
+
 typedef struct ppc_engine_opts {
     int nworkers;             /* local workers to start (0 allowed) */
+    /* workers already running, counted in nworkers: the pool adopts them
+     * instead of starting that many; they are supervised, reaped and
+     * replaced (by worker_argv processes) like the ones it starts. The
+     * engine owns them from the call on, also when it fails (then they
+     * are closed, killed and reaped). */
+    const ppc_prestarted *prestarted;
+    int nprestarted;
     char *const *worker_argv; /* command for a worker, NULL-terminated; the
                                  worker reads frames on fd 3, writes on fd 4 */
     char *const *worker_env;  /* its environment (NULL: this process's) */

@@ -217,6 +217,9 @@ void ppc_discover_stop(ppc_engine *e);
 ppc_pool *ppc_pool_new(ppc_engine *e);
 void ppc_pool_free(ppc_pool *p);
 void ppc_pool_set_target(ppc_pool *p, int n);
+/* A worker started by the caller (a direct child; our pipe ends): 0, or -1
+ * after closing, killing and reaping it. Before the engine thread runs, or on it. */
+int ppc_pool_adopt(ppc_pool *p, int pid, int fd_w, int fd_r);
 void ppc_pool_retarget(ppc_pool *p, int n); /* set_ncpus: also clears a start failure */
 /* A worker that can take one more job now, given the run queue length. */
 ppc_worker *ppc_pool_pick(ppc_pool *p, size_t qlen);

@@ -1,7 +1,9 @@
 /* pool.c - the local node: a pool of worker processes on this machine.
  *
  * Starts workers with posix_spawn (fresh interpreters, in their own process
- * group so a terminal's Ctrl-C reaches only the client), talks to each over
+ * group so a terminal's Ctrl-C reaches only the client), or adopts workers
+ * the caller started itself (ppc_pool_adopt: the binding forks the first
+ * ones), supervises both alike, talks to each over
  * two non-blocking pipes (fd 3 and 4 in the worker), pipelines jobs into
  * them, batches writes, reads results, notices deaths at once by EOF, fails
  * the job a dead worker was running, requeues the ones it had not started,
@@ -90,13 +92,59 @@ static int move_high(int fd)
     return nfd;
 }
 
+/* Take a running worker (our direct child, fd_w/fd_r our ends of its
+ * pipes) into service: non-blocking pipes, watched by epoll, INIT queued.
+ * On failure the worker is closed, killed and reaped. */
+static ppc_worker *register_worker(ppc_pool *p, pid_t pid, int fd_w, int fd_r)
+{
+    ppc_engine *e = p->e;
+    ppc_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        goto fail;
+    w->pid = pid;
+    w->fd_w = fd_w;
+    w->fd_r = fd_r;
+    fcntl(w->fd_w, F_SETFL, O_NONBLOCK);
+    fcntl(w->fd_r, F_SETFL, O_NONBLOCK);
+    w->src_r.kind = PPC_SRC_WREAD;
+    w->src_r.obj = w;
+    w->src_w.kind = PPC_SRC_WWRITE;
+    w->src_w.obj = w;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->src_r};
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, w->fd_r, &ev) < 0)
+        goto fail;
+    if (ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, 0, e->opts.init, e->opts.init_len, NULL, 0) <
+        0) {
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
+        goto fail;
+    }
+    w->next = p->workers;
+    p->workers = w;
+    p->nlive++;
+    return w;
+fail:
+    close(fd_w);
+    close(fd_r);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    if (w)
+        ppc_buf_free(&w->out);
+    free(w);
+    return NULL;
+}
+
+int ppc_pool_adopt(ppc_pool *p, int pid, int fd_w, int fd_r)
+{
+    if (!register_worker(p, (pid_t)pid, fd_w, fd_r))
+        return -1;
+    update_pids(p);
+    return 0;
+}
+
 static ppc_worker *spawn_worker(ppc_pool *p)
 {
     ppc_engine *e = p->e;
     int to_w[2] = {-1, -1}, from_w[2] = {-1, -1};
-    ppc_worker *w = calloc(1, sizeof *w);
-    if (!w)
-        return NULL;
     if (pipe2(to_w, O_CLOEXEC) < 0 || pipe2(from_w, O_CLOEXEC) < 0)
         goto fail;
     for (int i = 0; i < 2; i++) {
@@ -136,31 +184,7 @@ static ppc_worker *spawn_worker(ppc_pool *p)
     }
     close(to_w[0]);
     close(from_w[1]);
-    w->pid = pid;
-    w->fd_w = to_w[1];
-    w->fd_r = from_w[0];
-    fcntl(w->fd_w, F_SETFL, O_NONBLOCK);
-    fcntl(w->fd_r, F_SETFL, O_NONBLOCK);
-    w->src_r.kind = PPC_SRC_WREAD;
-    w->src_r.obj = w;
-    w->src_w.kind = PPC_SRC_WWRITE;
-    w->src_w.obj = w;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->src_r};
-    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, w->fd_r, &ev) < 0 ||
-        ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, 0, e->opts.init, e->opts.init_len, NULL, 0) <
-            0) {
-        close(w->fd_w);
-        close(w->fd_r);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        ppc_buf_free(&w->out);
-        free(w);
-        return NULL;
-    }
-    w->next = p->workers;
-    p->workers = w;
-    p->nlive++;
-    return w;
+    return register_worker(p, pid, to_w[1], from_w[0]);
 fail:
     for (int i = 0; i < 2; i++) {
         if (to_w[i] >= 0)
@@ -168,7 +192,6 @@ fail:
         if (from_w[i] >= 0)
             close(from_w[i]);
     }
-    free(w);
     return NULL;
 }
 

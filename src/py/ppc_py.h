@@ -49,6 +49,7 @@ typedef struct {
     uint64_t next_fid;
     int proto;
     int restart;
+    int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
     int destroyed;
     double socket_timeout;
@@ -79,7 +80,12 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
                         PyObject *globals, const char *args_pickle, size_t n);
 
 /* worker.c */
-PyObject *ppc_worker_main(PyObject *mod, PyObject *args);
+PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main */
+/* A fresh __main__ module in sys.modules; new reference to its dict. */
+PyObject *ppc_worker_fresh_ns(void);
+/* The worker loop on fd_in/fd_out, shipped code living in ns, until the
+ * client closes the pipe: 0, or -1 with a Python error set. */
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns);
 
 /* fastpickle.c: scalars and flat tuples of scalars as pickle opcodes by
  * hand. ppc_fast_dumps: bytes written to buf, 0 when not handled (never

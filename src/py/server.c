@@ -7,9 +7,17 @@
  * The public class pp.Server derives from this type and adds only the
  * pure-Python conveniences (print_stats formatting, context manager). */
 #include "ppc_py.h"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -178,6 +186,188 @@ static PyObject *worker_env(void)
         Py_XDECREF(kv);
     }
     return out;
+}
+
+/* ------------------------------------------------------------------------
+ * Forked first workers. A fresh interpreter costs ~10 ms before it runs a
+ * job; a fork of the client is ready at once. Forking is safe only while
+ * this process has exactly one thread (no engine thread of another
+ * Server, no user thread can hold a lock the child would inherit), so it
+ * is checked here, in the thread holding the GIL, before this Server's
+ * engine thread exists. Replacements and growth are always fresh
+ * interpreters (pool.c). PPC_START=spawn forces fresh interpreters. */
+
+/* 1: fork the first workers when safe; 0: fresh interpreters only; -1:
+ * error set (an unknown PPC_START value). */
+static int fork_wanted(void)
+{
+    const char *v = getenv("PPC_START");
+    if (!v || !*v || !strcmp(v, "auto") || !strcmp(v, "fork"))
+        return 1;
+    if (!strcmp(v, "spawn"))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "PPC_START must be 'auto' (fork the first workers when the "
+                                   "process is single-threaded) or 'spawn', not '%s'", v);
+    return -1;
+}
+
+/* Threads of this process: entries of /proc/self/task; -1 if unknown. */
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static void close_from(int lo)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lo, ~0U, 0) == 0)
+        return;
+#endif
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) {
+        for (int fd = lo; fd < 65536; fd++)
+            close(fd);
+        return;
+    }
+    int dfd = dirfd(d);
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        int fd = atoi(de->d_name);
+        if (de->d_name[0] != '.' && fd >= lo && fd != dfd)
+            close(fd);
+    }
+    closedir(d);
+}
+
+/* The child side: become a worker exactly as a spawned one would be set
+ * up (fds 3 and 4, stdin /dev/null, own process group, SIGINT ignored,
+ * death with the client), run the worker loop in a fresh __main__, and
+ * _exit: never return into the user's program, run no atexit handler and
+ * flush no inherited stdio buffer. */
+static void forked_worker(int fd_in, int fd_out, pid_t client)
+{
+    /* every signal is blocked here (fork_workers): a Ctrl-C now stays
+     * pending and is discarded below when SIGINT becomes ignored */
+    PyOS_AfterFork_Child();
+    setpgid(0, 0); /* a terminal's Ctrl-C reaches only the client */
+    /* the signal state of a fresh interpreter: the client's handlers gone
+     * (ignored signals stay ignored, as across exec), SIGPIPE ignored as
+     * Python does, SIGTERM fatal, SIGINT ignored, nothing blocked */
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) < 0)
+            continue;
+        if ((sa.sa_flags & SA_SIGINFO) ||
+            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL))
+            signal(sig, SIG_DFL);
+    }
+    signal(SIGINT, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (dup2(fd_in, 3) < 0 || dup2(fd_out, 4) < 0) /* both are >= 10 */
+        _exit(121);
+    close_from(5);
+    int nul = open("/dev/null", O_RDONLY);
+    if (nul > 0) {
+        dup2(nul, 0);
+        close(nul);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != client)
+        _exit(0); /* the client died before we could ask to die with it */
+    PyObject *ns = ppc_worker_fresh_ns();
+    int rc = ns ? ppc_worker_run(3, 4, ns) : -1;
+    if (rc < 0) {
+        PyErr_Print();
+        PyObject *err = PySys_GetObject("stderr");
+        PyObject *r = err ? PyObject_CallMethod(err, "flush", NULL) : NULL;
+        Py_XDECREF(r);
+    }
+    _exit(rc < 0 ? 1 : 0);
+}
+
+static int pipe_high(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        int nfd = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+        close(fds[i]);
+        fds[i] = nfd;
+    }
+    if (fds[0] < 0 || fds[1] < 0) {
+        if (fds[0] >= 0)
+            close(fds[0]);
+        if (fds[1] >= 0)
+            close(fds[1]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fork up to n workers into out; returns how many (fewer on a failure:
+ * the pool starts the rest as fresh interpreters). */
+static int fork_workers(int n, ppc_prestarted *out)
+{
+    /* what the client printed must not sit in the children's copies */
+    const char *streams[2] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(streams[i]);
+        PyObject *r = f && f != Py_None ? PyObject_CallMethod(f, "flush", NULL) : NULL;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    pid_t me = getpid();
+    int k = 0;
+    for (; k < n; k++) {
+        int to_w[2], from_w[2];
+        if (pipe_high(to_w) < 0)
+            break;
+        if (pipe_high(from_w) < 0) {
+            close(to_w[0]);
+            close(to_w[1]);
+            break;
+        }
+        /* larger pipes: fewer wake-ups for batches and big payloads */
+        fcntl(to_w[1], F_SETPIPE_SZ, 1 << 20);
+        fcntl(from_w[1], F_SETPIPE_SZ, 1 << 20);
+        /* no signal handler may run in the child before it has set its own
+         * dispositions: block all around fork, as _posixsubprocess does */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        PyOS_BeforeFork();
+        pid_t pid = fork();
+        if (pid == 0)
+            forked_worker(to_w[0], from_w[1], me); /* does not return */
+        int saved = errno;
+        PyOS_AfterFork_Parent();
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        close(to_w[0]);
+        close(from_w[1]);
+        if (pid < 0) {
+            close(to_w[1]);
+            close(from_w[0]);
+            errno = saved;
+            break;
+        }
+        setpgid(pid, pid); /* also here: no window where it is in ours */
+        out[k].pid = (int)pid;
+        out[k].fd_to_worker = to_w[1];
+        out[k].fd_from_worker = from_w[0];
+    }
+    return k;
 }
 
 static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
@@ -356,10 +546,25 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
                         "the PP_SECRET environment variable");
         goto fail_early;
     }
+    /* the first workers: forks of this process when that is safe */
+    ppc_prestarted *pre = NULL;
+    int want_fork = ncpus > 0 ? fork_wanted() : 0;
+    if (want_fork < 0) {
+        PyMem_Free(nodes);
+        goto fail_early;
+    }
+    if (want_fork && count_threads() == 1) {
+        pre = PyMem_Calloc((size_t)ncpus, sizeof *pre);
+        if (pre)
+            o.nprestarted = fork_workers(ncpus, pre);
+        o.prestarted = pre;
+    }
+    self->forked = o.nprestarted;
     char err[256] = "";
     ppc_engine *e;
     Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(&o, err, sizeof err);
     Py_END_ALLOW_THREADS PyMem_Free(nodes);
+    PyMem_Free(pre);
     PyMem_Free(cenv);
     Py_DECREF(env);
     Py_DECREF(argv);
@@ -976,9 +1181,19 @@ static PyMethodDef Server_methods[] = {
      "Body of the library's event thread (callbacks and log messages)."},
     {NULL, NULL, 0, NULL}};
 
+static PyObject *Server_get_forked(ppc_Server *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->forked);
+}
+
 static PyGetSetDef Server_getset[] = {
     {"_created", (getter)Server_get_created, NULL, "Creation time (time.time()).", NULL},
     {"_destroyed", (getter)Server_get_destroyed, NULL, "True after destroy().", NULL},
+    {"_forked_workers", (getter)Server_get_forked, NULL,
+     "How many of the first local workers were forked from this process (the others, and "
+     "every later one, are fresh interpreters).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 PyTypeObject ppc_ServerType = {

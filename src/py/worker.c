@@ -1,6 +1,8 @@
 /* worker.c - the worker process's receive / execute / reply loop.
  *
- * A worker is a fresh interpreter started by the client's engine. It reads
+ * A worker is a fresh interpreter started by the client's engine, or (for
+ * the first workers of a Server) a fork of the client (server.c); both run
+ * ppc_worker_run in a fresh __main__ namespace. It reads
  * frames on fd 3 and writes on fd 4: INIT (the client's sys.path, working
  * directory, pickle protocol; answered with INIT once ready), FUNC (a
  * function blob to install under its id, see ship.c for the forms), JOB
@@ -25,7 +27,7 @@ typedef struct {
     int fd_in, fd_out;
     ppc_buf in, out;
     int pending_results;
-    PyObject *ns;      /* __main__.__dict__: where shipped code lives */
+    PyObject *ns;      /* the fresh __main__'s dict: where shipped code lives */
     PyObject *fns;     /* function id -> callable, or bytes (install error) */
     PyObject *capture; /* io.StringIO standing in for stdout/stderr */
     PyObject *str_tell;
@@ -555,20 +557,59 @@ static int on_func(wstate *w, uint64_t fid, const uint8_t *p, size_t n)
     return rc;
 }
 
+/* A new, empty module __main__ (only __builtins__ in it) put in
+ * sys.modules: shipped source is executed there and pickles find classes
+ * defined in it, as in a fresh interpreter, whatever the process ran
+ * before (a forked worker inherits the client's __main__). The module that
+ * was __main__ stays referenced: none of the client's objects is finalized
+ * in a forked worker (an open file there would close a descriptor number
+ * the worker reuses). New reference to the module's dict. */
+PyObject *ppc_worker_fresh_ns(void)
+{
+    PyObject *modules = PyImport_GetModuleDict(); /* borrowed */
+    PyObject *old = PyDict_GetItemString(modules, "__main__");
+    Py_XINCREF(old); /* deliberately kept for the life of the worker */
+    PyObject *builtins = PyImport_ImportModule("builtins");
+    PyObject *m = builtins ? PyModule_New("__main__") : NULL;
+    PyObject *d = m ? PyModule_GetDict(m) : NULL;
+    if (!d || PyDict_SetItemString(d, "__builtins__", builtins) < 0 ||
+        PyDict_SetItemString(modules, "__main__", m) < 0) {
+        Py_XDECREF(builtins);
+        Py_XDECREF(m);
+        return NULL;
+    }
+    Py_INCREF(d);
+    Py_DECREF(builtins);
+    Py_DECREF(m); /* sys.modules holds it */
+    return d;
+}
+
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
 {
     (void)mod;
+    int fd_in, fd_out;
+    if (!PyArg_ParseTuple(args, "ii:worker_main", &fd_in, &fd_out))
+        return NULL;
+    PyObject *ns = ppc_worker_fresh_ns();
+    if (!ns)
+        return NULL;
+    int rc = ppc_worker_run(fd_in, fd_out, ns);
+    Py_DECREF(ns);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
+{
     wstate w;
     memset(&w, 0, sizeof w);
     w.proto = 5;
-    if (!PyArg_ParseTuple(args, "ii:worker_main", &w.fd_in, &w.fd_out))
-        return NULL;
+    w.fd_in = fd_in;
+    w.fd_out = fd_out;
+    w.ns = ns;
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    PyObject *main = PyImport_AddModule("__main__"); /* borrowed */
-    if (!main)
-        return NULL;
-    w.ns = PyModule_GetDict(main);
     w.fns = PyDict_New();
     w.str_tell = PyUnicode_InternFromString("tell");
     w.proto_obj = PyLong_FromLong(w.proto);
@@ -576,9 +617,9 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
         Py_XDECREF(w.fns);
         Py_XDECREF(w.str_tell);
         Py_XDECREF(w.proto_obj);
-        return NULL;
+        return -1;
     }
-    PyObject *ret = NULL;
+    int ret = -1;
     for (;;) {
         ppc_frame f;
         int rc = ppc_frame_parse(ppc_buf_head(&w.in), ppc_buf_unread(&w.in), (uint64_t)1 << 40, &f);
@@ -631,8 +672,7 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
         w.in.len += (size_t)r;
     }
 done:
-    ret = Py_None;
-    Py_INCREF(ret);
+    ret = 0;
 out:
     if (w.capture) {
         /* hand the real streams back so a failure here is reported */

@@ -9,6 +9,7 @@
 #include "ctest.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -1013,6 +1014,140 @@ TEST(engine_idle_worker_killed_externally)
     ppc_job_decref(w);
     decref_all(js, 20);
     ppc_blob_decref(fn);
+}
+
+/* Start the echo worker ourselves (fork + exec, its pipes on fd 3 and 4),
+ * as the binding forks the first workers of a Server. 0 or -1. */
+static int prestart_echo(ppc_prestarted *ps)
+{
+    int to_w[2], from_w[2];
+    if (pipe2(to_w, O_CLOEXEC) < 0)
+        return -1;
+    if (pipe2(from_w, O_CLOEXEC) < 0) {
+        close(to_w[0]);
+        close(to_w[1]);
+        return -1;
+    }
+    /* above 4, so the dup2 calls in the child cannot clobber one another */
+    int fds[4] = {to_w[0], to_w[1], from_w[0], from_w[1]};
+    for (int i = 0; i < 4; i++) {
+        int nfd = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+        close(fds[i]);
+        fds[i] = nfd;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (dup2(fds[0], 3) < 0 || dup2(fds[3], 4) < 0)
+            _exit(120);
+        char *argv[] = {(char *)worker_path(), NULL};
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[0]);
+    close(fds[3]);
+    if (pid < 0) {
+        close(fds[1]);
+        close(fds[2]);
+        return -1;
+    }
+    ps->pid = (int)pid;
+    ps->fd_to_worker = fds[1];
+    ps->fd_from_worker = fds[2];
+    return 0;
+}
+
+/* Workers the caller started are adopted (not started again), run jobs,
+ * are reaped, and replaced by started ones when they die. */
+TEST(engine_adopts_prestarted_workers)
+{
+    ppc_prestarted ps[2];
+    REQUIRE(prestart_echo(&ps[0]) == 0);
+    REQUIRE(prestart_echo(&ps[1]) == 0);
+    char *argv[2] = {(char *)worker_path(), NULL};
+    ppc_engine_opts o;
+    memset(&o, 0, sizeof o);
+    o.nworkers = 2; /* both adopted: the pool starts none */
+    o.prestarted = ps;
+    o.nprestarted = 2;
+    o.worker_argv = argv;
+    o.init = (const uint8_t *)init_payload;
+    o.init_len = sizeof init_payload - 1;
+    o.listen_port = -1;
+    char err[256] = "";
+    ppc_engine *e = ppc_engine_new(&o, err, sizeof err);
+    REQUIRE(e != NULL);
+    int pids[8];
+    CHECK_EQ_INT(wait_npids(e, 2, WAIT_MS, pids, 8), 2);
+    CHECK(has_pid(pids, 2, ps[0].pid));
+    CHECK(has_pid(pids, 2, ps[1].pid));
+    ppc_blob *fn = ppc_blob_new(21, "f", 1);
+    /* only the adopted workers are there: they got INIT and run jobs */
+    enum { N = 60 };
+    ppc_job *js[N];
+    for (int i = 0; i < N; i++)
+        js[i] = sub(e, fn, i % 2 ? "sleep:2" : "init", 0);
+    CHECK_EQ_INT(ppc_engine_wait_group(e, PPC_GROUP_ALL, WAIT_MS), 1);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += i % 2 ? !result_is(js[i], "slept") : !(js[i]->status == PPC_JOB_OK &&
+                                                      js[i]->result_len == sizeof init_payload - 1);
+    CHECK_EQ_INT(bad, 0);
+    decref_all(js, N);
+    /* an adopted worker that dies is reaped (no zombie) and replaced by a
+     * started one */
+    CHECK_EQ_INT(kill(ps[0].pid, SIGKILL), 0);
+    int64_t dl = ctest_now_ms() + WAIT_MS;
+    int n;
+    do {
+        n = ppc_engine_worker_pids(e, pids, 8);
+        if (n == 2 && !has_pid(pids, n, ps[0].pid))
+            break;
+        ctest_sleep_ms(5);
+    } while (ctest_now_ms() < dl);
+    CHECK_EQ_INT(n, 2);
+    CHECK(!has_pid(pids, n, ps[0].pid));
+    CHECK(has_pid(pids, n, ps[1].pid));
+    /* reaped by the engine: no longer our child */
+    errno = 0;
+    CHECK(waitpid(ps[0].pid, NULL, WNOHANG) < 0 && errno == ECHILD);
+    ppc_job *again[20];
+    for (int i = 0; i < 20; i++)
+        again[i] = sub(e, fn, "echo:again", 0);
+    CHECK_EQ_INT(ppc_engine_wait_group(e, PPC_GROUP_ALL, WAIT_MS), 1);
+    bad = 0;
+    for (int i = 0; i < 20; i++)
+        bad += !result_is(again[i], "again");
+    CHECK_EQ_INT(bad, 0);
+    decref_all(again, 20);
+    /* statistics count the adopted workers' jobs as local */
+    ppc_node_stats st[4];
+    CHECK(ppc_engine_stats(e, st, 4) >= 1);
+    CHECK(st[0].njobs >= N + 20);
+    ppc_engine_stop(e);
+    /* stop reaps every worker, the adopted survivor included */
+    errno = 0;
+    CHECK(waitpid(ps[1].pid, NULL, WNOHANG) < 0 && errno == ECHILD);
+    ppc_engine_free(e);
+    ppc_blob_decref(fn);
+}
+
+/* Options the engine refuses still leave no prestarted worker behind. */
+TEST(engine_releases_prestarted_on_error)
+{
+    ppc_prestarted ps;
+    REQUIRE(prestart_echo(&ps) == 0);
+    ppc_engine_opts o;
+    memset(&o, 0, sizeof o);
+    o.nworkers = 0; /* fewer than the prestarted ones: invalid */
+    o.prestarted = &ps;
+    o.nprestarted = 1;
+    o.listen_port = -1;
+    char err[256] = "";
+    ppc_engine *e = ppc_engine_new(&o, err, sizeof err);
+    CHECK(e == NULL);
+    errno = 0;
+    CHECK(waitpid(ps.pid, NULL, WNOHANG) < 0 && errno == ECHILD);
+    CHECK(fcntl(ps.fd_to_worker, F_GETFD) < 0 || fcntl(ps.fd_from_worker, F_GETFD) < 0);
 }
 
 int main(int argc, char **argv)
