@@ -201,6 +201,10 @@ static int runnable(ppc_engine *e, uint32_t flags, const char **why)
     if (e->nrn > 0)
         *why = "no node can run the job: the local pool has no workers and every remote "
                "node is unreachable or refused us (see the pp logger)";
+    else if (e->opts.discover)
+        *why = "no node can run the job: the local pool has no workers and no ppserver "
+               "announced itself within 5 s of autodiscovery (is one running with -a and "
+               "the same secret, reachable by broadcast?)";
     return 0;
 }
 
