@@ -9,8 +9,8 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden
 extra = os.environ.get("PPC_EXTRA_CFLAGS", "").split()
 ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 
-WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/py/pyutil.c", "src/core/buf.c",
-          "src/core/frame.c"]
+WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/py/pyutil.c", "src/py/shmpy.c",
+          "src/core/buf.c", "src/core/frame.c", "src/core/shm.c"]
 
 setup(
     ext_modules=[
@@ -19,7 +19,7 @@ setup(
             "pp._ppc",
             sources=sorted(glob.glob("src/core/*.c"))
             + sorted(f for f in glob.glob("src/py/*.c") if f not in WORKER)
-            + ["src/py/pyutil.c"],
+            + ["src/py/pyutil.c", "src/py/shmpy.c"],
             include_dirs=["src/core", "src/py"],
             libraries=["crypto"],
             extra_compile_args=CFLAGS + extra,

@@ -605,8 +605,16 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
                         PyObject *globals, PyObject *pick)
 {
     PyObject *refs = NULL;
-    const char *data = PyBytes_AS_STRING(pick);
-    Py_ssize_t n = PyBytes_GET_SIZE(pick);
+    const char *data;
+    Py_ssize_t n;
+    if (PyBytes_Check(pick)) {
+        data = PyBytes_AS_STRING(pick);
+        n = PyBytes_GET_SIZE(pick);
+    } else { /* a memoryview of a stream in a segment */
+        Py_buffer *v = PyMemoryView_GET_BUFFER(pick);
+        data = v->buf;
+        n = v->len;
+    }
     PyObject *gflag = globals == Py_None ? Py_False : Py_True;
     if (memmem(data, (size_t)n, "__main__", 8)) {
         refs = main_refs(pick);
