@@ -6,7 +6,8 @@ results (functions by reference and by code object), an exception with
 its remote traceback, an exception that cannot be pickled, argument
 checking at submit, callbacks, output capture, a worker dying mid-job,
 destroy with jobs pending, set_ncpus growing and shrinking while jobs run,
-restart=True, several submitting threads and a 16 MB round trip.
+restart=True, several submitting threads, a 16 MB round trip and the
+shared-memory paths (segments, out-of-band buffers, the pipe fallback).
 
 Self-contained on purpose: imports only pytest, pp and the standard
 library, uses no helper module, and every job function is a builtin, a
@@ -217,3 +218,25 @@ def test_restart_and_threads():
 def test_large_bytes(srv):
     data = os.urandom(16 * 1024 * 1024)
     assert srv.submit(bytes, (data,))() == data
+
+
+@pytest.mark.timeout(120)
+def test_shared_memory_paths(srv, monkeypatch):
+    # bytearrays travel out of band (protocol 5): argument and result blobs
+    # with several buffers, in segments, then again with /proc refused
+    # (the pipe fallback) and with segments off
+    parts = [bytearray(os.urandom(n)) for n in (3 << 20, 1 << 20, 100)]
+    big = os.urandom(2 << 20)
+    assert srv.submit(tuple, ((parts, big),))() == (parts, big)
+    assert srv.submit(len, (big,))() == len(big)
+    monkeypatch.setenv("PPC_TEST_SHM_REFUSE", "1")
+    s = pp.Server(1)
+    try:
+        assert s.submit(tuple, ((parts, big),))() == (parts, big)
+    finally:
+        s.destroy()
+    s = pp.Server(1, _shm=False)
+    try:
+        assert s.submit(tuple, (parts,))() == tuple(parts)
+    finally:
+        s.destroy()

@@ -292,10 +292,12 @@ size_t ppc_big_estimate(PyObject *o, int depth)
     }
     if (PyObject_CheckBuffer(o)) {
         Py_buffer v;
-        if (PyObject_GetBuffer(o, &v, PyBUF_SIMPLE) < 0 &&
-            PyObject_GetBuffer(o, &v, PyBUF_STRIDES) < 0) {
+        if (PyObject_GetBuffer(o, &v, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
-            return 0;
+            if (PyObject_GetBuffer(o, &v, PyBUF_STRIDES) < 0) {
+                PyErr_Clear();
+                return 0;
+            }
         }
         size_t n = (size_t)v.len;
         PyBuffer_Release(&v);
