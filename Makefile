@@ -18,7 +18,7 @@ all: build
 $(STAMP):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q setuptools wheel pytest pytest-timeout pillow
+	$(VPY) -m pip install -q setuptools wheel pytest pytest-timeout pillow numpy
 	touch $@
 
 venv: $(STAMP)

@@ -9,8 +9,9 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden
 extra = os.environ.get("PPC_EXTRA_CFLAGS", "").split()
 ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 
-SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c"]
-WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c"] + SHARED
+SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmpy.c"]
+WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c",
+          "src/core/shm.c"] + SHARED
 
 setup(
     ext_modules=[

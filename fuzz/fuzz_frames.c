@@ -28,6 +28,7 @@
 #include "auth.h"
 #include "buf.h"
 #include "frame.h"
+#include "shm.h"
 #include "fuzz_common.h"
 
 #define MAX_CHUNK 65536u
@@ -55,7 +56,7 @@ static void mix(uint64_t *d, uint64_t v)
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_RESULT) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_SHMRET) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
 }
 
 /* The contract of ppc_frame_parse(head, avail, FUZZ_FRAME_LIMIT, f) -> rc. */
@@ -293,6 +294,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(whole.nframes == chunked.nframes);
     FUZZ_ASSERT(whole.digest == chunked.digest);
     FUZZ_ASSERT(whole.end == chunked.end);
+
+    /* The raw input as an out-of-band pickle blob (a worker's result):
+     * whatever parse accepts stays inside the input. */
+    size_t sl;
+    uint32_t nb;
+    if (ppc_oob_parse(data, size, &sl, &nb) == 0) {
+        FUZZ_ASSERT(sl <= size);
+        for (uint32_t i = 0; i < nb; i++) {
+            size_t off, len;
+            ppc_oob_buf(data, size, i, &off, &len);
+            FUZZ_ASSERT(off <= size && len <= size - off);
+        }
+    }
 
     /* The raw input as a discovery datagram. */
     uint16_t port = 0;

@@ -24,7 +24,15 @@ F_INIT, F_FUNC, F_JOB, F_RESULT = 1, 2, 3, 4
 F_HELLO, F_CHALLENGE, F_AUTH, F_WELCOME, F_PING, F_PONG, F_ERROR, F_BYE = range(16, 24)
 MAGIC = b"PPC\x01"
 ANN_MAGIC = b"PPCA"
-PROTO_VERSION = 1
+def _proto_version():
+    """The wire protocol version, read from the C header that defines it."""
+    import re
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, os.pardir, "src", "core", "auth.h")) as f:
+        return int(re.search(r"#define PPC_PROTO_VERSION (\d+)", f.read()).group(1))
+
+
+PROTO_VERSION = _proto_version()
 
 
 def free_port(kind=socket.SOCK_STREAM):

@@ -6,7 +6,8 @@ results (functions by reference and by code object), an exception with
 its remote traceback, an exception that cannot be pickled, argument
 checking at submit, callbacks, output capture, a worker dying mid-job,
 destroy with jobs pending, set_ncpus growing and shrinking while jobs run,
-restart=True, several submitting threads and a 16 MB round trip.
+restart=True, several submitting threads, a 16 MB round trip and the
+shared-memory paths (segments, out-of-band buffers, the pipe fallback).
 
 Self-contained on purpose: imports only pytest, pp and the standard
 library, uses no helper module, and every job function is a builtin, a
@@ -241,3 +242,25 @@ def test_forked_first_workers():
                        timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == [str(sum(i * i for i in range(50)))]
+
+
+@pytest.mark.timeout(120)
+def test_shared_memory_paths(srv, monkeypatch):
+    # bytearrays travel out of band (protocol 5): argument and result blobs
+    # with several buffers, in segments, then again with /proc refused
+    # (the pipe fallback) and with segments off
+    parts = [bytearray(os.urandom(n)) for n in (3 << 20, 1 << 20, 100)]
+    big = os.urandom(2 << 20)
+    assert srv.submit(tuple, ((parts, big),))() == (parts, big)
+    assert srv.submit(len, (big,))() == len(big)
+    monkeypatch.setenv("PPC_TEST_SHM_REFUSE", "1")
+    s = pp.Server(1)
+    try:
+        assert s.submit(tuple, ((parts, big),))() == (parts, big)
+    finally:
+        s.destroy()
+    s = pp.Server(1, _shm=False)
+    try:
+        assert s.submit(tuple, (parts,))() == tuple(parts)
+    finally:
+        s.destroy()

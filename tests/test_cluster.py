@@ -32,7 +32,7 @@ import pytest
 import pp
 import cluster_jobs as J
 from clusterutil import (F_AUTH, F_BYE, F_CHALLENGE, F_ERROR, F_FUNC, F_HELLO, F_JOB, F_PING,
-                         F_RESULT, F_WELCOME, HDR, PPServer, Wire, alive, frame, free_port,
+                         F_RESULT, F_WELCOME, HDR, PROTO_VERSION, PPServer, Wire, alive, frame, free_port,
                          hello_payload, mac, rss_kb, start_ppserver)  # noqa: F401
 from conftest import child_env, _wait_until as wait_until
 
@@ -427,7 +427,7 @@ class FakeNode:
     handshake with the given Python version, then answering every JOB with
     a RESULT error naming itself."""
 
-    def __init__(self, secret, py=(2, 7), version=1):
+    def __init__(self, secret, py=(2, 7), version=PROTO_VERSION):
         self.secret, self.py, self.version = secret, py, version
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

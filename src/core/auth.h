@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PPC_PROTO_VERSION 1
+#define PPC_PROTO_VERSION 2 /* 2: JOB/RESULT aux bit PPC_AUX_OOB (out-of-band buffers) */
 #define PPC_NONCE_LEN 32
 #define PPC_MAC_LEN 32
 #define PPC_HELLO_LEN (4 + 2 + 1 + 1 + PPC_NONCE_LEN)

@@ -96,3 +96,9 @@ int ppc_conn_put(ppc_conn *c, uint8_t type, uint8_t flags, uint64_t id, const vo
 {
     return ppc_frame_put(&c->out, type, flags, 0, 0, id, p1, n1, p2, n2);
 }
+
+int ppc_conn_put_aux(ppc_conn *c, uint8_t type, uint8_t flags, uint16_t aux, uint64_t id,
+                     const void *p1, size_t n1, const void *p2, size_t n2)
+{
+    return ppc_frame_put(&c->out, type, flags, aux, 0, id, p1, n1, p2, n2);
+}

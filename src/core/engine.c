@@ -254,7 +254,7 @@ static void *engine_main(void *arg)
     int timeout = 0;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        int idle = !e->in_head && e->want_workers < 0 && !e->stopping;
+        int idle = !e->in_head && e->want_workers < 0 && !e->stopping && !e->nshmret;
         if (idle) {
             e->sleeping = 1;
             /* every node is full: a new job could not be placed before some
@@ -281,7 +281,18 @@ static void *engine_main(void *arg)
         int want = e->want_workers;
         e->want_workers = -1;
         int stopping = e->stopping;
+        struct ppc_shmret *rets = NULL;
+        size_t nrets = e->nshmret;
+        if (nrets) {
+            rets = e->shmret;
+            e->shmret = NULL;
+            e->nshmret = e->capshmret = 0;
+        }
         pthread_mutex_unlock(&e->mu);
+        for (size_t i = 0; i < nrets; i++)
+            if (e->pool)
+                ppc_pool_shm_return(e->pool, rets[i].pid, rets[i].id);
+        free(rets);
 
         e->batch = evs;
         e->batch_n = n > 0 ? n : 0;
@@ -442,6 +453,8 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     e->next_blob_id = 1;
     e->want_workers = o->nworkers;
     e->ncpus = o->nworkers;
+    ppc_shm_pool_init(&e->shm, o->shm_pool_bytes ? o->shm_pool_bytes : (size_t)1 << 30);
+    atomic_init(&e->shm_on, !o->no_shm);
     e->next_id = 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_condattr_t ca;
@@ -590,6 +603,8 @@ void ppc_engine_free(ppc_engine *e)
             ppc_pool_shutdown(e->pool); /* adopted workers, if any */
         ppc_pool_free(e->pool);
     }
+    ppc_shm_pool_destroy(&e->shm);
+    free(e->shmret);
     ppc_remote_free(e);
     if (e->listen_fd >= 0)
         close(e->listen_fd);
@@ -827,4 +842,46 @@ int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max)
         memcpy(pids, e->pids, (size_t)n * sizeof(int));
     pthread_mutex_unlock(&e->mu);
     return n;
+}
+
+ppc_shm_seg *ppc_engine_shm_get(ppc_engine *e, size_t need)
+{
+    if (!atomic_load(&e->shm_on))
+        return NULL;
+    return ppc_shm_pool_get(&e->shm, need);
+}
+
+void ppc_engine_shm_put(ppc_engine *e, ppc_shm_seg *s)
+{
+    uint64_t dropped[8];
+    /* never seen by a worker: nobody to tell about dropped ones either,
+     * except workers that used them before; their caches are bounded */
+    ppc_shm_pool_put(&e->shm, s, dropped, 8);
+}
+
+int ppc_engine_shm_on(ppc_engine *e)
+{
+    return atomic_load(&e->shm_on);
+}
+
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
+{
+    pthread_mutex_lock(&e->mu);
+    if (!e->stopping && !e->stopped) {
+        if (e->nshmret == e->capshmret) {
+            size_t cap = e->capshmret ? e->capshmret * 2 : 16;
+            struct ppc_shmret *n = realloc(e->shmret, cap * sizeof *n);
+            if (n) {
+                e->shmret = n;
+                e->capshmret = cap;
+            }
+        }
+        if (e->nshmret < e->capshmret) {
+            e->shmret[e->nshmret].pid = pid;
+            e->shmret[e->nshmret].id = seg_id;
+            e->nshmret++;
+            wake_locked(e);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
 }

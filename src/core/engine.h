@@ -59,6 +59,10 @@ typedef struct ppc_engine_opts {
     const char *broadcast;        /* ppserver: where to announce */
     int announce;                 /* ppserver: announce itself */
     int discover;                 /* client: connect to announced nodes */
+
+    /* large data: 1 turns shared-memory segments off (everything inline) */
+    int no_shm;
+    size_t shm_pool_bytes;        /* cap of free argument segments kept (0: 1 GiB) */
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -77,6 +81,20 @@ void ppc_engine_free(ppc_engine *e);
  * reference. group indexes the caller's groups (small integers). Returns 0,
  * or -1 if the engine is stopped (the job is then untouched). */
 int ppc_engine_submit(ppc_engine *e, ppc_job *j, uint32_t group, int has_cb);
+
+/* Large arguments: a segment of at least need bytes from the engine's
+ * reuse pool (thread-safe), to be attached to a job as args_seg with its
+ * blob length in used; NULL when segments are off or none can be made. The
+ * engine gives it back to the pool when the job completes on a worker that
+ * no longer references it. */
+ppc_shm_seg *ppc_engine_shm_get(ppc_engine *e, size_t need);
+/* Put back a segment that was never attached to a submitted job. */
+void ppc_engine_shm_put(ppc_engine *e, ppc_shm_seg *s);
+/* A result segment of local worker pid has been read: let the worker reuse
+ * it (thread-safe; nothing happens when that worker is gone). */
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id);
+/* 1 when local workers may be given segment references. */
+int ppc_engine_shm_on(ppc_engine *e);
 
 /* Wait until the job is DONE. timeout_ms < 0 waits forever. 1 when done,
  * 0 on timeout. */

@@ -9,9 +9,11 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <sys/types.h>
+#include <stdatomic.h>
 
 #include "buf.h"
 #include "engine.h"
+#include "shm.h"
 #include "u64set.h"
 
 /* What an epoll registration points at. */
@@ -67,6 +69,8 @@ int ppc_conn_read(ppc_conn *c, size_t want);
 void ppc_conn_close(ppc_engine *e, ppc_conn *c);
 int ppc_conn_put(ppc_conn *c, uint8_t type, uint8_t flags, uint64_t id, const void *p1, size_t n1,
                  const void *p2, size_t n2);
+int ppc_conn_put_aux(ppc_conn *c, uint8_t type, uint8_t flags, uint16_t aux, uint64_t id,
+                     const void *p1, size_t n1, const void *p2, size_t n2);
 
 /* Client side: one ppserver node. */
 enum { R_DOWN = 0, R_CONNECTING, R_HELLO, R_AUTH, R_READY, R_FAILED };
@@ -147,6 +151,12 @@ struct ppc_engine {
     int nrn, caprn;
     int nclients;
     int64_t last_client_activity;
+    struct ppc_shmret { int pid; uint64_t id; } *shmret; /* result segments to give back */
+    size_t nshmret, capshmret;
+
+    /* thread-safe itself */
+    ppc_shm_pool shm;
+    atomic_int shm_on; /* segments in use for local workers */
     int listen_port_actual;
 
     /* engine thread */
@@ -184,6 +194,12 @@ void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j);
 void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int64_t ppc_now_ms(void);
+
+/* pool.c: large data */
+void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id);
+/* The job no longer needs its argument segment: back to the pool, or
+ * destroyed (pinned: a worker still uses it); workers forget dropped ones. */
+void ppc_pool_args_done(ppc_pool *p, ppc_job *j, int pinned);
 
 /* remote.c: client-side nodes (ppservers) */
 int ppc_remote_add(ppc_engine *e, const char *host, const char *port, int persistent);

@@ -30,6 +30,10 @@ enum ppc_frame_type {
                           payload = u64 function id + opaque args */
     PPC_F_RESULT = 4,  /* worker -> client: id = job id,
                           payload = u64 exec ns + opaque result */
+    PPC_F_SHMDROP = 5, /* client -> worker: id = a client segment destroyed:
+                          forget its mapping */
+    PPC_F_SHMRET = 6,  /* client -> worker: id = the worker's result segment,
+                          read and free for reuse */
     PPC_F_HELLO = 16,  /* network handshake frames (see proto.h) */
     PPC_F_CHALLENGE = 17,
     PPC_F_AUTH = 18,
@@ -40,6 +44,18 @@ enum ppc_frame_type {
     PPC_F_BYE = 23,
     PPC_F_TYPE_MAX = 23
 };
+
+/* aux bits of JOB and RESULT frames (shm.h has the layouts):
+ * OOB: the args (or the pickle part of the result) are an OOB blob;
+ * SHM: they are a ppc_shm_ref to a blob in a segment (local workers only);
+ * PINNED (RESULT): the job's argument segment is still referenced by the
+ *   worker: the client must not reuse it;
+ * NOSHM (RESULT): the worker could not map the argument segment; the job did
+ *   not run and must be sent again inline. */
+#define PPC_AUX_OOB 1u
+#define PPC_AUX_SHM 2u
+#define PPC_AUX_PINNED 4u
+#define PPC_AUX_NOSHM 8u
 
 typedef struct ppc_frame {
     uint64_t len;

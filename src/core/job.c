@@ -59,6 +59,7 @@ void ppc_job_decref(ppc_job *j)
 {
     if (j && atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) == 1) {
         ppc_blob_decref(j->fn);
+        ppc_shm_free(j->args_seg);
         free(j->result);
         free(j);
     }
@@ -70,6 +71,7 @@ void ppc_job_fail(ppc_job *j, int status, const char *msg)
     j->result = NULL;
     j->result_len = 0;
     j->status = status;
+    j->result_aux = 0;
     size_t n = strlen(msg);
     j->result = malloc(n + 1);
     if (j->result) {

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm.h"
+
 /* Blob flags */
 #define PPC_BLOB_SAME_PY 1u /* carries code objects: needs the client's Python */
 
@@ -56,6 +58,9 @@ typedef struct ppc_job {
     uint64_t client_id; /* ppserver side: the job's id at the client */
     uint64_t exec_ns;   /* execution time reported by the worker */
     void *user;         /* caller's pointer, never touched by the engine */
+    ppc_shm_seg *args_seg; /* args in a segment (args_len is then 0) */
+    uint16_t args_aux;     /* PPC_AUX_OOB: args[] is an OOB blob */
+    uint16_t result_aux;   /* PPC_AUX_OOB / PPC_AUX_SHM: form of the result's pickle */
     uint8_t *result;    /* malloc'd; result payload or error text */
     size_t result_len;
     size_t args_len;

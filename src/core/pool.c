@@ -315,6 +315,7 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
             ppc_job *j = head;
             head = j->next;
             ppc_job_fail(j, PPC_JOB_EWORKER, msg);
+            ppc_pool_args_done(p, j, 1);
             ppc_engine_complete(e, j);
         } else {
             ppc_engine_log(e, PPC_LOG_WARNING, "idle worker process %d exited (%s)", (int)w->pid,
@@ -431,9 +432,23 @@ int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j)
             ppc_u64set_add(&w->fns, fid) < 0)
             return -1;
     }
-    uint8_t pre[8];
+    uint8_t pre[8 + PPC_SHM_REF_LEN];
     ppc_put_u64(pre, fid);
-    if (ppc_frame_put(&w->out, PPC_F_JOB, 0, 0, 0, j->id, pre, 8, j->args, j->args_len) < 0)
+    int rc;
+    if (j->args_seg && atomic_load(&p->e->shm_on)) {
+        /* the worker maps the segment; only a reference crosses the pipe */
+        ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)j->args_seg->fd, j->args_seg->id,
+                         j->args_seg->used};
+        ppc_shm_ref_put(pre + 8, &r);
+        rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, PPC_AUX_SHM, 0, j->id, pre, sizeof pre, NULL, 0);
+    } else if (j->args_seg) {
+        rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, PPC_AUX_OOB, 0, j->id, pre, 8, j->args_seg->map,
+                           j->args_seg->used);
+    } else {
+        rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, j->args_aux & PPC_AUX_OOB, 0, j->id, pre, 8,
+                           j->args, j->args_len);
+    }
+    if (rc < 0)
         return -1;
     j->next = NULL;
     if (w->fl_tail)
@@ -484,6 +499,82 @@ void ppc_pool_flush(ppc_pool *p)
     }
 }
 
+static void broadcast_drop(ppc_pool *p, const uint64_t *ids, size_t n)
+{
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        if (w->fd_w < 0)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            ppc_frame_put(&w->out, PPC_F_SHMDROP, 0, 0, 0, ids[i], NULL, 0, NULL, 0);
+    }
+}
+
+void ppc_pool_args_done(ppc_pool *p, ppc_job *j, int pinned)
+{
+    ppc_shm_seg *s = j->args_seg;
+    if (!s)
+        return;
+    j->args_seg = NULL;
+    uint64_t dropped[16];
+    size_t nd;
+    if (pinned) {
+        dropped[0] = s->id;
+        nd = 1;
+        ppc_shm_free(s);
+    } else {
+        nd = ppc_shm_pool_put(&p->e->shm, s, dropped, 16);
+        if (nd > 16)
+            nd = 16;
+    }
+    broadcast_drop(p, dropped, nd);
+}
+
+void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id)
+{
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        if ((int)w->pid == pid && w->fd_w >= 0) {
+            ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, seg_id, NULL, 0, NULL, 0);
+            return;
+        }
+    }
+}
+
+/* A worker's result in its segment, for a job of a remote client: copy the
+ * blob into the job (an inline OOB blob) and give the segment back.
+ * area = u8 kind, u32 outlen, output, shm ref. */
+static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *area, size_t n)
+{
+    if (n < 5)
+        return -1;
+    size_t outlen = ppc_get_u32(area + 1);
+    if (outlen > n - 5 || n - 5 - outlen != PPC_SHM_REF_LEN)
+        return -1;
+    ppc_shm_ref r;
+    ppc_shm_ref_get(area + 5 + outlen, &r);
+    ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, r.id, NULL, 0, NULL, 0);
+    if ((int)r.pid != (int)w->pid || r.len > p->e->opts.max_frame || r.len > SIZE_MAX - n)
+        return -1;
+    size_t maplen;
+    uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)r.fd, (size_t)r.len, 0, &maplen);
+    if (!m)
+        return -1;
+    size_t total = 5 + outlen + (size_t)r.len;
+    uint8_t *res = malloc(total);
+    if (res) {
+        memcpy(res, area, 5 + outlen);
+        memcpy(res + 5 + outlen, m, (size_t)r.len);
+    }
+    ppc_shm_unmap(m, maplen);
+    if (!res)
+        return -1;
+    free(j->result);
+    j->result = res;
+    j->result_len = total;
+    j->result_aux = PPC_AUX_OOB;
+    j->status = PPC_JOB_OK;
+    return 0;
+}
+
 /* One RESULT frame (or the READY reply) from a worker. 0, or -1 when the
  * worker broke the protocol. */
 static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
@@ -504,14 +595,31 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         w->fl_tail = NULL;
     w->inflight--;
     j->next = NULL;
+    if (f->aux & PPC_AUX_NOSHM) {
+        /* the worker cannot map our segments: from now on arguments go
+         * inline; this job did not run and goes back to the front */
+        if (atomic_exchange(&e->shm_on, 0))
+            ppc_engine_log(e, PPC_LOG_WARNING,
+                           "worker %d cannot map shared memory (/proc/<pid>/fd refused); "
+                           "large arguments go through the pipe",
+                           (int)w->pid);
+        ppc_engine_requeue_front(e, j);
+        return 0;
+    }
     j->exec_ns = ppc_get_u64(f->payload);
     size_t n = (size_t)f->len - 8;
-    j->result = malloc(n ? n : 1);
-    if (!j->result) {
+    if (j->args_seg)
+        ppc_pool_args_done(p, j, (f->aux & PPC_AUX_PINNED) != 0);
+    if ((f->aux & PPC_AUX_SHM) && j->origin) {
+        /* ppserver: the client is remote, so the result travels inline */
+        if (result_inline(p, w, j, f->payload + 8, n) < 0)
+            ppc_job_fail(j, PPC_JOB_EWORKER, "cannot read the worker's result segment");
+    } else if (!(j->result = malloc(n ? n : 1))) {
         ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory for the job's result");
     } else {
         memcpy(j->result, f->payload + 8, n);
         j->result_len = n;
+        j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM);
         j->status = PPC_JOB_OK;
     }
     w->done++;

@@ -265,6 +265,8 @@ static void on_result(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         r->fl_tail = prev;
     j->next = NULL;
     r->inflight--;
+    if (j->args_seg && e->pool)
+        ppc_pool_args_done(e->pool, j, 0); /* only read from here: reusable */
     if (f->flags == PPC_JOB_OK && f->len >= 8) {
         j->exec_ns = ppc_get_u64(f->payload);
         size_t n = (size_t)f->len - 8;
@@ -273,6 +275,7 @@ static void on_result(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         if (j->result) {
             memcpy(j->result, f->payload + 8, n);
             j->result_len = n;
+            j->result_aux = f->aux & PPC_AUX_OOB;
             j->status = PPC_JOB_OK;
         } else {
             ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory for the job's result");
@@ -443,7 +446,12 @@ int ppc_remote_dispatch(ppc_engine *e, ppc_rnode *r, ppc_job *j)
     }
     uint8_t pre[8];
     ppc_put_u64(pre, fid);
-    if (ppc_conn_put(&r->c, PPC_F_JOB, 0, j->id, pre, 8, j->args, j->args_len) < 0)
+    /* args in a segment travel inline (read from our own mapping) */
+    int rc = j->args_seg ? ppc_conn_put_aux(&r->c, PPC_F_JOB, 0, PPC_AUX_OOB, j->id, pre, 8,
+                                            j->args_seg->map, j->args_seg->used)
+                         : ppc_conn_put_aux(&r->c, PPC_F_JOB, 0, j->args_aux & PPC_AUX_OOB, j->id,
+                                            pre, 8, j->args, j->args_len);
+    if (rc < 0)
         return -1;
     j->next = NULL;
     if (r->fl_tail)

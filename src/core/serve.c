@@ -305,6 +305,7 @@ static void on_ready(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
             job_error(s, f->id, PPC_JOB_EWORKER, "node out of memory");
             return;
         }
+        j->args_aux = f->aux & PPC_AUX_OOB;
         j->origin = s;
         j->client_id = f->id;
         j->id = e->next_blob_id++; /* ids of our own, unique on this node */
@@ -383,8 +384,8 @@ void ppc_serve_result(ppc_engine *e, ppc_job *j)
         if (j->status == PPC_JOB_OK) {
             uint8_t pre[8];
             ppc_put_u64(pre, j->exec_ns);
-            ppc_conn_put(&s->c, PPC_F_RESULT, PPC_JOB_OK, j->client_id, pre, 8, j->result,
-                         j->result_len);
+            ppc_conn_put_aux(&s->c, PPC_F_RESULT, PPC_JOB_OK, j->result_aux & PPC_AUX_OOB,
+                             j->client_id, pre, 8, j->result, j->result_len);
         } else {
             ppc_conn_put(&s->c, PPC_F_RESULT, (uint8_t)j->status, j->client_id, j->result,
                          j->result ? j->result_len : 0, NULL, 0);

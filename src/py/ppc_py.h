@@ -48,6 +48,7 @@ typedef struct {
     PyObject *proto_obj;  /* proto as an int object, for the pickler */
     uint64_t next_fid;
     int proto;
+    int shm; /* large arguments and results through shared memory */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -78,6 +79,28 @@ int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_gro
  * reference to a capsule holding a ppc_blob, or NULL with an error. */
 PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
                         PyObject *globals, const char *args_pickle, size_t n);
+
+/* shmpy.c: large data through shared-memory segments */
+#include "../core/shm.h"
+typedef struct {
+    PyObject_HEAD
+    void *addr;
+    size_t len;
+    Py_ssize_t exports; /* buffers handed out and not yet released */
+    uint64_t id;
+    int readonly;
+    int owned; /* munmap at dealloc */
+} ppc_ShmMap;
+extern PyTypeObject ppc_ShmMapType;
+ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
+/* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1. */
+Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg);
+/* An existing pickle into seg as a blob without buffers. 0 or -1. */
+int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
+/* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
+ * views become the buffers), or NULL to copy buffers into bytearrays. */
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter);
+size_t ppc_big_estimate(PyObject *o, int depth);
 
 /* worker.c */
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main */

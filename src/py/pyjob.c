@@ -5,6 +5,7 @@
  * job wrote to stdout, unpickles the value, or rebuilds the exception with
  * the worker's traceback attached as __cause__. */
 #include "ppc_py.h"
+#include "../core/frame.h"
 #include <string.h>
 
 
@@ -106,6 +107,58 @@ static PyObject *rebuild_exception(PyObject *payload)
     return e;
 }
 
+/* The result's pickle part: a reference to a worker's segment. The worker
+ * gets the segment back (once) when it has been read or is not wanted. */
+static void return_result_seg(ppc_Job *self)
+{
+    ppc_job *j = self->job;
+    if (!j || j->status != PPC_JOB_OK || !(j->result_aux & PPC_AUX_SHM) || !j->result ||
+        j->result_len < 5 + PPC_SHM_REF_LEN)
+        return;
+    ppc_shm_ref r;
+    ppc_shm_ref_get(j->result + j->result_len - PPC_SHM_REF_LEN, &r);
+    j->result_aux &= (uint16_t)~PPC_AUX_SHM;
+    if (self->server && self->server->engine && !self->server->destroyed)
+        ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id);
+}
+
+static int is_worker_pid(ppc_Server *s, int pid)
+{
+    int pids[1024];
+    int n = s->engine ? ppc_engine_worker_pids(s->engine, pids, 1024) : 0;
+    for (int i = 0; i < n; i++)
+        if (pids[i] == pid)
+            return 1;
+    return 0;
+}
+
+/* Map the worker's result segment, unpickle (buffers copied out, so the
+ * segment can go back at once), unmap. */
+static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen)
+{
+    if (alen != PPC_SHM_REF_LEN) {
+        PyErr_SetString(PyExc_ValueError, "malformed shared-memory result reference");
+        return NULL;
+    }
+    ppc_shm_ref r;
+    ppc_shm_ref_get(area, &r);
+    if (!is_worker_pid(self->server, (int)r.pid) || r.len > ((uint64_t)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "shared-memory result of an unknown worker");
+        return NULL;
+    }
+    size_t maplen = 0;
+    void *m;
+    Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len, 0, &maplen);
+    Py_END_ALLOW_THREADS if (!m)
+    {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    PyObject *obj = ppc_loads_blob(m, (size_t)r.len, NULL);
+    ppc_shm_unmap(m, maplen);
+    return obj;
+}
+
 int ppc_job_unpack(ppc_Job *self)
 {
     if (self->unpacked)
@@ -136,10 +189,18 @@ int ppc_job_unpack(ppc_Job *self)
     }
     if (outlen && print_output((const char *)p + 5, outlen) < 0)
         return -1;
-    PyObject *obj = kind == PPC_R_EXCEPTION ? NULL : ppc_fast_loads(p + 5 + outlen, n - 5 - outlen);
-    if (!obj) {
-        PyObject *mv = PyMemoryView_FromMemory((char *)p + 5 + outlen,
-                                               (Py_ssize_t)(n - 5 - outlen), PyBUF_READ);
+    const uint8_t *area = p + 5 + outlen;
+    size_t alen = n - 5 - outlen;
+    PyObject *obj = NULL;
+    if (j->result_aux & PPC_AUX_SHM) {
+        obj = load_shm_result(self, area, alen);
+        return_result_seg(self);
+    } else if (j->result_aux & PPC_AUX_OOB) {
+        obj = ppc_loads_blob(area, alen, NULL);
+    } else if (kind != PPC_R_EXCEPTION && (obj = ppc_fast_loads(area, alen)) != NULL) {
+        /* a tiny result, read by hand (fastpickle.c) */
+    } else {
+        PyObject *mv = PyMemoryView_FromMemory((char *)area, (Py_ssize_t)alen, PyBUF_READ);
         if (!mv)
             return -1;
         obj = PyObject_CallOneArg(G.pickle_loads, mv);
@@ -266,6 +327,8 @@ static PyObject *Job_repr(ppc_Job *self)
 
 static void Job_dealloc(ppc_Job *self)
 {
+    if (self->job && atomic_load(&self->job->state) == PPC_JOB_DONE)
+        return_result_seg(self); /* a result never taken */
     if (self->job)
         ppc_job_decref(self->job);
     Py_XDECREF(self->server);

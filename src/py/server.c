@@ -109,8 +109,8 @@ static PyObject *build_init(ppc_Server *self)
     Py_DECREF(os_getcwd);
     if (!cwd)
         return NULL;
-    PyObject *d = Py_BuildValue("{sOsOsi}", "path", path ? path : Py_None, "cwd", cwd, "proto",
-                                self->proto);
+    PyObject *d = Py_BuildValue("{sOsOsisi}", "path", path ? path : Py_None, "cwd", cwd, "proto",
+                                self->proto, "shm", self->shm);
     Py_DECREF(cwd);
     if (!d)
         return NULL;
@@ -375,21 +375,21 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
-                             "_broadcast", NULL};
+                             "_broadcast", "_shm", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
     PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None;
     const char *bcast = NULL;
     PyObject *env = NULL;
     const char **cenv = NULL;
-    int proto = 5, raise_exc = 1, announce = 0, discover_port = 51000;
+    int proto = 5, raise_exc = 1, announce = 0, discover_port = 51000, shm = 1;
     if (self->engine) {
         PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpiz:Server", kwlist, &ncpus_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizp:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &listen, &liveness_o, &announce, &discover_port,
-                                     &bcast))
+                                     &bcast, &shm))
         return -1;
     int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
     if (ncpus < 0)
@@ -432,6 +432,10 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->proto_obj, PyLong_FromLong(proto));
     if (!self->proto_obj)
         return -1;
+    const char *env_shm = getenv("PPC_SHM");
+    if (env_shm && *env_shm == '0')
+        shm = 0;
+    self->shm = shm;
     self->restart = restart;
     self->raise_exceptions = raise_exc;
     self->socket_timeout = timeout;
@@ -493,6 +497,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     o.init = (const uint8_t *)PyBytes_AS_STRING(init);
     o.init_len = (size_t)PyBytes_GET_SIZE(init);
     o.restart = restart;
+    o.no_shm = !shm;
     o.py_major = PY_MAJOR_VERSION;
     o.py_minor = PY_MINOR_VERSION;
     o.listen_port = -1;
@@ -719,6 +724,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     if (!cbargs)
         cbargs = empty;
     PyObject *result = NULL, *call_args = NULL, *pick = NULL, *blob = NULL;
+    ppc_shm_seg *seg = NULL;
     if (!group)
         group = G.str_default;
     if (!PyCallable_Check(func)) {
@@ -761,17 +767,51 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         call_args = fargs;
         Py_INCREF(call_args);
     }
-    /* tiny arguments by hand (fastpickle.c), anything else by _pickle */
+    /* Large arguments go into a shared-memory segment (pickled straight
+     * into it, numpy data out of band), not into the job and the pipe;
+     * tiny ones are written by hand (fastpickle.c); the rest by _pickle. */
+    int use_shm = self->shm && ppc_engine_shm_on(self->engine) &&
+                  ppc_engine_get_workers(self->engine) > 0;
+    if (use_shm) {
+        size_t est = ppc_big_estimate(call_args, 4);
+        if (est >= PPC_SHM_MIN_BYTES && (seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
+            size_t sl;
+            uint32_t nb;
+            if (ppc_pickle_into_seg(call_args, self->proto, seg) < 0 ||
+                ppc_oob_parse(seg->map, seg->used, &sl, &nb) < 0)
+                goto done;
+            pick = PyMemoryView_FromMemory((char *)seg->map, (Py_ssize_t)sl, PyBUF_READ);
+            if (!pick)
+                goto done;
+        }
+    }
     uint8_t fbuf[512];
-    const char *pb = (const char *)fbuf;
-    size_t pn = ppc_fast_dumps(call_args, self->proto, fbuf, sizeof fbuf);
-    if (!pn) {
-        PyObject *dargs[2] = {call_args, self->proto_obj};
-        pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
-        if (!pick)
-            goto done;
-        pb = PyBytes_AS_STRING(pick);
-        pn = (size_t)PyBytes_GET_SIZE(pick);
+    const char *pb = NULL;
+    size_t pn = 0;
+    if (!seg) {
+        pn = ppc_fast_dumps(call_args, self->proto, fbuf, sizeof fbuf);
+        if (pn) {
+            pb = (const char *)fbuf;
+        } else {
+            PyObject *dargs[2] = {call_args, self->proto_obj};
+            pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+            if (!pick)
+                goto done;
+            if (use_shm && (size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES &&
+                (seg = ppc_engine_shm_get(self->engine, (size_t)PyBytes_GET_SIZE(pick) + 64)) &&
+                ppc_bytes_into_seg(PyBytes_AS_STRING(pick), (size_t)PyBytes_GET_SIZE(pick), seg) < 0)
+                goto done;
+        }
+    }
+    if (!pb) {
+        if (PyBytes_Check(pick)) {
+            pb = PyBytes_AS_STRING(pick);
+            pn = (size_t)PyBytes_GET_SIZE(pick);
+        } else { /* a memoryview of the stream in a segment */
+            Py_buffer *v = PyMemoryView_GET_BUFFER(pick);
+            pb = v->buf;
+            pn = (size_t)v->len;
+        }
     }
     blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pb, pn);
     if (!blob)
@@ -782,13 +822,22 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     ppc_blob *b = PyCapsule_GetPointer(blob, "ppc_blob");
     if (!b)
         goto done;
+    ppc_job *j;
+    if (seg) {
+        j = ppc_job_new(b, NULL, 0);
+        if (j) {
+            j->args_seg = seg;
+            seg = NULL;
+        }
+    } else {
     size_t skip = ppc_pickle_frame_skip(pb, pn);
-    ppc_job *j = ppc_job_new(b, NULL, pn - skip);
+    j = ppc_job_new(b, NULL, pn - skip);
     if (j && skip) {
         memcpy(j->args, pb, 2);
         memcpy(j->args + 2, pb + 2 + skip, pn - 2 - skip);
     } else if (j) {
         memcpy(j->args, pb, pn);
+    }
     }
     if (!j) {
         PyErr_NoMemory();
@@ -816,6 +865,8 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     }
     result = (PyObject *)jo;
 done:
+    if (seg)
+        ppc_engine_shm_put(self->engine, seg);
     Py_XDECREF(call_args);
     Py_XDECREF(pick);
     Py_XDECREF(blob);

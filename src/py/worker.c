@@ -12,6 +12,7 @@
  * The worker ignores SIGINT: Ctrl-C belongs to the client. */
 #include "ppc_py.h"
 #include <errno.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "../core/frame.h"
+#include "../core/shm.h"
 
 #define FLUSH_BYTES (256u * 1024u)
 #define FLUSH_RESULTS 64
@@ -37,7 +39,18 @@ typedef struct {
     PyObject *last_f;
     uint64_t t_mark;    /* end of the previous job while jobs run back to
                            back (its clock reading starts the next), or 0 */
+    /* large data (shm.h) */
+    int shm;            /* INIT: segments allowed */
+    int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
+    PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
+    ppc_shm_pool rpool; /* our free result segments */
+    ppc_shm_seg *busy;  /* result segments the client has not given back */
+    int nbusy;
 } wstate;
+
+#define SEGCACHE_MAX 8
+#define BUSY_MAX 64
+#define RPOOL_BYTES ((size_t)512 << 20)
 
 static uint64_t now_ns(void)
 {
@@ -384,6 +397,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     w->proto = (int)PyLong_AsLong(proto);
     Py_INCREF(proto);
     Py_XSETREF(w->proto_obj, proto);
+    PyObject *shm = PyDict_GetItemString(d, "shm");
+    w->shm = shm && PyObject_IsTrue(shm) == 1;
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -431,7 +446,115 @@ static PyObject *take_output(wstate *w)
     return v;
 }
 
-static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out, PyObject *pick)
+/* The client's argument segment named by the reference at refp, mapped
+ * (cached by segment id). New reference, or NULL without an error when it
+ * cannot be mapped, NULL with an error on failure. */
+static ppc_ShmMap *map_args(wstate *w, const uint8_t *refp, ppc_shm_ref *r)
+{
+    ppc_shm_ref_get(refp, r);
+    if (w->refuse_map || r->len == 0)
+        return NULL;
+    PyObject *key = PyLong_FromUnsignedLongLong(r->id);
+    if (!key)
+        return NULL;
+    ppc_ShmMap *m = (ppc_ShmMap *)PyDict_GetItemWithError(w->segcache, key);
+    if (m && m->len >= r->len) {
+        Py_INCREF(m);
+        /* most recently used last */
+        if (PyDict_DelItem(w->segcache, key) < 0 ||
+            PyDict_SetItem(w->segcache, key, (PyObject *)m) < 0) {
+            Py_DECREF(m);
+            m = NULL;
+        }
+        Py_DECREF(key);
+        return m;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (m && PyDict_DelItem(w->segcache, key) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    size_t maplen;
+    void *addr;
+    Py_BEGIN_ALLOW_THREADS addr = ppc_shm_map_peer((int)r->pid, (int)r->fd, (size_t)r->len, 1, &maplen);
+    Py_END_ALLOW_THREADS if (!addr)
+    {
+        Py_DECREF(key);
+        return NULL;
+    }
+    m = ppc_shmmap_new(addr, maplen, 0, 1);
+    if (!m || PyDict_SetItem(w->segcache, key, (PyObject *)m) < 0) {
+        Py_XDECREF(m);
+        Py_DECREF(key);
+        return NULL;
+    }
+    m->id = r->id;
+    Py_DECREF(key);
+    while (PyDict_GET_SIZE(w->segcache) > SEGCACHE_MAX) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        if (!PyDict_Next(w->segcache, &pos, &k, &v))
+            break;
+        Py_INCREF(k);
+        int rc = PyDict_DelItem(w->segcache, k);
+        Py_DECREF(k);
+        if (rc < 0)
+            break;
+    }
+    return m;
+}
+
+static void forget_seg(wstate *w, uint64_t id)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(id);
+    if (key && PyDict_DelItem(w->segcache, key) < 0)
+        PyErr_Clear();
+    Py_XDECREF(key);
+}
+
+static void seg_returned(wstate *w, uint64_t id)
+{
+    for (ppc_shm_seg **sp = &w->busy; *sp; sp = &(*sp)->next) {
+        if ((*sp)->id == id) {
+            ppc_shm_seg *s = *sp;
+            *sp = s->next;
+            w->nbusy--;
+            uint64_t dropped[4];
+            ppc_shm_pool_put(&w->rpool, s, dropped, 4);
+            return;
+        }
+    }
+}
+
+/* A large result into one of our segments: the segment (now busy), or NULL
+ * (without an error) to send the result inline. */
+static ppc_shm_seg *result_seg(wstate *w, PyObject *res, PyObject **pick)
+{
+    *pick = NULL;
+    if (!w->shm || w->nbusy >= BUSY_MAX)
+        return NULL;
+    size_t est = ppc_big_estimate(res, 4);
+    if (est < PPC_SHM_MIN_BYTES)
+        return NULL;
+    ppc_shm_seg *s = ppc_shm_pool_get(&w->rpool, est + (1u << 20));
+    if (!s)
+        return NULL;
+    if (ppc_pickle_into_seg(res, w->proto, s) < 0) {
+        uint64_t dropped[4];
+        ppc_shm_pool_put(&w->rpool, s, dropped, 4);
+        return NULL; /* the error stays set: the caller reports it */
+    }
+    s->next = w->busy;
+    w->busy = s;
+    w->nbusy++;
+    return s;
+}
+
+static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out, PyObject *pick,
+                      uint16_t aux, ppc_shm_seg *seg)
 {
     Py_ssize_t outlen = 0;
     const char *outs = NULL;
@@ -444,16 +567,28 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
         if (outlen > 0x7fffffff)
             outlen = 0x7fffffff;
     }
-    const char *pdata = PyBytes_AS_STRING(pick);
-    size_t plen = (size_t)PyBytes_GET_SIZE(pick), skip = ppc_pickle_frame_skip(pdata, plen);
+    uint8_t refb[PPC_SHM_REF_LEN];
+    const char *pdata = (const char *)refb;
+    size_t plen = sizeof refb, skip = 0;
+    if (seg) {
+        ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)seg->fd, seg->id, seg->used};
+        ppc_shm_ref_put(refb, &r);
+        aux |= PPC_AUX_SHM;
+    } else if (pick) {
+        pdata = PyBytes_AS_STRING(pick);
+        plen = (size_t)PyBytes_GET_SIZE(pick);
+        skip = ppc_pickle_frame_skip(pdata, plen);
+    } else {
+        plen = 0;
+    }
     uint8_t pre[13];
     ppc_put_u64(pre, ns);
     pre[8] = (uint8_t)kind;
     ppc_put_u32(pre + 9, (uint32_t)outlen);
     size_t hdr_at = w->out.len;
-    if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, 0, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
+    if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, aux, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
         ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 ||
-        ppc_buf_append(&w->out, pdata, skip ? 2 : plen) < 0 ||
+        (plen && ppc_buf_append(&w->out, pdata, skip ? 2 : plen) < 0) ||
         (skip && ppc_buf_append(&w->out, pdata + 2 + skip, plen - 2 - skip) < 0)) {
         PyErr_NoMemory();
         return -1;
@@ -464,10 +599,13 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     return 0;
 }
 
-static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
+static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t n)
 {
     if (n < 8)
         return -1;
+    ppc_ShmMap *argmap = NULL;
+    ppc_shm_seg *rseg = NULL;
+    uint16_t raux = 0;
     uint64_t fid = ppc_get_u64(p);
     uint64_t t0 = w->t_mark ? w->t_mark : now_ns();
     PyObject *res = NULL, *pick = NULL;
@@ -494,8 +632,26 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
         pick = f;
         Py_INCREF(pick);
     } else {
-        PyObject *args = ppc_fast_loads(p + 8, n - 8);
-        if (!args) {
+        PyObject *args = NULL;
+        if (aux & PPC_AUX_SHM) {
+            ppc_shm_ref r;
+            if (n != 8 + PPC_SHM_REF_LEN)
+                return -1;
+            argmap = map_args(w, p + 8, &r);
+            if (!argmap) {
+                if (PyErr_Occurred())
+                    return -1;
+                /* cannot map: the client sends this job again inline */
+                uint8_t pre[13] = {0};
+                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOSHM, 0, id, pre,
+                                     sizeof pre, NULL, 0);
+            }
+            args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap);
+        } else if (aux & PPC_AUX_OOB) {
+            args = ppc_loads_blob(p + 8, n - 8, NULL);
+        } else if ((args = ppc_fast_loads(p + 8, n - 8)) != NULL) {
+            /* tiny arguments, read by hand (fastpickle.c) */
+        } else {
             PyObject *mv = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(n - 8), PyBUF_READ);
             args = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
             Py_XDECREF(mv);
@@ -513,27 +669,57 @@ static int on_job(wstate *w, uint64_t id, const uint8_t *p, size_t n)
             /* a scalar result by hand (fastpickle.c), as bytes like _pickle's */
             uint8_t fbuf[256];
             size_t fn = ppc_fast_dumps(res, w->proto, fbuf, sizeof fbuf);
-            if (fn) {
+            if (fn)
                 pick = PyBytes_FromStringAndSize((const char *)fbuf, (Py_ssize_t)fn);
-            } else {
+            else
+                rseg = result_seg(w, res, &pick);
+            if (!fn && !rseg && !PyErr_Occurred()) {
                 PyObject *dargs[2] = {res, w->proto_obj};
                 pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+                if (pick && w->shm && w->nbusy < BUSY_MAX &&
+                    (size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES) {
+                    /* a large pickle without big buffers: still not through the pipe */
+                    ppc_shm_seg *s = ppc_shm_pool_get(&w->rpool, (size_t)PyBytes_GET_SIZE(pick) + 64);
+                    if (s && ppc_bytes_into_seg(PyBytes_AS_STRING(pick),
+                                                (size_t)PyBytes_GET_SIZE(pick), s) == 0) {
+                        s->next = w->busy;
+                        w->busy = s;
+                        w->nbusy++;
+                        rseg = s;
+                        Py_CLEAR(pick);
+                    } else if (s) {
+                        uint64_t dropped[4];
+                        PyErr_Clear();
+                        ppc_shm_pool_put(&w->rpool, s, dropped, 4);
+                    }
+                }
             }
             Py_DECREF(res);
         }
     }
-    if (!pick) {
+    if (!pick && !rseg) {
         kind = PPC_R_EXCEPTION;
         pick = exception_payload(w);
-        if (!pick)
+        if (!pick) {
+            Py_XDECREF(argmap);
             return -1;
+        }
+    }
+    if (argmap) {
+        /* anything still using the segment (a global keeping a numpy
+         * argument, say)? then the client must not reuse it */
+        if (argmap->exports > 0) {
+            raux |= PPC_AUX_PINNED;
+            forget_seg(w, argmap->id);
+        }
+        Py_DECREF(argmap);
     }
     uint64_t t1 = now_ns();
     w->t_mark = t1;
     PyObject *out = take_output(w);
-    int rc = put_result(w, id, t1 - t0, kind, out, pick);
+    int rc = put_result(w, id, t1 - t0, kind, out, pick, raux, rseg);
     Py_XDECREF(out);
-    Py_DECREF(pick);
+    Py_XDECREF(pick);
     return rc;
 }
 
@@ -613,12 +799,17 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
     w.fns = PyDict_New();
     w.str_tell = PyUnicode_InternFromString("tell");
     w.proto_obj = PyLong_FromLong(w.proto);
-    if (!w.fns || !w.str_tell || !w.proto_obj) {
+    w.segcache = PyDict_New();
+    if (!w.fns || !w.str_tell || !w.proto_obj || !w.segcache) {
         Py_XDECREF(w.fns);
         Py_XDECREF(w.str_tell);
         Py_XDECREF(w.proto_obj);
+        Py_XDECREF(w.segcache);
         return -1;
     }
+    const char *refuse = getenv("PPC_TEST_SHM_REFUSE");
+    w.refuse_map = refuse && *refuse && *refuse != '0';
+    ppc_shm_pool_init(&w.rpool, RPOOL_BYTES);
     int ret = -1;
     for (;;) {
         ppc_frame f;
@@ -630,7 +821,11 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
         if (rc == PPC_FRAME_OK) {
             int hr = 0;
             if (f.type == PPC_F_JOB)
-                hr = on_job(&w, f.id, f.payload, (size_t)f.len);
+                hr = on_job(&w, f.id, f.aux, f.payload, (size_t)f.len);
+            else if (f.type == PPC_F_SHMDROP)
+                forget_seg(&w, f.id);
+            else if (f.type == PPC_F_SHMRET)
+                seg_returned(&w, f.id);
             else if (f.type == PPC_F_FUNC)
                 hr = on_func(&w, f.id, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_INIT)
@@ -688,5 +883,12 @@ out:
     Py_XDECREF(w.capture);
     Py_XDECREF(w.str_tell);
     Py_XDECREF(w.proto_obj);
+    Py_XDECREF(w.segcache);
+    while (w.busy) {
+        ppc_shm_seg *s = w.busy;
+        w.busy = s->next;
+        ppc_shm_free(s);
+    }
+    ppc_shm_pool_destroy(&w.rpool);
     return ret;
 }

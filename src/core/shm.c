@@ -1,0 +1,267 @@
+/* shm.c - memfd segments, peer mappings, the segment pool and the OOB blob
+ * layout (see shm.h). No Python; every length from a peer is checked. */
+#define _GNU_SOURCE
+#include "shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "frame.h"
+
+static size_t round_cap(size_t n)
+{
+    if (n > SIZE_MAX - PPC_SHM_ROUND)
+        return 0;
+    size_t r = (n + PPC_SHM_ROUND - 1) / PPC_SHM_ROUND * PPC_SHM_ROUND;
+    return r ? r : PPC_SHM_ROUND;
+}
+
+ppc_shm_seg *ppc_shm_create(size_t min_cap, uint64_t id)
+{
+    size_t cap = round_cap(min_cap);
+    if (!cap)
+        return NULL;
+    ppc_shm_seg *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->fd = memfd_create("ppc", MFD_CLOEXEC);
+    if (s->fd < 0 || ftruncate(s->fd, (off_t)cap) < 0)
+        goto fail;
+    s->map = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (s->map == MAP_FAILED) {
+        s->map = NULL;
+        goto fail;
+    }
+    madvise(s->map, cap, MADV_HUGEPAGE); /* effective where shmem THP is allowed */
+    s->cap = cap;
+    s->id = id;
+    return s;
+fail:
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s);
+    return NULL;
+}
+
+int ppc_shm_reserve(ppc_shm_seg *s, size_t need)
+{
+    if (need <= s->cap)
+        return 0;
+    size_t cap = round_cap(need + need / 4);
+    if (!cap || ftruncate(s->fd, (off_t)cap) < 0)
+        return -1;
+    void *m = mremap(s->map, s->cap, cap, MREMAP_MAYMOVE);
+    if (m == MAP_FAILED) {
+        if (ftruncate(s->fd, (off_t)s->cap) < 0) {
+            /* the mapping still covers the old size: nothing more to do */
+        }
+        return -1;
+    }
+    madvise(m, cap, MADV_HUGEPAGE);
+    s->map = m;
+    s->cap = cap;
+    return 0;
+}
+
+void ppc_shm_free(ppc_shm_seg *s)
+{
+    if (!s)
+        return;
+    if (s->map)
+        munmap(s->map, s->cap);
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s);
+}
+
+void *ppc_shm_map_peer(int pid, int fd, size_t need, int writable, size_t *maplen)
+{
+    char path[64];
+    if (pid <= 0 || fd < 0 || need == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+    int f = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (f < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(f, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+        (uint64_t)st.st_size < need) {
+        close(f);
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size;
+    void *m = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_POPULATE,
+                   f, 0);
+    int saved = errno;
+    close(f);
+    if (m == MAP_FAILED) {
+        errno = saved;
+        return NULL;
+    }
+    *maplen = len;
+    return m;
+}
+
+void ppc_shm_unmap(void *p, size_t len)
+{
+    if (p && len)
+        munmap(p, len);
+}
+
+void ppc_shm_ref_put(uint8_t *p, const ppc_shm_ref *r)
+{
+    ppc_put_u32(p, r->pid);
+    ppc_put_u32(p + 4, r->fd);
+    ppc_put_u64(p + 8, r->id);
+    ppc_put_u64(p + 16, r->len);
+}
+
+void ppc_shm_ref_get(const uint8_t *p, ppc_shm_ref *r)
+{
+    r->pid = ppc_get_u32(p);
+    r->fd = ppc_get_u32(p + 4);
+    r->id = ppc_get_u64(p + 8);
+    r->len = ppc_get_u64(p + 16);
+}
+
+int ppc_shm_pool_init(ppc_shm_pool *p, size_t max_free)
+{
+    memset(p, 0, sizeof *p);
+    p->max_free = max_free;
+    p->next_id = 1;
+    return pthread_mutex_init(&p->mu, NULL) == 0 ? 0 : -1;
+}
+
+ppc_shm_seg *ppc_shm_pool_get(ppc_shm_pool *p, size_t need)
+{
+    pthread_mutex_lock(&p->mu);
+    ppc_shm_seg **best = NULL, **largest = NULL;
+    for (ppc_shm_seg **sp = &p->free; *sp; sp = &(*sp)->next) {
+        ppc_shm_seg *s = *sp;
+        if (s->cap >= need && (!best || s->cap < (*best)->cap))
+            best = sp;
+        if (!largest || s->cap > (*largest)->cap)
+            largest = sp;
+    }
+    ppc_shm_seg **pick = best ? best : largest;
+    ppc_shm_seg *s = NULL;
+    if (pick) {
+        s = *pick;
+        *pick = s->next;
+        p->free_bytes -= s->cap;
+        s->next = NULL;
+    }
+    uint64_t id = p->next_id++;
+    pthread_mutex_unlock(&p->mu);
+    if (s && ppc_shm_reserve(s, need) < 0) {
+        ppc_shm_free(s);
+        s = NULL;
+    }
+    if (!s)
+        s = ppc_shm_create(need, id);
+    if (s)
+        s->used = 0;
+    return s;
+}
+
+size_t ppc_shm_pool_put(ppc_shm_pool *p, ppc_shm_seg *s, uint64_t *dropped, size_t maxdrop)
+{
+    size_t nd = 0;
+    ppc_shm_seg *gone = NULL;
+    pthread_mutex_lock(&p->mu);
+    s->next = p->free;
+    p->free = s;
+    p->free_bytes += s->cap;
+    /* over the cap: free the least recently returned (the list's tail) */
+    while (p->free_bytes > p->max_free && p->free) {
+        ppc_shm_seg **sp = &p->free;
+        while ((*sp)->next)
+            sp = &(*sp)->next;
+        ppc_shm_seg *t = *sp;
+        *sp = NULL;
+        p->free_bytes -= t->cap;
+        t->next = gone;
+        gone = t;
+    }
+    pthread_mutex_unlock(&p->mu);
+    while (gone) {
+        ppc_shm_seg *nx = gone->next;
+        if (nd < maxdrop)
+            dropped[nd] = gone->id;
+        nd++;
+        ppc_shm_free(gone);
+        gone = nx;
+    }
+    return nd;
+}
+
+void ppc_shm_pool_destroy(ppc_shm_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    ppc_shm_seg *s = p->free;
+    p->free = NULL;
+    p->free_bytes = 0;
+    pthread_mutex_unlock(&p->mu);
+    while (s) {
+        ppc_shm_seg *nx = s->next;
+        ppc_shm_free(s);
+        s = nx;
+    }
+    pthread_mutex_destroy(&p->mu);
+}
+
+int ppc_oob_parse(const uint8_t *data, size_t n, size_t *stream_len, uint32_t *nbufs)
+{
+    if (!data || n < PPC_OOB_TRAILER)
+        return -1;
+    const uint8_t *t = data + n - PPC_OOB_TRAILER;
+    if (ppc_get_u32(t + 12) != PPC_OOB_MAGIC)
+        return -1;
+    uint64_t sl = ppc_get_u64(t);
+    uint32_t nb = ppc_get_u32(t + 8);
+    size_t room = n - PPC_OOB_TRAILER;
+    if ((uint64_t)nb > room / 16)
+        return -1;
+    size_t table = room - (size_t)nb * 16;
+    if (sl > table)
+        return -1;
+    for (uint32_t i = 0; i < nb; i++) {
+        uint64_t off = ppc_get_u64(data + table + (size_t)i * 16);
+        uint64_t len = ppc_get_u64(data + table + (size_t)i * 16 + 8);
+        if (off > table || len > table - off)
+            return -1;
+    }
+    *stream_len = (size_t)sl;
+    *nbufs = nb;
+    return 0;
+}
+
+void ppc_oob_buf(const uint8_t *data, size_t n, uint32_t i, size_t *off, size_t *len)
+{
+    uint32_t nb = ppc_get_u32(data + n - PPC_OOB_TRAILER + 8);
+    size_t table = n - PPC_OOB_TRAILER - (size_t)nb * 16;
+    *off = (size_t)ppc_get_u64(data + table + (size_t)i * 16);
+    *len = (size_t)ppc_get_u64(data + table + (size_t)i * 16 + 8);
+}
+
+void ppc_oob_finish(uint8_t *data, size_t at, size_t stream_len, uint32_t nbufs,
+                    const uint64_t *offs, const uint64_t *lens)
+{
+    for (uint32_t i = 0; i < nbufs; i++) {
+        ppc_put_u64(data + at + (size_t)i * 16, offs[i]);
+        ppc_put_u64(data + at + (size_t)i * 16 + 8, lens[i]);
+    }
+    uint8_t *t = data + at + (size_t)nbufs * 16;
+    ppc_put_u64(t, stream_len);
+    ppc_put_u32(t + 8, nbufs);
+    ppc_put_u32(t + 12, PPC_OOB_MAGIC);
+}

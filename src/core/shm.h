@@ -1,0 +1,96 @@
+/* shm.h - shared-memory segments for large arguments and results.
+ *
+ * A segment is an anonymous memfd mapped MAP_SHARED in its owner. A peer
+ * process of the same user maps it by opening /proc/<pid>/fd/<fd>: no name
+ * is ever created in /dev/shm, and a segment dies with the last process
+ * that maps it. Owners keep segments in a pool and reuse them, so their
+ * pages are faulted in once, not per job.
+ *
+ * A segment (or any byte area) holds one "OOB blob": a pickle stream
+ * followed by its out-of-band buffers, described by a trailer at the end:
+ *
+ *   stream[stream_len] pad buf0 pad buf1 ... table[nbufs](u64 off, u64 len)
+ *   u64 stream_len, u32 nbufs, u32 magic
+ *
+ * The trailer is at the end because the stream is written before the
+ * number of buffers is known. ppc_oob_parse checks every offset and length
+ * against the blob's size before anything trusts it. Nothing here knows
+ * Python; the pool is thread-safe. */
+#ifndef PPC_SHM_H
+#define PPC_SHM_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PPC_SHM_MIN_BYTES (1u << 20)  /* payloads from this size use segments */
+#define PPC_SHM_ROUND (2u << 20)      /* capacity granularity */
+#define PPC_OOB_MAGIC 0x42435050u     /* "PPCB" */
+#define PPC_OOB_TRAILER 16u
+#define PPC_OOB_ALIGN 64u
+#define PPC_SHM_REF_LEN 24u           /* u32 pid, u32 fd, u64 id, u64 blob length */
+
+typedef struct ppc_shm_seg {
+    struct ppc_shm_seg *next;
+    uint64_t id;
+    int fd;
+    uint8_t *map;
+    size_t cap;  /* file size and mapping length */
+    size_t used; /* bytes of the blob it holds */
+} ppc_shm_seg;
+
+/* A new segment of at least min_cap bytes (rounded up), or NULL. */
+ppc_shm_seg *ppc_shm_create(size_t min_cap, uint64_t id);
+/* Grow to at least need bytes, keeping the contents. 0 or -1. */
+int ppc_shm_reserve(ppc_shm_seg *s, size_t need);
+void ppc_shm_free(ppc_shm_seg *s);
+
+/* Map a peer's segment: /proc/<pid>/fd/<fd>, whose file must hold at least
+ * need bytes. Returns the mapping (length in *maplen) or NULL with errno
+ * set. writable: PROT_WRITE too (the worker's view of argument segments). */
+void *ppc_shm_map_peer(int pid, int fd, size_t need, int writable, size_t *maplen);
+void ppc_shm_unmap(void *p, size_t len);
+
+/* Reference to a segment's blob: what travels in a frame. */
+typedef struct ppc_shm_ref {
+    uint32_t pid, fd;
+    uint64_t id, len;
+} ppc_shm_ref;
+void ppc_shm_ref_put(uint8_t *p, const ppc_shm_ref *r);
+void ppc_shm_ref_get(const uint8_t *p, ppc_shm_ref *r);
+
+/* A pool of free segments, capped in bytes; least recently used go first. */
+typedef struct ppc_shm_pool {
+    pthread_mutex_t mu;
+    ppc_shm_seg *free; /* most recently returned first */
+    size_t free_bytes, max_free;
+    uint64_t next_id;
+} ppc_shm_pool;
+
+int ppc_shm_pool_init(ppc_shm_pool *p, size_t max_free);
+/* A segment of at least need bytes: a free one (the smallest that fits, or
+ * the largest, grown) or a new one. NULL when none can be made. */
+ppc_shm_seg *ppc_shm_pool_get(ppc_shm_pool *p, size_t need);
+/* Give a segment back. Segments beyond the cap are freed; their ids are
+ * written to dropped (at most maxdrop) and counted in the return value. */
+size_t ppc_shm_pool_put(ppc_shm_pool *p, ppc_shm_seg *s, uint64_t *dropped, size_t maxdrop);
+void ppc_shm_pool_destroy(ppc_shm_pool *p);
+
+/* OOB blob layout. ppc_oob_parse: 0 when data[0..n) is a valid blob
+ * (stream_len and nbufs set), -1 otherwise. ppc_oob_buf: buffer i of a
+ * parsed blob (bounds already checked by parse). */
+int ppc_oob_parse(const uint8_t *data, size_t n, size_t *stream_len, uint32_t *nbufs);
+void ppc_oob_buf(const uint8_t *data, size_t n, uint32_t i, size_t *off, size_t *len);
+/* Writing: the table and trailer for nbufs buffers take this many bytes. */
+static inline size_t ppc_oob_tail_len(uint32_t nbufs)
+{
+    return (size_t)nbufs * 16u + PPC_OOB_TRAILER;
+}
+static inline size_t ppc_oob_align(size_t x)
+{
+    return (x + PPC_OOB_ALIGN - 1) & ~(size_t)(PPC_OOB_ALIGN - 1);
+}
+/* Write table and trailer at data + at (offs/lens of nbufs buffers). */
+void ppc_oob_finish(uint8_t *data, size_t at, size_t stream_len, uint32_t nbufs,
+                    const uint64_t *offs, const uint64_t *lens);
+
+#endif

@@ -1,0 +1,156 @@
+/* test_shm.c - unit tests of shm.c: segments, growth, the pool's reuse and
+ * cap, mapping a segment through /proc/<pid>/fd (here our own pid, and a
+ * refused open), the OOB blob layout and its bounds checks. */
+#define _GNU_SOURCE
+#include "ctest.h"
+
+#include <dirent.h>
+#include <errno.h>
+
+#include "frame.h"
+#include "shm.h"
+
+static int count_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+TEST(shm_create_grow_free)
+{
+    int before = count_fds();
+    ppc_shm_seg *s = ppc_shm_create(100, 7);
+    REQUIRE(s != NULL);
+    CHECK_EQ_U64(s->id, 7);
+    CHECK_EQ_U64(s->cap, PPC_SHM_ROUND);
+    memset(s->map, 0xab, s->cap);
+    CHECK_EQ_INT(ppc_shm_reserve(s, 10u << 20), 0);
+    CHECK(s->cap >= (10u << 20));
+    CHECK(s->cap % PPC_SHM_ROUND == 0);
+    CHECK_EQ_INT(s->map[PPC_SHM_ROUND - 1], 0xab); /* contents kept */
+    s->map[s->cap - 1] = 1;
+    ppc_shm_free(s);
+    CHECK_EQ_INT(count_fds(), before);
+}
+
+TEST(shm_map_peer_self)
+{
+    ppc_shm_seg *s = ppc_shm_create(1u << 20, 1);
+    REQUIRE(s != NULL);
+    memcpy(s->map, "hello", 5);
+    size_t len = 0;
+    uint8_t *m = ppc_shm_map_peer(getpid(), s->fd, 5, 1, &len);
+    REQUIRE(m != NULL);
+    CHECK_EQ_U64(len, s->cap);
+    CHECK_MEM(m, 5, "hello", 5);
+    m[0] = 'j'; /* shared both ways */
+    CHECK_EQ_INT(s->map[0], 'j');
+    ppc_shm_unmap(m, len);
+    /* asking for more than the file holds is refused */
+    CHECK(ppc_shm_map_peer(getpid(), s->fd, s->cap + 1, 0, &len) == NULL);
+    /* a fd that is not open, a bad pid */
+    CHECK(ppc_shm_map_peer(getpid(), 100000, 5, 0, &len) == NULL);
+    CHECK(ppc_shm_map_peer(0, s->fd, 5, 0, &len) == NULL);
+    /* a pipe is not a segment */
+    int pfd[2];
+    REQUIRE(pipe(pfd) == 0);
+    CHECK(ppc_shm_map_peer(getpid(), pfd[0], 1, 0, &len) == NULL);
+    close(pfd[0]);
+    close(pfd[1]);
+    ppc_shm_free(s);
+}
+
+TEST(shm_pool_reuse_and_cap)
+{
+    ppc_shm_pool p;
+    REQUIRE(ppc_shm_pool_init(&p, 8u << 20) == 0);
+    ppc_shm_seg *a = ppc_shm_pool_get(&p, 3u << 20);
+    ppc_shm_seg *b = ppc_shm_pool_get(&p, 3u << 20);
+    REQUIRE(a && b);
+    CHECK(a->id != b->id);
+    uint64_t dropped[4];
+    CHECK_EQ_U64(ppc_shm_pool_put(&p, a, dropped, 4), 0);
+    ppc_shm_seg *c = ppc_shm_pool_get(&p, 1u << 20);
+    CHECK(c == a); /* reused, same id: peers keep their mapping */
+    CHECK_EQ_U64(c->used, 0);
+    /* the largest free one is grown when none fits */
+    CHECK_EQ_U64(ppc_shm_pool_put(&p, c, dropped, 4), 0);
+    ppc_shm_seg *d = ppc_shm_pool_get(&p, 6u << 20);
+    CHECK(d == a);
+    CHECK(d->cap >= (6u << 20));
+    /* over the cap: the least recently returned goes */
+    uint64_t bid = b->id;
+    CHECK_EQ_U64(ppc_shm_pool_put(&p, b, dropped, 4), 0);
+    size_t nd = ppc_shm_pool_put(&p, d, dropped, 4);
+    CHECK_EQ_U64(nd, 1);
+    CHECK_EQ_U64(dropped[0], bid);
+    CHECK(p.free_bytes <= p.max_free);
+    ppc_shm_pool_destroy(&p);
+}
+
+TEST(oob_layout_roundtrip_and_bounds)
+{
+    uint8_t blob[512];
+    memset(blob, 0, sizeof blob);
+    memcpy(blob, "stream", 6);
+    size_t o1 = ppc_oob_align(6), o2 = ppc_oob_align(o1 + 10);
+    memset(blob + o1, 1, 10);
+    memset(blob + o2, 2, 20);
+    uint64_t offs[2] = {o1, o2}, lens[2] = {10, 20};
+    size_t at = o2 + 20, n = at + ppc_oob_tail_len(2);
+    ppc_oob_finish(blob, at, 6, 2, offs, lens);
+    size_t sl;
+    uint32_t nb;
+    REQUIRE(ppc_oob_parse(blob, n, &sl, &nb) == 0);
+    CHECK_EQ_U64(sl, 6);
+    CHECK_EQ_INT(nb, 2);
+    size_t off, len;
+    ppc_oob_buf(blob, n, 1, &off, &len);
+    CHECK_EQ_U64(off, o2);
+    CHECK_EQ_U64(len, 20);
+    /* every truncation is refused or still in bounds */
+    for (size_t k = 0; k < n; k++)
+        CHECK(ppc_oob_parse(blob, k, &sl, &nb) < 0);
+    /* a buffer running past the table, a huge count, a long stream */
+    uint8_t bad[512];
+    memcpy(bad, blob, n);
+    ppc_put_u64(bad + at + 16 + 8, 1000);
+    CHECK(ppc_oob_parse(bad, n, &sl, &nb) < 0);
+    memcpy(bad, blob, n);
+    ppc_put_u64(bad + at + 16, UINT64_MAX - 5);
+    CHECK(ppc_oob_parse(bad, n, &sl, &nb) < 0);
+    memcpy(bad, blob, n);
+    ppc_put_u32(bad + n - 8, 0xffffffffu);
+    CHECK(ppc_oob_parse(bad, n, &sl, &nb) < 0);
+    memcpy(bad, blob, n);
+    ppc_put_u64(bad + n - 16, n);
+    CHECK(ppc_oob_parse(bad, n, &sl, &nb) < 0);
+    memcpy(bad, blob, n);
+    bad[n - 1] ^= 1; /* magic */
+    CHECK(ppc_oob_parse(bad, n, &sl, &nb) < 0);
+    /* no buffers: just a stream */
+    uint8_t s0[32];
+    memcpy(s0, "abc", 3);
+    ppc_oob_finish(s0, 3, 3, 0, NULL, NULL);
+    CHECK(ppc_oob_parse(s0, 3 + PPC_OOB_TRAILER, &sl, &nb) == 0 && sl == 3 && nb == 0);
+}
+
+TEST(shm_ref_roundtrip)
+{
+    ppc_shm_ref r = {123, 45, 0x1122334455667788ull, 99}, q;
+    uint8_t b[PPC_SHM_REF_LEN];
+    ppc_shm_ref_put(b, &r);
+    ppc_shm_ref_get(b, &q);
+    CHECK(q.pid == 123 && q.fd == 45 && q.id == r.id && q.len == 99);
+}
+
+int main(int argc, char **argv)
+{
+    return ctest_main(argc, argv);
+}

@@ -1,0 +1,206 @@
+"""Large arguments and results through shared memory (src/core/shm.c,
+src/py/shmpy.c): bytes and numpy payloads, nested structures, pinned
+arguments, segment reuse with many jobs in flight, a worker killed
+mid-job, a ppserver on loopback, the pipe fallback when /proc/<pid>/fd is
+refused, and no fd or mapping left behind after destroy()."""
+import os
+import signal
+import time
+
+import pytest
+
+import pp
+
+np = pytest.importorskip("numpy")
+
+MB = 1 << 20
+
+
+def echo(x):
+    return x
+
+
+def checksum(x):
+    return int(x.sum()) if hasattr(x, "sum") else sum(x[::4096])
+
+
+def nested(d):
+    return {"a": d["a"][::-1], "b": [b * 2 for b in d["b"]], "c": d["c"], "small": d["small"] + 1}
+
+
+def keep(x):
+    global KEPT
+    KEPT = x  # pins the argument's segment: the client must not reuse it
+    return float(x[0])
+
+
+def kept_sum():
+    return float(KEPT.sum())
+
+
+def write_arg(x):
+    x[:] = 7.0  # arguments arrive writable
+    return float(x.sum())
+
+
+def sleepy(x, t):
+    import time
+    time.sleep(t)
+    return len(x)
+
+
+def make(n, seed=0):
+    return np.random.default_rng(seed).random(n // 8)
+
+
+def test_bytes_64mb(fresh_server):
+    s = fresh_server(2)
+    payloads = [os.urandom(64 * MB) for _ in range(2)]
+    jobs = [s.submit(echo, (p,)) for p in payloads]
+    for p, j in zip(payloads, jobs):
+        assert j() == p
+
+
+def test_numpy_64mb_and_writable(fresh_server):
+    s = fresh_server(2)
+    a = make(64 * MB)
+    b = s.submit(echo, (a,))()
+    assert isinstance(b, np.ndarray) and b.dtype == a.dtype and np.array_equal(a, b)
+    assert b.flags.writeable
+    c = make(4 * MB, 1)
+    assert s.submit(write_arg, (c,))() == 7.0 * c.size
+    assert not np.all(c == 7.0)  # the client's array is untouched
+
+
+def test_nested_several_buffers(fresh_server):
+    s = fresh_server(2)
+    d = {"a": make(8 * MB, 2), "b": [os.urandom(3 * MB), bytearray(os.urandom(2 * MB))],
+         "c": (make(2 * MB, 3).reshape(512, -1), np.asfortranarray(make(2 * MB, 4).reshape(256, -1))),
+         "small": 41}
+    r = s.submit(nested, (d,))()
+    assert np.array_equal(r["a"], d["a"][::-1])
+    assert r["b"] == [d["b"][0] * 2, d["b"][1] * 2]
+    assert np.array_equal(r["c"][0], d["c"][0]) and np.array_equal(r["c"][1], d["c"][1])
+    assert r["c"][1].flags.f_contiguous
+    assert r["small"] == 42
+
+
+def test_results_large_and_small_mixed(fresh_server):
+    s = fresh_server(2)
+    arrays = [make((i % 3) * 3 * MB + 8, i) for i in range(12)]
+    jobs = [(a, s.submit(echo, (a,)), s.submit(checksum, (a,))) for a in arrays]
+    for a, j1, j2 in jobs:
+        assert np.array_equal(j1(), a)
+        assert j2() == int(a.sum())
+
+
+def test_pinned_argument_never_corrupted(fresh_server):
+    s = fresh_server(1)
+    first = make(4 * MB, 10)
+    assert s.submit(keep, (first,))() == float(first[0])
+    # later jobs of the same size would reuse a released segment
+    for i in range(6):
+        a = make(4 * MB, 20 + i)
+        assert np.array_equal(s.submit(echo, (a,))(), a)
+    assert s.submit(kept_sum)() == pytest.approx(float(first.sum()))
+
+
+def test_many_in_flight_reuse(fresh_server):
+    s = fresh_server(2)
+    for rnd in range(3):
+        arrays = [make(2 * MB, 100 * rnd + i) for i in range(24)]
+        jobs = [s.submit(echo, (a,)) for a in arrays]
+        for a, j in zip(arrays, jobs):
+            assert np.array_equal(j(), a)
+
+
+def test_result_taken_later_from_another_thread(fresh_server):
+    import threading
+    s = fresh_server(2)
+    a = make(8 * MB, 5)
+    j = s.submit(echo, (a,))
+    s.wait()
+    out = []
+    t = threading.Thread(target=lambda: out.append(j()))
+    t.start()
+    t.join()
+    assert np.array_equal(out[0], a)
+    # results never taken: their segments go back when the jobs are dropped
+    for _ in range(3):
+        s.submit(echo, (a,)).wait()
+    assert np.array_equal(s.submit(echo, (a,))(), a)
+
+
+def test_worker_killed_mid_job_with_large_arg(fresh_server):
+    s = fresh_server(1)
+    big = os.urandom(8 * MB)
+    j = s.submit(sleepy, (big, 30))
+    time.sleep(1.0)
+    for pid in s._worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(pp.WorkerError):
+        j()
+    assert s.submit(sleepy, (big, 0))() == len(big)
+
+
+def test_fallback_when_proc_open_refused(fresh_server, monkeypatch):
+    monkeypatch.setenv("PPC_TEST_SHM_REFUSE", "1")
+    s = fresh_server(2)
+    arrays = [make(3 * MB, i) for i in range(4)]
+    jobs = [s.submit(echo, (a,)) for a in arrays]
+    for a, j in zip(arrays, jobs):
+        assert np.array_equal(j(), a)
+    big = os.urandom(5 * MB)
+    assert s.submit(echo, (big,))() == big
+
+
+def test_shm_off(fresh_server):
+    s = fresh_server(1, _shm=False)
+    a = make(3 * MB)
+    assert np.array_equal(s.submit(echo, (a,))(), a)
+
+
+def test_remote_large_args(fresh_server):
+    secret = "shm-test-secret"
+    node = fresh_server(1, secret=secret, _listen=("127.0.0.1", 0))
+    port = node._server_info()[0]
+    s = fresh_server(1, ppservers=("127.0.0.1:%d" % port,), secret=secret)
+    arrays = [make(3 * MB, 50 + i) for i in range(6)]
+    big = os.urandom(3 * MB)
+    deadline = time.time() + 20
+    while not s.get_active_nodes().get("127.0.0.1:%d" % port) and time.time() < deadline:
+        time.sleep(0.05)
+    jobs = [s.submit(sleepy, (a, 0.3)) for a in arrays]
+    jobs_e = [s.submit(echo, (a,)) for a in arrays] + [s.submit(echo, (big,))]
+    assert [j() for j in jobs] == [a.size for a in arrays]
+    for a, j in zip(arrays + [big], jobs_e):
+        r = j()
+        assert (r == big) if isinstance(a, bytes) else np.array_equal(r, a)
+    assert s._stats()["127.0.0.1:%d" % port][1] > 0  # some ran on the node
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _memfd_maps():
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "memfd:ppc" in line)
+
+
+def test_no_fd_or_mapping_leak_after_destroy():
+    before_fds, before_maps = _fds(), _memfd_maps()
+    for _ in range(2):
+        s = pp.Server(2)
+        arrays = [make(4 * MB, i) for i in range(6)]
+        jobs = [s.submit(echo, (a,)) for a in arrays]
+        jobs[0]()
+        pending = s.submit(sleepy, (os.urandom(2 * MB), 5))
+        s.destroy()
+        with pytest.raises(pp.DestroyedServerError):
+            pending()
+        del jobs, pending, s
+    import gc
+    gc.collect()
+    assert _memfd_maps() == before_maps
+    assert _fds() <= before_fds
