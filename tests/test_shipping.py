@@ -459,3 +459,46 @@ def test_job_output_with_capsys(server, capsys):
     assert capsys.readouterr().out == ""
     assert [j() for j in jobs] == [0, 1, 2]
     assert capsys.readouterr().out == "noisy job 0\nnoisy job 1\nnoisy job 2\n"
+
+
+def test_main_functions_whose_text_leaves_the_indentation(run_python, ok):
+    # __main__ functions are shipped by source read straight from the file
+    # (ship.c fast_source) when the lines indented under the def compile;
+    # text at column 0 inside strings or brackets, comments at column 0 and
+    # a registering decorator must still give the whole, right function
+    out = ok(run_python('''
+        import pp
+
+        REG = []
+
+        def register(f):
+            REG.append(f)
+            return f
+
+        def text():
+            s = """
+        col0 = 1
+        """
+            return s
+
+        def bracket():
+            x = [1,
+        2]
+        # a comment at column 0 inside the body
+            return x
+
+        def cont():
+            y = 1 + \\
+        2
+            return y
+        @register
+        def decorated(v):
+            return v * 3
+        def last(v): return -v
+
+        with pp.Server(1) as s:
+            print(repr(s.submit(text)()))
+            print(s.submit(bracket)(), s.submit(cont)(), s.submit(decorated, (2,))(),
+                  s.submit(last, (4,))())
+    '''))
+    assert out.splitlines() == ["'\\ncol0 = 1\\n'", "[1, 2] 3 6 -4"]

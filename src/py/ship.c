@@ -63,6 +63,85 @@ static int has_lt(PyObject *s)
     return PyUnicode_FindChar(s, '<', 0, PyUnicode_GET_LENGTH(s), 1) >= 0;
 }
 
+/* Leading blanks of a line (tabs count as one: only compared with the
+ * same file's lines). */
+static Py_ssize_t indent_of(PyObject *line, int *blank)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(line), i = 0;
+    int kind = PyUnicode_KIND(line);
+    const void *d = PyUnicode_DATA(line);
+    while (i < n && (PyUnicode_READ(kind, d, i) == ' ' || PyUnicode_READ(kind, d, i) == '\t'))
+        i++;
+    Py_UCS4 c = i < n ? PyUnicode_READ(kind, d, i) : '\n';
+    *blank = c == '\n' || c == '\r' || c == '#';
+    return i;
+}
+
+/* The source of a plain function of __main__ straight from its file: the
+ * lines from co_firstlineno while they are indented deeper than the first
+ * (blank and comment lines included), accepted only if they compile and
+ * define `top`. A cut inside a bracket or a string cannot compile, so what
+ * passes is the whole definition; anything else (None, no exception) goes
+ * to inspect, which costs several milliseconds to import. Returns
+ * (source, filename, first line). */
+static PyObject *fast_source(PyObject *f, PyObject *top)
+{
+    PyCodeObject *co = (PyCodeObject *)PyFunction_GET_CODE(f);
+    PyObject *file = co->co_filename;
+    int first = co->co_firstlineno;
+    if (!PyUnicode_Check(file) || first < 1 || has_lt(file))
+        Py_RETURN_NONE;
+    PyObject *getlines = ppc_import_attr("linecache", "getlines");
+    PyObject *lines = getlines ? PyObject_CallOneArg(getlines, file) : NULL;
+    Py_XDECREF(getlines);
+    PyObject *res = NULL, *src = NULL, *code = NULL, *names = NULL;
+    if (!lines || !PyList_Check(lines) || PyList_GET_SIZE(lines) < first)
+        goto none;
+    Py_ssize_t start = first - 1, end = start + 1, last = start + 1;
+    int blank;
+    PyObject *l0 = PyList_GET_ITEM(lines, start);
+    if (!PyUnicode_Check(l0))
+        goto none;
+    Py_ssize_t base = indent_of(l0, &blank);
+    if (base != 0 || blank)
+        goto none; /* a top-level def starts at column 0 */
+    for (; end < PyList_GET_SIZE(lines); end++) {
+        PyObject *l = PyList_GET_ITEM(lines, end);
+        if (!PyUnicode_Check(l))
+            goto none;
+        Py_ssize_t ind = indent_of(l, &blank);
+        if (blank)
+            continue;
+        if (ind <= base)
+            break;
+        last = end + 1;
+    }
+    PyObject *part = PyList_GetSlice(lines, start, last);
+    PyObject *empty = PyUnicode_FromString("");
+    src = part && empty ? PyUnicode_Join(empty, part) : NULL;
+    Py_XDECREF(part);
+    Py_XDECREF(empty);
+    if (!src)
+        goto none;
+    const char *cs = PyUnicode_AsUTF8(src);
+    code = cs ? Py_CompileStringObject(cs, file, Py_file_input, NULL, -1) : NULL;
+    names = code ? PyObject_GetAttrString(code, "co_names") : NULL;
+    if (!names || PySequence_Contains(names, top) != 1)
+        goto none;
+    res = Py_BuildValue("(OOi)", src, file, first);
+    goto out;
+none:
+    PyErr_Clear();
+    res = Py_None;
+    Py_INCREF(res);
+out:
+    Py_XDECREF(lines);
+    Py_XDECREF(src);
+    Py_XDECREF(code);
+    Py_XDECREF(names);
+    return res;
+}
+
 /* ("src", ...) for an object of __main__, or Py_None when no usable
  * source exists. */
 static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
@@ -100,6 +179,27 @@ static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
         res = Py_None;
         Py_INCREF(res);
         goto out;
+    }
+    if (PyFunction_Check(topobj)) {
+        PyObject *fs = fast_source(topobj, top);
+        if (!fs)
+            goto out;
+        if (fs != Py_None) {
+            PyObject *fsrc = PyTuple_GET_ITEM(fs, 0);
+            if (PyFunction_Check(obj) && dot < 0 && PyUnicode_GET_LENGTH(fsrc) > 0 &&
+                PyUnicode_READ_CHAR(fsrc, 0) == '@') {
+                /* decorated: the decorator would be needed in the worker */
+                Py_DECREF(fs);
+                res = Py_None;
+                Py_INCREF(res);
+                goto out;
+            }
+            res = Py_BuildValue("(sOOOOOO)", "src", name, top, qn, PyTuple_GET_ITEM(fs, 0),
+                                PyTuple_GET_ITEM(fs, 1), PyTuple_GET_ITEM(fs, 2));
+            Py_DECREF(fs);
+            goto out;
+        }
+        Py_DECREF(fs);
     }
     PyObject *getsourcelines = ppc_import_attr("inspect", "getsourcelines");
     PyObject *getsourcefile = ppc_import_attr("inspect", "getsourcefile");
