@@ -601,3 +601,47 @@ def test_client_liveness_shorter_than_node_heartbeat(start_ppserver, caplog):
         warns = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert not warns, warns
         assert c.get_stats()[node.addr].njobs == 1
+
+
+@pytest.mark.timeout(60)
+def test_idle_strangers_cannot_fill_the_node(start_ppserver):
+    # 200 connections that never say a word: beyond 64 in the handshake the
+    # oldest are pushed out at once (not after the 10 s handshake limit),
+    # and a real client is served meanwhile
+    node = start_ppserver(workers=1)
+    idle = [Wire(node.port) for _ in range(200)]
+    try:
+        t0 = time.monotonic()
+        assert _legit_job_works(node)
+        assert time.monotonic() - t0 < 8
+        # at most 64 may still be waiting in the handshake (the accept order
+        # need not be the connect order, so count them all)
+        still = sum(1 for w in idle if not w.closed_by_peer(0.05))
+        assert 1 <= still <= 64, still
+    finally:
+        for w in idle:
+            w.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_trickling_bytes_do_not_extend_the_handshake(start_ppserver):
+    # a peer sending one byte of a HELLO every half second is still cut
+    # off 10 s after it connected
+    node = start_ppserver(workers=1)
+    w = Wire(node.port)
+    data = frame(F_HELLO, hello_payload(os.urandom(32)))
+    t0 = time.monotonic()
+    cut = None
+    for b in data:
+        try:
+            w.send(bytes([b]))
+        except (BrokenPipeError, ConnectionResetError):
+            cut = time.monotonic() - t0
+            break
+        if w.closed_by_peer(0.5):
+            cut = time.monotonic() - t0
+            break
+    w.close()
+    assert cut is not None and 9 <= cut < 14, cut
+    assert _legit_job_works(node)

@@ -110,6 +110,7 @@ typedef struct ppc_sconn {
     struct ppc_fnmap *fns; /* client function id -> blob */
     size_t nfns, capfns;
     size_t active; /* its jobs queued or running */
+    int64_t accepted_ms; /* the handshake must end within HANDSHAKE_MS of it */
 } ppc_sconn;
 
 typedef struct ppc_logmsg {

@@ -27,6 +27,10 @@
 #define HANDSHAKE_MAX_FRAME 256
 #define HANDSHAKE_MS 10000
 #define MAX_CLIENTS 1024
+/* Connections still in the handshake: beyond this many, a new one pushes
+ * out the oldest, so idle or slow strangers cannot fill MAX_CLIENTS and
+ * lock real clients out (a real client authenticates in milliseconds). */
+#define MAX_PENDING 64
 #define MAX_FUNCS 1000000
 
 typedef struct ppc_fnmap {
@@ -110,6 +114,24 @@ static void count_clients(ppc_engine *e, int delta)
     pthread_mutex_unlock(&e->mu);
 }
 
+static void sconn_close(ppc_engine *e, ppc_sconn *s, const char *why);
+
+/* Make room for one more connection in the handshake. */
+static void limit_pending(ppc_engine *e)
+{
+    int pending = 0;
+    ppc_sconn *oldest = NULL;
+    for (ppc_sconn *s = e->sconns; s; s = s->next) {
+        if (s->state == S_READY)
+            continue;
+        pending++;
+        if (!oldest || s->accepted_ms < oldest->accepted_ms)
+            oldest = s;
+    }
+    if (pending >= MAX_PENDING && oldest)
+        sconn_close(e, oldest, "too many connections in the handshake; the oldest is dropped");
+}
+
 void ppc_serve_accept(ppc_engine *e)
 {
     for (;;) {
@@ -121,6 +143,7 @@ void ppc_serve_accept(ppc_engine *e)
                 ppc_engine_log(e, PPC_LOG_ERROR, "cannot accept a client: %s", strerror(errno));
             return;
         }
+        limit_pending(e);
         if (e->nclients >= MAX_CLIENTS) {
             close(fd);
             continue;
@@ -141,6 +164,7 @@ void ppc_serve_accept(ppc_engine *e)
             continue;
         }
         s->state = S_HELLO;
+        s->accepted_ms = ppc_now_ms();
         s->next = e->sconns;
         e->sconns = s;
         count_clients(e, 1);
@@ -417,11 +441,13 @@ int ppc_serve_tick(ppc_engine *e)
     for (ppc_sconn *s = e->sconns, *nx; s; s = nx) {
         nx = s->next;
         if (s->state != S_READY) {
-            if (now - s->c.last_rx > HANDSHAKE_MS) {
+            /* from the accept, not the last byte: a peer trickling bytes
+             * does not keep its place */
+            if (now - s->accepted_ms > HANDSHAKE_MS) {
                 sconn_close(e, s, "handshake timed out");
                 continue;
             }
-            int64_t d = s->c.last_rx + HANDSHAKE_MS - now;
+            int64_t d = s->accepted_ms + HANDSHAKE_MS - now;
             if (next < 0 || d < next)
                 next = d;
             continue;
