@@ -428,7 +428,9 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
                      ("load_end", "1-min load average, end")]:
         w("| %s | %s |" % (label, str(facts.get(k, "?")).replace("|", "/")))
     w("")
-    busy = max(facts.get("load_start") or 0, facts.get("load_end") or 0)
+    # the load at the end includes the bench's own last measurements: only
+    # the load found at the start says whether other work shared the CPUs
+    busy = facts.get("load_start") or 0
     if busy > 0.5:
         w("**Warning: the machine was not idle (load average %.2f on %s cores): other work "
           "shared the CPUs, so times are noisier and slower than on an idle machine.**" % (
