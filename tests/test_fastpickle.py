@@ -30,14 +30,21 @@ INTS = [0, 1, 127, 128, 255, 256, 65535, 65536, -1, -128, -129, -255, -256, -655
 FLOATS = [0.0, -0.0, 1.5, -2.25, 1e300, -1e-300, float("inf"), float("-inf"), math.pi]
 STRS = ["", "a", "x" * 255, "y" * 256, "z" * 70000, "héllo", "日本", "\udcff"]
 BYTES = [b"", b"\x00", b"a" * 255, b"b" * 256, bytes(range(256)) * 300]
-OTHER = [None, True, False, Color.RED, MyStr("sub"), (1, (2, 3)), [1, 2], {"a": 1},
-         bytearray(b"ba"), frozenset({1}), 3 + 4j]
-VALUES = INTS + FLOATS + STRS + BYTES + OTHER
+COMPLEX = [3 + 4j, -0.0 - 0j, complex(float("inf"), -1.5), 1e300j]
+LISTS = [[], [1, 2, 3], [1.5, "a", None, b"b", True, 2**70], [1 + 1j] * 3000,
+         ["s%d" % i for i in range(300)], [[1], 2], [bytearray(b"x")], list(range(70000))]
+OTHER = [None, True, False, Color.RED, MyStr("sub"), (1, (2, 3)), {"a": 1},
+         bytearray(b"ba"), frozenset({1})]
+VALUES = INTS + FLOATS + STRS + BYTES + COMPLEX + LISTS + OTHER
 
 
 def same(a, b):
     if type(a) is not type(b):
         return False
+    if isinstance(a, complex):
+        return same(a.real, b.real) and same(a.imag, b.imag)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_deep(x, y) for x, y in zip(a, b))
     if isinstance(a, float) and math.isnan(a):
         return math.isnan(b)
     if isinstance(a, float):
@@ -106,8 +113,14 @@ def test_encoder_output_is_read_by_pickle_and_reader_reads_pickles_output():
     assert handled > len(VALUES)  # the fast path really took most of them
     for bad in (b"", b"\x80", b"\x80\x05", b"\x80\x05K", b"\x80\x05K\x01", b"\x80\x05t.",
                 b"\x80\x05\x8c\x05ab.", b"\x80\x05J\x01\x02.", b"\x80\x05K\x01K\x02.",
-                b"\x80\x05(K\x01(K\x02t.", b"\x80\x02K\x01.", b"\x80\x05\x8a\x09" + b"\x00" * 9 + b"."):
+                b"\x80\x05(K\x01(K\x02t.", b"\x80\x02K\x01.", b"\x80\x05\x8a\x09" + b"\x00" * 9 + b".",
+                b"\x80\x05h\x00.", b"\x80\x05K\x01a.", b"\x80\x05e.",
+                b"\x80\x05\x8c\x08builtins\x8c\x04eval\x93.",
+                b"\x80\x05\x8c\x08builtins\x8c\x07complex\x93K\x01K\x02\x86R.",
+                b"\x80\x05\x8c\x08builtins(\x8c\x07complex\x93t."):
         assert _ppc._fast_loads(bad) is None, bad
+    assert _ppc._fast_loads(b"\x80\x05]K\x01a.") == ([1],)
+    assert _ppc._fast_loads(b"\x80\x05](e.") == ([],)
 
 
 def strip_frame(data):
@@ -121,3 +134,19 @@ def same_deep(a, b):
     if isinstance(a, tuple):
         return type(b) is tuple and len(a) == len(b) and all(same_deep(x, y) for x, y in zip(a, b))
     return same(a, b)
+
+
+def test_lists_in_tuples_and_aliasing(server):
+    # the seed's Mandelbrot chunk: (list of complex, int, list of complex)
+    q = [complex(x / 7.0, -x / 3.0) for x in range(2500)]
+    z = [0j] * 2500
+    got = server.submit(H.pack_args, (q, 1000, z))()
+    assert got == (q, 1000, z) and all(type(v) is complex for v in got[0])
+    # the same list twice keeps being one list (the hand-written path
+    # declines, _pickle keeps the identity)
+    shared = [1, 2]
+    a, b = server.submit(H.pack_args, (shared, shared))()
+    assert a == b == [1, 2] and a is b
+    from pp import _ppc
+    assert _ppc._fast_dumps((shared, shared), 5) is None
+    assert _ppc._fast_dumps(([1], [1]), 5) is not None

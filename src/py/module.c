@@ -13,11 +13,13 @@ static PyObject *fast_dumps_hook(PyObject *mod, PyObject *args)
     int proto;
     if (!PyArg_ParseTuple(args, "Oi:_fast_dumps", &obj, &proto))
         return NULL;
-    uint8_t buf[512];
-    size_t n = ppc_fast_dumps(obj, proto, buf, sizeof buf);
-    if (!n)
-        Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)n);
+    ppc_fastbuf fb;
+    ppc_fastbuf_init(&fb);
+    size_t n = ppc_fast_dumps(obj, proto, &fb);
+    PyObject *r = n ? PyBytes_FromStringAndSize((const char *)fb.data, (Py_ssize_t)n)
+                    : (Py_INCREF(Py_None), Py_None);
+    ppc_fastbuf_free(&fb);
+    return r;
 }
 
 static PyObject *fast_loads_hook(PyObject *mod, PyObject *arg)

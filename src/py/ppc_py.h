@@ -110,11 +110,21 @@ PyObject *ppc_worker_fresh_ns(void);
  * client closes the pipe: 0, or -1 with a Python error set. */
 int ppc_worker_run(int fd_in, int fd_out, PyObject *ns);
 
-/* fastpickle.c: scalars and flat tuples of scalars as pickle opcodes by
- * hand. ppc_fast_dumps: bytes written to buf, 0 when not handled (never
- * raises). ppc_fast_loads: new object, or NULL without an exception when
- * not handled (then use _pickle). */
-size_t ppc_fast_dumps(PyObject *obj, int proto, uint8_t *buf, size_t cap);
+/* fastpickle.c: scalars, tuples of them and lists of scalars as pickle
+ * opcodes by hand. ppc_fast_dumps: length of the pickle in b->data, 0 when
+ * not handled (never raises); b starts on the stack and grows on the heap
+ * (ppc_fastbuf_free). ppc_fast_loads: new object, or NULL without an
+ * exception when not handled (then use _pickle). */
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+    int owned;
+    int complex_memo; /* builtins.complex is memo 0 already */
+    uint8_t stack[512];
+} ppc_fastbuf;
+void ppc_fastbuf_init(ppc_fastbuf *b);
+void ppc_fastbuf_free(ppc_fastbuf *b);
+size_t ppc_fast_dumps(PyObject *obj, int proto, ppc_fastbuf *b);
 PyObject *ppc_fast_loads(const uint8_t *p, size_t n);
 
 /* pyutil.c helpers */

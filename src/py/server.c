@@ -725,6 +725,8 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         cbargs = empty;
     PyObject *result = NULL, *call_args = NULL, *pick = NULL, *blob = NULL;
     ppc_shm_seg *seg = NULL;
+    ppc_fastbuf fb;
+    ppc_fastbuf_init(&fb);
     if (!group)
         group = G.str_default;
     if (!PyCallable_Check(func)) {
@@ -785,13 +787,12 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
                 goto done;
         }
     }
-    uint8_t fbuf[512];
     const char *pb = NULL;
     size_t pn = 0;
     if (!seg) {
-        pn = ppc_fast_dumps(call_args, self->proto, fbuf, sizeof fbuf);
+        pn = ppc_fast_dumps(call_args, self->proto, &fb);
         if (pn) {
-            pb = (const char *)fbuf;
+            pb = (const char *)fb.data;
         } else {
             PyObject *dargs[2] = {call_args, self->proto_obj};
             pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
@@ -867,6 +868,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
 done:
     if (seg)
         ppc_engine_shm_put(self->engine, seg);
+    ppc_fastbuf_free(&fb);
     Py_XDECREF(call_args);
     Py_XDECREF(pick);
     Py_XDECREF(blob);

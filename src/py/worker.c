@@ -667,11 +667,13 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
         }
         if (res) {
             /* a scalar result by hand (fastpickle.c), as bytes like _pickle's */
-            uint8_t fbuf[256];
-            size_t fn = ppc_fast_dumps(res, w->proto, fbuf, sizeof fbuf);
+            ppc_fastbuf fb;
+            ppc_fastbuf_init(&fb);
+            size_t fn = ppc_fast_dumps(res, w->proto, &fb);
             if (fn)
-                pick = PyBytes_FromStringAndSize((const char *)fbuf, (Py_ssize_t)fn);
-            else
+                pick = PyBytes_FromStringAndSize((const char *)fb.data, (Py_ssize_t)fn);
+            ppc_fastbuf_free(&fb);
+            if (!fn)
                 rseg = result_seg(w, res, &pick);
             if (!fn && !rseg && !PyErr_Occurred()) {
                 PyObject *dargs[2] = {res, w->proto_obj};
