@@ -150,3 +150,13 @@ def test_lists_in_tuples_and_aliasing(server):
     from pp import _ppc
     assert _ppc._fast_dumps((shared, shared), 5) is None
     assert _ppc._fast_dumps(([1], [1]), 5) is not None
+
+
+def test_large_data_is_left_to_the_large_data_path():
+    # a big payload must not be copied by the hand-written path: it goes to
+    # _pickle and, from 1 MB, to shared memory
+    from pp import _ppc
+    assert _ppc._fast_dumps(b"x" * (1 << 20), 5) is None
+    assert _ppc._fast_dumps((b"x" * (300 << 10),), 5) is None
+    assert _ppc._fast_dumps(([1.5] * 100000,), 5) is None
+    assert _ppc._fast_dumps(([1.5] * 1000, b"y" * 1000), 5) is not None

@@ -47,6 +47,10 @@
 #define OP_FRAME 0x95
 
 #define MAX_TUPLE 64 /* items of the top-level tuple the encoder takes */
+/* Pickles the encoder writes stay below this: larger data is the business
+ * of the large-data path (shared-memory segments, shmpy.c), which must not
+ * be bypassed by a copy here. */
+#define FAST_MAX (256u * 1024u)
 
 /* ------------------------------------------------------------ writing */
 
@@ -54,12 +58,11 @@ static int fb_room(ppc_fastbuf *b, size_t n)
 {
     if (b->cap - b->len >= n)
         return 0;
+    if (n > FAST_MAX || b->len + n > FAST_MAX)
+        return -1;
     size_t cap = b->cap * 2;
-    while (cap - b->len < n) {
-        if (cap > ((size_t)1 << 40))
-            return -1;
+    while (cap - b->len < n)
         cap *= 2;
-    }
     uint8_t *p = b->owned ? realloc(b->data, cap) : malloc(cap);
     if (!p)
         return -1;
