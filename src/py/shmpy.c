@@ -206,6 +206,57 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg)
     return 0;
 }
 
+/* A large bytes object, or a 1-tuple of one, is the common big payload
+ * (an argument, a result). Its new object is filled here rather than by
+ * the unpickler, after asking for transparent huge pages on it: a fresh
+ * 64 MB allocation is filled ~3x faster with 2 MB pages than with 4 KB page
+ * faults, which dominate moving large data on such machines. NULL without
+ * an exception when the stream is not of that shape. */
+static PyObject *big_bytes(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    if (n < 8 || p[0] != 0x80 || p[1] < 4)
+        return NULL;
+    i = 2;
+    if (p[i] == 0x95) /* FRAME */
+        i += 9;
+    if (i + 5 > n || p[i] != 'B')
+        return NULL;
+    size_t len = (size_t)p[i + 1] | (size_t)p[i + 2] << 8 | (size_t)p[i + 3] << 16 |
+                 (size_t)p[i + 4] << 24;
+    size_t at = i + 5;
+    if (len < PPC_SHM_MIN_BYTES || len > n - at)
+        return NULL;
+    size_t k = at + len;
+    if (k < n && p[k] == 0x94) /* MEMOIZE */
+        k++;
+    int tuple = k < n && p[k] == 0x85; /* TUPLE1 */
+    if (tuple) {
+        k++;
+        if (k < n && p[k] == 0x94)
+            k++;
+    }
+    if (k + 1 != n || p[k] != '.')
+        return NULL;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!b)
+        return NULL;
+    char *d = PyBytes_AS_STRING(b);
+    uintptr_t lo = ((uintptr_t)d + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
+    uintptr_t hi = ((uintptr_t)d + len) & ~(uintptr_t)((2u << 20) - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_HUGEPAGE); /* a hint: failure is harmless */
+    Py_BEGIN_ALLOW_THREADS memcpy(d, p + at, len);
+    Py_END_ALLOW_THREADS if (!tuple) return b;
+    PyObject *t = PyTuple_New(1);
+    if (!t) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, b);
+    return t;
+}
+
 PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
 {
     size_t sl;
@@ -213,6 +264,11 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
     if (ppc_oob_parse(p, n, &sl, &nb) < 0) {
         PyErr_SetString(PyExc_ValueError, "malformed out-of-band pickle blob");
         return NULL;
+    }
+    if (nb == 0) {
+        PyObject *b = big_bytes(p, sl);
+        if (b || PyErr_Occurred())
+            return b;
     }
     PyObject *base = exporter ? PyMemoryView_FromObject(exporter) : NULL;
     if (exporter && !base)

@@ -729,6 +729,7 @@ static int on_func(wstate *w, uint64_t fid, const uint8_t *p, size_t n)
 {
     w->last_fid = 0;
     w->last_f = NULL;
+    w->t_mark = 0; /* installing is no job's time */
     PyObject *f = install(w, p, n);
     if (!f) {
         f = exception_payload(w);
