@@ -668,6 +668,13 @@ static int check_tuple(PyObject *o, const char *name)
     return 0;
 }
 
+/* Shared-memory segments for a large payload: only with local workers, and
+ * checked only for large payloads (it takes the engine's lock). */
+static int shm_usable(ppc_Server *self)
+{
+    return self->shm && ppc_engine_shm_on(self->engine) && ppc_engine_get_workers(self->engine) > 0;
+}
+
 /* submit's parameters, by position and keyword (fast call: no argument
  * tuple or keyword dict is built per job). */
 static const char *const submit_kw[] = {"func",     "args",  "depfuncs", "modules",
@@ -772,11 +779,9 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     /* Large arguments go into a shared-memory segment (pickled straight
      * into it, numpy data out of band), not into the job and the pipe;
      * tiny ones are written by hand (fastpickle.c); the rest by _pickle. */
-    int use_shm = self->shm && ppc_engine_shm_on(self->engine) &&
-                  ppc_engine_get_workers(self->engine) > 0;
-    if (use_shm) {
-        size_t est = ppc_big_estimate(call_args, 4);
-        if (est >= PPC_SHM_MIN_BYTES && (seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
+    size_t est = self->shm ? ppc_big_estimate(call_args, 4) : 0;
+    if (est >= PPC_SHM_MIN_BYTES && shm_usable(self)) {
+        if ((seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
             size_t sl;
             uint32_t nb;
             if (ppc_pickle_into_seg(call_args, self->proto, seg) < 0 ||
@@ -798,7 +803,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
             pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
             if (!pick)
                 goto done;
-            if (use_shm && (size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES &&
+            if ((size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES && shm_usable(self) &&
                 (seg = ppc_engine_shm_get(self->engine, (size_t)PyBytes_GET_SIZE(pick) + 64)) &&
                 ppc_bytes_into_seg(PyBytes_AS_STRING(pick), (size_t)PyBytes_GET_SIZE(pick), seg) < 0)
                 goto done;
