@@ -7,6 +7,7 @@
 #define PPC_PY_H
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 #include "../core/engine.h"
 
@@ -100,6 +101,9 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
  * views become the buffers), or NULL to copy buffers into bytearrays. */
 PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter);
+/* A payload that travelled inline (in the frame): an out-of-band blob when
+ * oob, else a pickle, read by hand when fastpickle.c takes it. */
+PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob);
 size_t ppc_big_estimate(PyObject *o, int depth);
 
 /* worker.c */
@@ -141,6 +145,19 @@ static inline size_t ppc_pickle_frame_skip(const char *p, size_t n)
     for (int i = 0; i < 8; i++)
         flen |= (uint64_t)(unsigned char)p[3 + i] << (8 * i);
     return flen == n - 11 ? 9 : 0;
+}
+
+/* Copy a pickle of n bytes to dst without its frame opcode (skip from
+ * ppc_pickle_frame_skip, 0 to copy as it is); returns the bytes written. */
+static inline size_t ppc_pickle_copy_unframed(uint8_t *dst, const char *p, size_t n, size_t skip)
+{
+    if (!skip) {
+        memcpy(dst, p, n);
+        return n;
+    }
+    memcpy(dst, p, 2);
+    memcpy(dst + 2, p + 2 + skip, n - 2 - skip);
+    return n - skip;
 }
 
 PyObject *ppc_import_attr(const char *module, const char *attr);

@@ -195,16 +195,8 @@ int ppc_job_unpack(ppc_Job *self)
     if (j->result_aux & PPC_AUX_SHM) {
         obj = load_shm_result(self, area, alen);
         return_result_seg(self);
-    } else if (j->result_aux & PPC_AUX_OOB) {
-        obj = ppc_loads_blob(area, alen, NULL);
-    } else if (kind != PPC_R_EXCEPTION && (obj = ppc_fast_loads(area, alen)) != NULL) {
-        /* a tiny result, read by hand (fastpickle.c) */
     } else {
-        PyObject *mv = PyMemoryView_FromMemory((char *)area, (Py_ssize_t)alen, PyBUF_READ);
-        if (!mv)
-            return -1;
-        obj = PyObject_CallOneArg(G.pickle_loads, mv);
-        Py_DECREF(mv);
+        obj = ppc_loads_inline(area, alen, j->result_aux & PPC_AUX_OOB);
     }
     if (!obj) {
         /* the result cannot be rebuilt here: report it as the job's error */

@@ -779,45 +779,28 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     /* Large arguments go into a shared-memory segment (pickled straight
      * into it, numpy data out of band), not into the job and the pipe;
      * tiny ones are written by hand (fastpickle.c); the rest by _pickle. */
-    size_t est = self->shm ? ppc_big_estimate(call_args, 4) : 0;
-    if (est >= PPC_SHM_MIN_BYTES && shm_usable(self)) {
-        if ((seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
-            size_t sl;
-            uint32_t nb;
-            if (ppc_pickle_into_seg(call_args, self->proto, seg) < 0 ||
-                ppc_oob_parse(seg->map, seg->used, &sl, &nb) < 0)
-                goto done;
-            pick = PyMemoryView_FromMemory((char *)seg->map, (Py_ssize_t)sl, PyBUF_READ);
-            if (!pick)
-                goto done;
-        }
-    }
-    const char *pb = NULL;
+    const char *pb = NULL; /* the pickle stream, wherever it is */
     size_t pn = 0;
-    if (!seg) {
-        pn = ppc_fast_dumps(call_args, self->proto, &fb);
-        if (pn) {
-            pb = (const char *)fb.data;
-        } else {
-            PyObject *dargs[2] = {call_args, self->proto_obj};
-            pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
-            if (!pick)
-                goto done;
-            if ((size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES && shm_usable(self) &&
-                (seg = ppc_engine_shm_get(self->engine, (size_t)PyBytes_GET_SIZE(pick) + 64)) &&
-                ppc_bytes_into_seg(PyBytes_AS_STRING(pick), (size_t)PyBytes_GET_SIZE(pick), seg) < 0)
-                goto done;
-        }
-    }
-    if (!pb) {
-        if (PyBytes_Check(pick)) {
-            pb = PyBytes_AS_STRING(pick);
-            pn = (size_t)PyBytes_GET_SIZE(pick);
-        } else { /* a memoryview of the stream in a segment */
-            Py_buffer *v = PyMemoryView_GET_BUFFER(pick);
-            pb = v->buf;
-            pn = (size_t)v->len;
-        }
+    size_t est = self->shm ? ppc_big_estimate(call_args, 4) : 0;
+    if (est >= PPC_SHM_MIN_BYTES && shm_usable(self) &&
+        (seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
+        uint32_t nb;
+        if (ppc_pickle_into_seg(call_args, self->proto, seg) < 0 ||
+            ppc_oob_parse(seg->map, seg->used, &pn, &nb) < 0)
+            goto done;
+        pb = (const char *)seg->map;
+    } else if ((pn = ppc_fast_dumps(call_args, self->proto, &fb)) > 0) {
+        pb = (const char *)fb.data;
+    } else {
+        PyObject *dargs[2] = {call_args, self->proto_obj};
+        pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+        if (!pick)
+            goto done;
+        pb = PyBytes_AS_STRING(pick);
+        pn = (size_t)PyBytes_GET_SIZE(pick);
+        if (pn >= PPC_SHM_MIN_BYTES && shm_usable(self) &&
+            (seg = ppc_engine_shm_get(self->engine, pn + 64)) && ppc_bytes_into_seg(pb, pn, seg) < 0)
+            goto done;
     }
     blob = ppc_ship_blob(self, func, depfuncs, modules, globals, pb, pn);
     if (!blob)
@@ -836,14 +819,10 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
             seg = NULL;
         }
     } else {
-    size_t skip = ppc_pickle_frame_skip(pb, pn);
-    j = ppc_job_new(b, NULL, pn - skip);
-    if (j && skip) {
-        memcpy(j->args, pb, 2);
-        memcpy(j->args + 2, pb + 2 + skip, pn - 2 - skip);
-    } else if (j) {
-        memcpy(j->args, pb, pn);
-    }
+        size_t skip = ppc_pickle_frame_skip(pb, pn);
+        j = ppc_job_new(b, NULL, pn - skip);
+        if (j)
+            ppc_pickle_copy_unframed(j->args, pb, pn, skip);
     }
     if (!j) {
         PyErr_NoMemory();

@@ -142,6 +142,49 @@ out:
     return res;
 }
 
+/* (source, filename, first line) of a top-level object of __main__
+ * through inspect, or None when it has no usable source. */
+static PyObject *inspect_source(PyObject *topobj)
+{
+    PyObject *getsourcelines = ppc_import_attr("inspect", "getsourcelines");
+    PyObject *getsourcefile = ppc_import_attr("inspect", "getsourcefile");
+    PyObject *dedent = ppc_import_attr("textwrap", "dedent");
+    PyObject *lines = NULL, *src = NULL, *file = NULL, *empty = NULL, *joined = NULL;
+    PyObject *res = NULL;
+    if (!getsourcelines || !getsourcefile || !dedent)
+        goto out;
+    lines = PyObject_CallOneArg(getsourcelines, topobj);
+    if (!lines || !PyTuple_Check(lines) || PyTuple_GET_SIZE(lines) != 2) {
+        PyErr_Clear();
+        res = Py_None;
+        Py_INCREF(res);
+        goto out;
+    }
+    empty = PyUnicode_FromString("");
+    joined = empty ? PyUnicode_Join(empty, PyTuple_GET_ITEM(lines, 0)) : NULL;
+    src = joined ? PyObject_CallOneArg(dedent, joined) : NULL;
+    if (!src)
+        goto out;
+    file = PyObject_CallOneArg(getsourcefile, topobj);
+    if (!file || file == Py_None) {
+        PyErr_Clear();
+        Py_XDECREF(file);
+        file = PyUnicode_FromString("<pp>");
+    }
+    if (file)
+        res = PyTuple_Pack(3, src, file, PyTuple_GET_ITEM(lines, 1));
+out:
+    Py_XDECREF(getsourcelines);
+    Py_XDECREF(getsourcefile);
+    Py_XDECREF(dedent);
+    Py_XDECREF(lines);
+    Py_XDECREF(src);
+    Py_XDECREF(file);
+    Py_XDECREF(empty);
+    Py_XDECREF(joined);
+    return res;
+}
+
 /* ("src", ...) for an object of __main__, or Py_None when no usable
  * source exists. */
 static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
@@ -180,74 +223,29 @@ static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
         Py_INCREF(res);
         goto out;
     }
-    if (PyFunction_Check(topobj)) {
-        PyObject *fs = fast_source(topobj, top);
-        if (!fs)
-            goto out;
-        if (fs != Py_None) {
-            PyObject *fsrc = PyTuple_GET_ITEM(fs, 0);
-            if (PyFunction_Check(obj) && dot < 0 && PyUnicode_GET_LENGTH(fsrc) > 0 &&
-                PyUnicode_READ_CHAR(fsrc, 0) == '@') {
-                /* decorated: the decorator would be needed in the worker */
-                Py_DECREF(fs);
-                res = Py_None;
-                Py_INCREF(res);
-                goto out;
-            }
-            res = Py_BuildValue("(sOOOOOO)", "src", name, top, qn, PyTuple_GET_ITEM(fs, 0),
-                                PyTuple_GET_ITEM(fs, 1), PyTuple_GET_ITEM(fs, 2));
-            Py_DECREF(fs);
-            goto out;
-        }
+    /* plain functions straight from the file; classes (and what that
+     * declines) through inspect */
+    PyObject *fs = PyFunction_Check(topobj) ? fast_source(topobj, top) : (Py_INCREF(Py_None), Py_None);
+    if (fs == Py_None) {
         Py_DECREF(fs);
+        fs = inspect_source(topobj);
     }
-    PyObject *getsourcelines = ppc_import_attr("inspect", "getsourcelines");
-    PyObject *getsourcefile = ppc_import_attr("inspect", "getsourcefile");
-    PyObject *dedent = ppc_import_attr("textwrap", "dedent");
-    PyObject *lines = NULL, *src = NULL, *file = NULL, *empty = NULL, *joined = NULL;
-    if (!getsourcelines || !getsourcefile || !dedent)
-        goto src_out;
-    lines = PyObject_CallOneArg(getsourcelines, topobj);
-    if (!lines || !PyTuple_Check(lines) || PyTuple_GET_SIZE(lines) != 2) {
-        PyErr_Clear();
-        res = Py_None;
-        Py_INCREF(res);
-        goto src_out;
+    if (!fs || fs == Py_None) {
+        res = fs;
+        goto out;
     }
-    empty = PyUnicode_FromString("");
-    joined = empty ? PyUnicode_Join(empty, PyTuple_GET_ITEM(lines, 0)) : NULL;
-    src = joined ? PyObject_CallOneArg(dedent, joined) : NULL;
-    if (!src)
-        goto src_out;
     /* A decorated function needs its decorator in the worker: ship it as
      * code instead. Decorated classes keep their source. */
+    PyObject *src = PyTuple_GET_ITEM(fs, 0);
     if (PyFunction_Check(obj) && dot < 0 && PyUnicode_GET_LENGTH(src) > 0 &&
         PyUnicode_READ_CHAR(src, 0) == '@') {
         res = Py_None;
         Py_INCREF(res);
-        goto src_out;
+    } else {
+        res = Py_BuildValue("(sOOOOOO)", "src", name, top, qn, src, PyTuple_GET_ITEM(fs, 1),
+                            PyTuple_GET_ITEM(fs, 2));
     }
-    file = PyObject_CallOneArg(getsourcefile, topobj);
-    if (!file) {
-        PyErr_Clear();
-        file = PyUnicode_FromString("<pp>");
-    } else if (file == Py_None) {
-        Py_DECREF(file);
-        file = PyUnicode_FromString("<pp>");
-    }
-    if (!file)
-        goto src_out;
-    res = Py_BuildValue("(sOOOOOO)", "src", name, top, qn, src, file,
-                        PyTuple_GET_ITEM(lines, 1));
-src_out:
-    Py_XDECREF(getsourcelines);
-    Py_XDECREF(getsourcefile);
-    Py_XDECREF(dedent);
-    Py_XDECREF(lines);
-    Py_XDECREF(src);
-    Py_XDECREF(file);
-    Py_XDECREF(empty);
-    Py_XDECREF(joined);
+    Py_DECREF(fs);
 out:
     Py_DECREF(topobj);
     Py_DECREF(top);

@@ -319,6 +319,21 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
     return res;
 }
 
+PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob)
+{
+    if (oob)
+        return ppc_loads_blob(p, n, NULL);
+    PyObject *o = ppc_fast_loads(p, n);
+    if (o)
+        return o;
+    PyObject *mv = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
+    if (!mv)
+        return NULL;
+    o = PyObject_CallOneArg(G.pickle_loads, mv);
+    Py_DECREF(mv);
+    return o;
+}
+
 /* Bytes in large buffers reachable from o (bytes, bytearray, anything with
  * the buffer protocol), looking a few levels into tuples, lists and dicts:
  * a cheap guess at whether a pickle of o will be large. */

@@ -515,6 +515,22 @@ static void forget_seg(wstate *w, uint64_t id)
     Py_XDECREF(key);
 }
 
+/* Our result segments: free ones in rpool, the ones lent to the client
+ * (until it sends SHMRET) on the busy list. Segments of our own were never
+ * mapped by a worker, so what the pool frees needs no announcement. */
+static void seg_to_pool(wstate *w, ppc_shm_seg *s)
+{
+    uint64_t dropped[4];
+    ppc_shm_pool_put(&w->rpool, s, dropped, 4);
+}
+
+static void seg_lend(wstate *w, ppc_shm_seg *s)
+{
+    s->next = w->busy;
+    w->busy = s;
+    w->nbusy++;
+}
+
 static void seg_returned(wstate *w, uint64_t id)
 {
     for (ppc_shm_seg **sp = &w->busy; *sp; sp = &(*sp)->next) {
@@ -522,39 +538,54 @@ static void seg_returned(wstate *w, uint64_t id)
             ppc_shm_seg *s = *sp;
             *sp = s->next;
             w->nbusy--;
-            uint64_t dropped[4];
-            ppc_shm_pool_put(&w->rpool, s, dropped, 4);
+            seg_to_pool(w, s);
             return;
         }
     }
 }
 
-/* A large result into one of our segments: the segment (now busy), or NULL
- * (without an error) to send the result inline. */
-static ppc_shm_seg *result_seg(wstate *w, PyObject *res, PyObject **pick)
+/* The travelling form of a job's result, the cheapest that takes it:
+ * written by hand into fb (*fn bytes), into a segment of ours lent to the
+ * client (*rseg: buffers reaching 1 MB, or a pickle that large), or a
+ * pickle (*pick). 0, or -1 with an error set. */
+static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
+                         ppc_shm_seg **rseg, PyObject **pick)
 {
-    *pick = NULL;
-    if (!w->shm || w->nbusy >= BUSY_MAX)
-        return NULL;
-    size_t est = ppc_big_estimate(res, 4);
-    if (est < PPC_SHM_MIN_BYTES)
-        return NULL;
-    ppc_shm_seg *s = ppc_shm_pool_get(&w->rpool, est + (1u << 20));
-    if (!s)
-        return NULL;
-    if (ppc_pickle_into_seg(res, w->proto, s) < 0) {
-        uint64_t dropped[4];
-        ppc_shm_pool_put(&w->rpool, s, dropped, 4);
-        return NULL; /* the error stays set: the caller reports it */
+    if ((*fn = ppc_fast_dumps(res, w->proto, fb)) > 0)
+        return 0;
+    int segs = w->shm && w->nbusy < BUSY_MAX;
+    size_t est = segs ? ppc_big_estimate(res, 4) : 0;
+    ppc_shm_seg *s;
+    if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
+        if (ppc_pickle_into_seg(res, w->proto, s) < 0) {
+            seg_to_pool(w, s);
+            return -1;
+        }
+        seg_lend(w, s);
+        *rseg = s;
+        return 0;
     }
-    s->next = w->busy;
-    w->busy = s;
-    w->nbusy++;
-    return s;
+    PyObject *dargs[2] = {res, w->proto_obj};
+    *pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
+    if (!*pick)
+        return -1;
+    size_t n = (size_t)PyBytes_GET_SIZE(*pick);
+    if (segs && n >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, n + 64))) {
+        /* a large pickle without big buffers: still not through the pipe */
+        if (ppc_bytes_into_seg(PyBytes_AS_STRING(*pick), n, s) == 0) {
+            seg_lend(w, s);
+            *rseg = s;
+            Py_CLEAR(*pick);
+        } else {
+            PyErr_Clear();
+            seg_to_pool(w, s);
+        }
+    }
+    return 0;
 }
 
-static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out, PyObject *pick,
-                      uint16_t aux, ppc_shm_seg *seg)
+static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out,
+                      const char *data, size_t len, uint16_t aux, ppc_shm_seg *seg)
 {
     Py_ssize_t outlen = 0;
     const char *outs = NULL;
@@ -574,12 +605,10 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
         ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)seg->fd, seg->id, seg->used};
         ppc_shm_ref_put(refb, &r);
         aux |= PPC_AUX_SHM;
-    } else if (pick) {
-        pdata = PyBytes_AS_STRING(pick);
-        plen = (size_t)PyBytes_GET_SIZE(pick);
-        skip = ppc_pickle_frame_skip(pdata, plen);
     } else {
-        plen = 0;
+        pdata = data;
+        plen = data ? len : 0;
+        skip = ppc_pickle_frame_skip(pdata, plen);
     }
     uint8_t pre[13];
     ppc_put_u64(pre, ns);
@@ -587,12 +616,12 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     ppc_put_u32(pre + 9, (uint32_t)outlen);
     size_t hdr_at = w->out.len;
     if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, aux, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
-        ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 ||
-        (plen && ppc_buf_append(&w->out, pdata, skip ? 2 : plen) < 0) ||
-        (skip && ppc_buf_append(&w->out, pdata + 2 + skip, plen - 2 - skip) < 0)) {
+        ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 || ppc_buf_reserve(&w->out, plen) < 0) {
         PyErr_NoMemory();
         return -1;
     }
+    if (plen)
+        w->out.len += ppc_pickle_copy_unframed(w->out.data + w->out.len, pdata, plen, skip);
     /* the frame header was written before the variable parts: fix its length */
     ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen - skip));
     w->pending_results++;
@@ -606,6 +635,9 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
     ppc_ShmMap *argmap = NULL;
     ppc_shm_seg *rseg = NULL;
     uint16_t raux = 0;
+    ppc_fastbuf fb; /* a result written by hand */
+    size_t fn = 0;
+    ppc_fastbuf_init(&fb);
     uint64_t fid = ppc_get_u64(p);
     uint64_t t0 = w->t_mark ? w->t_mark : now_ns();
     PyObject *res = NULL, *pick = NULL;
@@ -647,14 +679,8 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
                                      sizeof pre, NULL, 0);
             }
             args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap);
-        } else if (aux & PPC_AUX_OOB) {
-            args = ppc_loads_blob(p + 8, n - 8, NULL);
-        } else if ((args = ppc_fast_loads(p + 8, n - 8)) != NULL) {
-            /* tiny arguments, read by hand (fastpickle.c) */
         } else {
-            PyObject *mv = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(n - 8), PyBUF_READ);
-            args = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
-            Py_XDECREF(mv);
+            args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }
         if (args && !PyTuple_Check(args)) {
             Py_DECREF(args);
@@ -666,44 +692,17 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
             Py_DECREF(args);
         }
         if (res) {
-            /* a scalar result by hand (fastpickle.c), as bytes like _pickle's */
-            ppc_fastbuf fb;
-            ppc_fastbuf_init(&fb);
-            size_t fn = ppc_fast_dumps(res, w->proto, &fb);
-            if (fn)
-                pick = PyBytes_FromStringAndSize((const char *)fb.data, (Py_ssize_t)fn);
-            ppc_fastbuf_free(&fb);
-            if (!fn)
-                rseg = result_seg(w, res, &pick);
-            if (!fn && !rseg && !PyErr_Occurred()) {
-                PyObject *dargs[2] = {res, w->proto_obj};
-                pick = PyObject_Vectorcall(G.pickle_dumps, dargs, 2, NULL);
-                if (pick && w->shm && w->nbusy < BUSY_MAX &&
-                    (size_t)PyBytes_GET_SIZE(pick) >= PPC_SHM_MIN_BYTES) {
-                    /* a large pickle without big buffers: still not through the pipe */
-                    ppc_shm_seg *s = ppc_shm_pool_get(&w->rpool, (size_t)PyBytes_GET_SIZE(pick) + 64);
-                    if (s && ppc_bytes_into_seg(PyBytes_AS_STRING(pick),
-                                                (size_t)PyBytes_GET_SIZE(pick), s) == 0) {
-                        s->next = w->busy;
-                        w->busy = s;
-                        w->nbusy++;
-                        rseg = s;
-                        Py_CLEAR(pick);
-                    } else if (s) {
-                        uint64_t dropped[4];
-                        PyErr_Clear();
-                        ppc_shm_pool_put(&w->rpool, s, dropped, 4);
-                    }
-                }
-            }
+            if (encode_result(w, res, &fb, &fn, &rseg, &pick) < 0)
+                Py_CLEAR(pick);
             Py_DECREF(res);
         }
     }
-    if (!pick && !rseg) {
+    if (!fn && !pick && !rseg) {
         kind = PPC_R_EXCEPTION;
         pick = exception_payload(w);
         if (!pick) {
             Py_XDECREF(argmap);
+            ppc_fastbuf_free(&fb);
             return -1;
         }
     }
@@ -719,9 +718,12 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
     uint64_t t1 = now_ns();
     w->t_mark = t1;
     PyObject *out = take_output(w);
-    int rc = put_result(w, id, t1 - t0, kind, out, pick, raux, rseg);
+    int rc = fn ? put_result(w, id, t1 - t0, kind, out, (const char *)fb.data, fn, raux, NULL)
+             : put_result(w, id, t1 - t0, kind, out, pick ? PyBytes_AS_STRING(pick) : NULL,
+                          pick ? (size_t)PyBytes_GET_SIZE(pick) : 0, raux, rseg);
     Py_XDECREF(out);
     Py_XDECREF(pick);
+    ppc_fastbuf_free(&fb);
     return rc;
 }
 
