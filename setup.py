@@ -11,7 +11,7 @@ ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 
 SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmpy.c"]
 WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c",
-          "src/core/shm.c"] + SHARED
+          "src/core/shm.c", "src/core/vm.c"] + SHARED
 
 setup(
     ext_modules=[

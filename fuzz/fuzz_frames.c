@@ -19,7 +19,8 @@
  *  - decoders accept exactly the right length and magic, and re-encoding
  *    a decoded payload gives back the same bytes;
  *  - ppc_auth_equal agrees with memcmp;
- *  - ppc_frame_put re-encodes every frame to the same bytes.
+ *  - ppc_frame_put re-encodes every frame to the same bytes;
+ *  - OOB blob and hole-table parsers accept only tables inside the input.
  * Built with -fsanitize=fuzzer (clang) or with fuzz/standalone.c (any C
  * compiler); see fuzz/README.md. */
 #include <stdint.h>
@@ -29,6 +30,7 @@
 #include "buf.h"
 #include "frame.h"
 #include "shm.h"
+#include "vm.h"
 #include "fuzz_common.h"
 
 #define MAX_CHUNK 65536u
@@ -56,7 +58,7 @@ static void mix(uint64_t *d, uint64_t v)
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_SHMRET) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
 }
 
 /* The contract of ppc_frame_parse(head, avail, FUZZ_FRAME_LIMIT, f) -> rc. */
@@ -305,6 +307,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             size_t off, len;
             ppc_oob_buf(data, size, i, &off, &len);
             FUZZ_ASSERT(off <= size && len <= size - off);
+        }
+    }
+
+    /* The raw input as a segment mapping whose blob is its first half,
+     * followed by a hole table (vm.h): what parse accepts names holes
+     * inside the blob, in order, without overlap, and fits the mapping. */
+    ppc_vm_src vs;
+    if (ppc_vm_table_parse(data, size, size / 2, &vs) == 0) {
+        FUZZ_ASSERT(vs.ngaps >= 1 && vs.ngaps <= PPC_VM_MAX_GAPS && vs.pid > 0);
+        FUZZ_ASSERT(vs.entries >= data && vs.entries + (size_t)vs.ngaps * 24 <= data + size);
+        uint64_t end = 0;
+        for (uint32_t i = 0; i < vs.ngaps; i++) {
+            ppc_vm_gap g;
+            ppc_vm_gap_get(&vs, i, &g);
+            FUZZ_ASSERT(g.len > 0 && g.off >= end && g.off + g.len <= size / 2);
+            end = g.off + g.len;
         }
     }
 

@@ -6,8 +6,9 @@ results (functions by reference and by code object), an exception with
 its remote traceback, an exception that cannot be pickled, argument
 checking at submit, callbacks, output capture, a worker dying mid-job,
 destroy with jobs pending, set_ncpus growing and shrinking while jobs run,
-restart=True, several submitting threads, a 16 MB round trip and the
-shared-memory paths (segments, out-of-band buffers, the pipe fallback).
+restart=True, several submitting threads, a 16 MB round trip, the
+shared-memory paths (segments, out-of-band buffers, the pipe fallback) and
+big bytes read in place across processes (and both fallbacks).
 
 Self-contained on purpose: imports only pytest, pp and the standard
 library, uses no helper module, and every job function is a builtin, a
@@ -264,3 +265,30 @@ def test_shared_memory_paths(srv, monkeypatch):
         assert s.submit(tuple, (parts,))() == tuple(parts)
     finally:
         s.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_bytes_read_in_place(srv, monkeypatch):
+    # big bytes left as holes and read across processes (vm.c): arguments
+    # and results in several shapes, a Job dropped before it ran, a worker
+    # that may not read the client, a client that may not read its workers
+    a, b = os.urandom(2 << 20), os.urandom(1 << 20)
+    assert srv.submit(tuple, ((a, 5, b, a),))() == (a, 5, b, a)
+    assert srv.submit(lambda d: {k: v[::-1] for k, v in d.items()}, ({"a": a, "b": b},))() == \
+        {"a": a[::-1], "b": b[::-1]}
+    before = srv._data_stats()
+    nap = [srv.submit(lambda t: __import__("time").sleep(t), (0.5,)) for _ in range(2)]
+    srv.submit(len, (os.urandom(3 << 20),))  # dropped at once, both workers busy
+    assert srv._data_stats()["held"] >= 1
+    [j() for j in nap]
+    srv.wait()
+    assert srv._data_stats()["arg_holes"] > before["arg_holes"]
+    for var in ("PPC_TEST_VM_REFUSE", "PPC_TEST_VM_NOPROBE"):
+        monkeypatch.setenv(var, "1")
+        s = pp.Server(2)
+        try:
+            assert [s.submit(bytes, (x,))() for x in (a, b, a)] == [a, b, a]
+            assert s._data_stats()["result_holes"] == 0
+        finally:
+            s.destroy()
+        monkeypatch.delenv(var)

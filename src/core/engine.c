@@ -455,6 +455,7 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     e->ncpus = o->nworkers;
     ppc_shm_pool_init(&e->shm, o->shm_pool_bytes ? o->shm_pool_bytes : (size_t)1 << 30);
     atomic_init(&e->shm_on, !o->no_shm);
+    atomic_init(&e->vm_on, !o->no_shm && !o->no_vm);
     e->next_id = 1;
     pthread_mutex_init(&e->mu, NULL);
     pthread_condattr_t ca;
@@ -862,6 +863,11 @@ void ppc_engine_shm_put(ppc_engine *e, ppc_shm_seg *s)
 int ppc_engine_shm_on(ppc_engine *e)
 {
     return atomic_load(&e->shm_on);
+}
+
+int ppc_engine_vm_on(ppc_engine *e)
+{
+    return atomic_load(&e->vm_on) && atomic_load(&e->shm_on);
 }
 
 void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)

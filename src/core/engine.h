@@ -63,6 +63,10 @@ typedef struct ppc_engine_opts {
     /* large data: 1 turns shared-memory segments off (everything inline) */
     int no_shm;
     size_t shm_pool_bytes;        /* cap of free argument segments kept (0: 1 GiB) */
+    /* big bytes read from the owner's memory (vm.h): no_vm 1 turns it off;
+     * vm_no_results 1 keeps workers' results copied into segments */
+    int no_vm;
+    int vm_no_results;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -95,6 +99,9 @@ void ppc_engine_shm_put(ppc_engine *e, ppc_shm_seg *s);
 void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id);
 /* 1 when local workers may be given segment references. */
 int ppc_engine_shm_on(ppc_engine *e);
+/* 1 when argument segments may have holes that workers fill from this
+ * process's memory (vm.h). */
+int ppc_engine_vm_on(ppc_engine *e);
 
 /* Wait until the job is DONE. timeout_ms < 0 waits forever. 1 when done,
  * 0 on timeout. */

@@ -158,6 +158,7 @@ struct ppc_engine {
     /* thread-safe itself */
     ppc_shm_pool shm;
     atomic_int shm_on; /* segments in use for local workers */
+    atomic_int vm_on;  /* workers read big bytes from our memory (vm.h) */
     int listen_port_actual;
 
     /* engine thread */

@@ -34,6 +34,8 @@ enum ppc_frame_type {
                           forget its mapping */
     PPC_F_SHMRET = 6,  /* client -> worker: id = the worker's result segment,
                           read and free for reuse */
+    PPC_F_VMOK = 7,    /* client -> worker: the client can read the worker's
+                          memory: results may leave holes (vm.h) */
     PPC_F_HELLO = 16,  /* network handshake frames (see proto.h) */
     PPC_F_CHALLENGE = 17,
     PPC_F_AUTH = 18,
@@ -51,11 +53,17 @@ enum ppc_frame_type {
  * PINNED (RESULT): the job's argument segment is still referenced by the
  *   worker: the client must not reuse it;
  * NOSHM (RESULT): the worker could not map the argument segment; the job did
- *   not run and must be sent again inline. */
+ *   not run and must be sent again inline;
+ * VM (with SHM): the blob has holes to fill from its owner's memory, and a
+ *   gap table after it (vm.h);
+ * NOVM (RESULT): the worker cannot read the client's memory; the job did not
+ *   run and must be sent again with its holes filled. */
 #define PPC_AUX_OOB 1u
 #define PPC_AUX_SHM 2u
 #define PPC_AUX_PINNED 4u
 #define PPC_AUX_NOSHM 8u
+#define PPC_AUX_VM 16u
+#define PPC_AUX_NOVM 32u
 
 typedef struct ppc_frame {
     uint64_t len;

@@ -23,6 +23,7 @@
 
 #include "engine_int.h"
 #include "frame.h"
+#include "vm.h"
 
 extern char **environ;
 
@@ -435,12 +436,17 @@ int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j)
     uint8_t pre[8 + PPC_SHM_REF_LEN];
     ppc_put_u64(pre, fid);
     int rc;
+    if (j->args_seg && j->args_seg->ngaps && !ppc_engine_vm_on(p->e))
+        ppc_vm_fill_own(j->args_seg); /* the worker cannot read our memory */
     if (j->args_seg && atomic_load(&p->e->shm_on)) {
         /* the worker maps the segment; only a reference crosses the pipe */
         ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)j->args_seg->fd, j->args_seg->id,
                          j->args_seg->used};
         ppc_shm_ref_put(pre + 8, &r);
-        rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, PPC_AUX_SHM, 0, j->id, pre, sizeof pre, NULL, 0);
+        uint16_t aux = PPC_AUX_SHM | (j->args_seg->ngaps ? PPC_AUX_VM : 0);
+        /* extra: the number of holes, so the table's extent is known before mapping */
+        rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, aux, j->args_seg->ngaps, j->id, pre, sizeof pre,
+                           NULL, 0);
     } else if (j->args_seg) {
         rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, PPC_AUX_OOB, 0, j->id, pre, 8, j->args_seg->map,
                            j->args_seg->used);
@@ -540,9 +546,11 @@ void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id)
 }
 
 /* A worker's result in its segment, for a job of a remote client: copy the
- * blob into the job (an inline OOB blob) and give the segment back.
- * area = u8 kind, u32 outlen, output, shm ref. */
-static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *area, size_t n)
+ * blob into the job (an inline OOB blob), holes filled from the worker's
+ * memory, and give the segment back. area = u8 kind, u32 outlen, output,
+ * shm ref. */
+static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *area, size_t n,
+                         int holes)
 {
     if (n < 5)
         return -1;
@@ -555,14 +563,23 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *
     if ((int)r.pid != (int)w->pid || r.len > p->e->opts.max_frame || r.len > SIZE_MAX - n)
         return -1;
     size_t maplen;
-    uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)r.fd, (size_t)r.len, 0, &maplen);
+    uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)r.fd, (size_t)r.len,
+                                  holes ? PPC_MAP_LAZY : 0, &maplen);
     if (!m)
         return -1;
     size_t total = 5 + outlen + (size_t)r.len;
     uint8_t *res = malloc(total);
+    ppc_vm_src src;
     if (res) {
         memcpy(res, area, 5 + outlen);
-        memcpy(res + 5 + outlen, m, (size_t)r.len);
+        if (!holes) {
+            memcpy(res + 5 + outlen, m, (size_t)r.len);
+        } else if (ppc_vm_table_parse(m, maplen, (size_t)r.len, &src) < 0 ||
+                   src.pid != (int)w->pid ||
+                   ppc_vm_copy_blob(res + 5 + outlen, m, (size_t)r.len, &src) < 0) {
+            free(res);
+            res = NULL;
+        }
     }
     ppc_shm_unmap(m, maplen);
     if (!res)
@@ -583,6 +600,11 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     if (f->type == PPC_F_INIT) {
         w->ready = 1;
         p->start_failures = 0;
+        /* the reply's id: where the worker keeps PPC_VM_PROBE. If we can
+         * read it, the worker may leave holes in its results (vm.h) */
+        if (f->id && ppc_engine_vm_on(e) && !e->opts.vm_no_results &&
+            ppc_vm_probe((int)w->pid, f->id))
+            ppc_frame_put(&w->out, PPC_F_VMOK, 0, 0, 0, 0, NULL, 0, NULL, 0);
         return 0;
     }
     if (f->type != PPC_F_RESULT || f->len < 8)
@@ -606,20 +628,31 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         ppc_engine_requeue_front(e, j);
         return 0;
     }
+    if (f->aux & PPC_AUX_NOVM) {
+        /* the worker cannot read our memory: from now on holes are filled
+         * here; this job did not run and goes back to the front */
+        if (atomic_exchange(&e->vm_on, 0))
+            ppc_engine_log(e, PPC_LOG_WARNING,
+                           "worker %d cannot read this process's memory (process_vm_readv "
+                           "refused); large bytes are copied into shared memory",
+                           (int)w->pid);
+        ppc_engine_requeue_front(e, j);
+        return 0;
+    }
     j->exec_ns = ppc_get_u64(f->payload);
     size_t n = (size_t)f->len - 8;
     if (j->args_seg)
         ppc_pool_args_done(p, j, (f->aux & PPC_AUX_PINNED) != 0);
     if ((f->aux & PPC_AUX_SHM) && j->origin) {
         /* ppserver: the client is remote, so the result travels inline */
-        if (result_inline(p, w, j, f->payload + 8, n) < 0)
+        if (result_inline(p, w, j, f->payload + 8, n, (f->aux & PPC_AUX_VM) != 0) < 0)
             ppc_job_fail(j, PPC_JOB_EWORKER, "cannot read the worker's result segment");
     } else if (!(j->result = malloc(n ? n : 1))) {
         ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory for the job's result");
     } else {
         memcpy(j->result, f->payload + 8, n);
         j->result_len = n;
-        j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM);
+        j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM | PPC_AUX_VM);
         j->status = PPC_JOB_OK;
     }
     w->done++;

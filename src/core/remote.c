@@ -20,6 +20,7 @@
 #include "engine_int.h"
 #include "frame.h"
 #include "net.h"
+#include "vm.h"
 
 #define HANDSHAKE_MS 10000
 #define GRACE_MS 5000
@@ -446,7 +447,10 @@ int ppc_remote_dispatch(ppc_engine *e, ppc_rnode *r, ppc_job *j)
     }
     uint8_t pre[8];
     ppc_put_u64(pre, fid);
-    /* args in a segment travel inline (read from our own mapping) */
+    /* args in a segment travel inline (read from our own mapping, holes
+     * filled from our own memory first) */
+    if (j->args_seg)
+        ppc_vm_fill_own(j->args_seg);
     int rc = j->args_seg ? ppc_conn_put_aux(&r->c, PPC_F_JOB, 0, PPC_AUX_OOB, j->id, pre, 8,
                                             j->args_seg->map, j->args_seg->used)
                          : ppc_conn_put_aux(&r->c, PPC_F_JOB, 0, j->args_aux & PPC_AUX_OOB, j->id,

@@ -80,8 +80,9 @@ void ppc_shm_free(ppc_shm_seg *s)
     free(s);
 }
 
-void *ppc_shm_map_peer(int pid, int fd, size_t need, int writable, size_t *maplen)
+void *ppc_shm_map_peer(int pid, int fd, size_t need, int flags, size_t *maplen)
 {
+    int writable = flags & PPC_MAP_WRITE;
     char path[64];
     if (pid <= 0 || fd < 0 || need == 0) {
         errno = EINVAL;
@@ -99,8 +100,7 @@ void *ppc_shm_map_peer(int pid, int fd, size_t need, int writable, size_t *maple
         return NULL;
     }
     size_t len = (size_t)st.st_size;
-    void *m = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_POPULATE,
-                   f, 0);
+    void *m = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | ((flags & PPC_MAP_LAZY) ? 0 : MAP_POPULATE), f, 0);
     int saved = errno;
     close(f);
     if (m == MAP_FAILED) {
@@ -168,8 +168,10 @@ ppc_shm_seg *ppc_shm_pool_get(ppc_shm_pool *p, size_t need)
     }
     if (!s)
         s = ppc_shm_create(need, id);
-    if (s)
+    if (s) {
         s->used = 0;
+        s->ngaps = 0;
+    }
     return s;
 }
 
@@ -177,6 +179,7 @@ size_t ppc_shm_pool_put(ppc_shm_pool *p, ppc_shm_seg *s, uint64_t *dropped, size
 {
     size_t nd = 0;
     ppc_shm_seg *gone = NULL;
+    s->ngaps = 0;
     pthread_mutex_lock(&p->mu);
     s->next = p->free;
     p->free = s;

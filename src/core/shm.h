@@ -36,6 +36,7 @@ typedef struct ppc_shm_seg {
     uint8_t *map;
     size_t cap;  /* file size and mapping length */
     size_t used; /* bytes of the blob it holds */
+    uint32_t ngaps; /* holes in the blob, filled from their owner's memory (vm.h) */
 } ppc_shm_seg;
 
 /* A new segment of at least min_cap bytes (rounded up), or NULL. */
@@ -46,8 +47,12 @@ void ppc_shm_free(ppc_shm_seg *s);
 
 /* Map a peer's segment: /proc/<pid>/fd/<fd>, whose file must hold at least
  * need bytes. Returns the mapping (length in *maplen) or NULL with errno
- * set. writable: PROT_WRITE too (the worker's view of argument segments). */
-void *ppc_shm_map_peer(int pid, int fd, size_t need, int writable, size_t *maplen);
+ * set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
+ * segments); PPC_MAP_LAZY: no MAP_POPULATE (a segment with holes: faulting
+ * them in would allocate pages nobody writes). */
+#define PPC_MAP_WRITE 1
+#define PPC_MAP_LAZY 2
+void *ppc_shm_map_peer(int pid, int fd, size_t need, int flags, size_t *maplen);
 void ppc_shm_unmap(void *p, size_t len);
 
 /* Reference to a segment's blob: what travels in a frame. */

@@ -50,6 +50,10 @@ typedef struct {
     uint64_t next_fid;
     int proto;
     int shm; /* large arguments and results through shared memory */
+    int vm;  /* big bytes arguments read by workers from our memory (vm.h) */
+    PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
+                          objects whose jobs have not finished yet */
+    uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -66,6 +70,7 @@ typedef struct {
     PyObject *callbackargs;
     PyObject *value;        /* unpacked result, or NULL */
     PyObject *exc;          /* unpacked exception, or NULL */
+    PyObject *pins;         /* bytes a worker reads from our memory, or NULL */
     int unpacked;
 } ppc_Job;
 
@@ -73,6 +78,10 @@ typedef struct {
 ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *cbargs);
 /* Unpack the result once (prints captured output). 0 or -1 with an error. */
 int ppc_job_unpack(ppc_Job *self);
+/* server.c: keep the pins of a dropped Job until its job has finished;
+ * release those whose jobs have (all: every one, the engine being stopped). */
+int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins);
+void ppc_server_sweep_pins(ppc_Server *s, int all);
 /* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
 
@@ -83,6 +92,7 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
 
 /* shmpy.c: large data through shared-memory segments */
 #include "../core/shm.h"
+#include "../core/vm.h"
 typedef struct {
     PyObject_HEAD
     void *addr;
@@ -94,13 +104,17 @@ typedef struct {
 } ppc_ShmMap;
 extern PyTypeObject ppc_ShmMapType;
 ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
-/* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1. */
-Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg);
+/* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1.
+ * pins: a list, or NULL: big bytes objects are left as holes (vm.h; the
+ * table follows the blob, seg->ngaps set) and appended to pins, which the
+ * caller keeps until the reader is done. */
+Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObject *pins);
 /* An existing pickle into seg as a blob without buffers. 0 or -1. */
 int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
- * views become the buffers), or NULL to copy buffers into bytearrays. */
-PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter);
+ * views become the buffers), or NULL to copy buffers into bytearrays; vm:
+ * the blob's holes and whose memory fills them, or NULL. */
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm);
 /* A payload that travelled inline (in the frame): an out-of-band blob when
  * oob, else a pickle, read by hand when fastpickle.c takes it. */
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob);
@@ -112,7 +126,7 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main *
 PyObject *ppc_worker_fresh_ns(void);
 /* The worker loop on fd_in/fd_out, shipped code living in ns, until the
  * client closes the pipe: 0, or -1 with a Python error set. */
-int ppc_worker_run(int fd_in, int fd_out, PyObject *ns);
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns, int forked);
 
 /* fastpickle.c: scalars, tuples of them and lists of scalars as pickle
  * opcodes by hand. ppc_fast_dumps: length of the pickle in b->data, 0 when

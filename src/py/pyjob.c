@@ -25,6 +25,7 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
     self->callbackargs = cbargs;
     self->value = NULL;
     self->exc = NULL;
+    self->pins = NULL;
     self->unpacked = 0;
     return self;
 }
@@ -132,9 +133,9 @@ static int is_worker_pid(ppc_Server *s, int pid)
     return 0;
 }
 
-/* Map the worker's result segment, unpickle (buffers copied out, so the
- * segment can go back at once), unmap. */
-static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen)
+/* Map the worker's result segment, unpickle (buffers copied out, holes read
+ * from the worker's memory, so the segment can go back at once), unmap. */
+static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen, int holes)
 {
     if (alen != PPC_SHM_REF_LEN) {
         PyErr_SetString(PyExc_ValueError, "malformed shared-memory result reference");
@@ -148,13 +149,20 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
     }
     size_t maplen = 0;
     void *m;
-    Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len, 0, &maplen);
+    Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len,
+                                                holes ? PPC_MAP_LAZY : 0, &maplen);
     Py_END_ALLOW_THREADS if (!m)
     {
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
     }
-    PyObject *obj = ppc_loads_blob(m, (size_t)r.len, NULL);
+    ppc_vm_src src;
+    PyObject *obj = NULL;
+    if (holes && (ppc_vm_table_parse(m, maplen, (size_t)r.len, &src) < 0 ||
+                  src.pid != (int)r.pid))
+        PyErr_SetString(PyExc_ValueError, "malformed hole table in a worker's result");
+    else
+        obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL);
     ppc_shm_unmap(m, maplen);
     return obj;
 }
@@ -163,6 +171,7 @@ int ppc_job_unpack(ppc_Job *self)
 {
     if (self->unpacked)
         return 0;
+    Py_CLEAR(self->pins); /* the job is finished: no worker reads them any more */
     ppc_job *j = self->job;
     if (j->status != PPC_JOB_OK) {
         PyObject *type = j->status == PPC_JOB_EDESTROYED ? G.DestroyedServerError : G.WorkerError;
@@ -193,7 +202,9 @@ int ppc_job_unpack(ppc_Job *self)
     size_t alen = n - 5 - outlen;
     PyObject *obj = NULL;
     if (j->result_aux & PPC_AUX_SHM) {
-        obj = load_shm_result(self, area, alen);
+        obj = load_shm_result(self, area, alen, (j->result_aux & PPC_AUX_VM) != 0);
+        if (obj && (j->result_aux & PPC_AUX_VM))
+            self->server->vm_result_holes++;
         return_result_seg(self);
     } else {
         obj = ppc_loads_inline(area, alen, j->result_aux & PPC_AUX_OOB);
@@ -321,6 +332,16 @@ static void Job_dealloc(ppc_Job *self)
 {
     if (self->job && atomic_load(&self->job->state) == PPC_JOB_DONE)
         return_result_seg(self); /* a result never taken */
+    if (self->pins && self->job && atomic_load(&self->job->state) < PPC_JOB_COMPLETE &&
+        self->server && !self->server->destroyed) {
+        /* a worker may still read them: the server keeps them until then */
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        if (ppc_server_hold_pins(self->server, self->job, self->pins) < 0)
+            PyErr_WriteUnraisable((PyObject *)self);
+        PyErr_Restore(t, v, tb);
+    }
+    Py_XDECREF(self->pins);
     if (self->job)
         ppc_job_decref(self->job);
     Py_XDECREF(self->server);

@@ -287,7 +287,7 @@ static void forked_worker(int fd_in, int fd_out, pid_t client)
     if (getppid() != client)
         _exit(0); /* the client died before we could ask to die with it */
     PyObject *ns = ppc_worker_fresh_ns();
-    int rc = ns ? ppc_worker_run(3, 4, ns) : -1;
+    int rc = ns ? ppc_worker_run(3, 4, ns, 1) : -1;
     if (rc < 0) {
         PyErr_Print();
         PyObject *err = PySys_GetObject("stderr");
@@ -436,6 +436,8 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     if (env_shm && *env_shm == '0')
         shm = 0;
     self->shm = shm;
+    const char *env_vm = getenv("PPC_VM");
+    self->vm = shm && !(env_vm && *env_vm == '0');
     self->restart = restart;
     self->raise_exceptions = raise_exc;
     self->socket_timeout = timeout;
@@ -498,6 +500,9 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     o.init_len = (size_t)PyBytes_GET_SIZE(init);
     o.restart = restart;
     o.no_shm = !shm;
+    o.no_vm = !self->vm;
+    const char *noprobe = getenv("PPC_TEST_VM_NOPROBE"); /* tests: results copied */
+    o.vm_no_results = noprobe && *noprobe && *noprobe != '0';
     o.py_major = PY_MAJOR_VERSION;
     o.py_minor = PY_MINOR_VERSION;
     o.listen_port = -1;
@@ -675,6 +680,69 @@ static int shm_usable(ppc_Server *self)
     return self->shm && ppc_engine_shm_on(self->engine) && ppc_engine_get_workers(self->engine) > 0;
 }
 
+/* Does the stream of a segment with holes mention __main__ outside them?
+ * (the holes are bytes objects' data, not pickle opcodes) */
+static int holes_mention_main(ppc_shm_seg *seg, size_t stream_len)
+{
+    ppc_vm_src src;
+    if (ppc_vm_table_parse(seg->map, seg->cap, seg->used, &src) < 0)
+        return 1;
+    size_t at = 0;
+    for (uint32_t i = 0; i <= src.ngaps; i++) {
+        ppc_vm_gap g = {stream_len, 0, 0};
+        if (i < src.ngaps)
+            ppc_vm_gap_get(&src, i, &g);
+        size_t end = g.off < stream_len ? (size_t)g.off : stream_len;
+        /* a name split by a hole is impossible: a hole is a whole opcode payload */
+        if (end > at && memmem(seg->map + at, end - at, "__main__", 8))
+            return 1;
+        at = (size_t)(g.off + g.len);
+        if (at >= stream_len)
+            break;
+    }
+    return 0;
+}
+
+static void held_job_free(PyObject *cap)
+{
+    ppc_job *j = PyCapsule_GetPointer(cap, "ppc_job");
+    if (j)
+        ppc_job_decref(j);
+}
+
+int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins)
+{
+    if (!s->vm_held && !(s->vm_held = PyList_New(0)))
+        return -1;
+    PyObject *cap = PyCapsule_New(j, "ppc_job", held_job_free);
+    if (!cap)
+        return -1;
+    ppc_job_incref(j);
+    PyObject *t = PyTuple_Pack(2, cap, pins);
+    Py_DECREF(cap);
+    int rc = t ? PyList_Append(s->vm_held, t) : -1;
+    Py_XDECREF(t);
+    return rc;
+}
+
+void ppc_server_sweep_pins(ppc_Server *s, int all)
+{
+    if (!s->vm_held)
+        return;
+    Py_ssize_t n = PyList_GET_SIZE(s->vm_held), k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(s->vm_held, i);
+        ppc_job *j = PyCapsule_GetPointer(PyTuple_GET_ITEM(t, 0), "ppc_job");
+        int busy = !all && j && atomic_load(&j->state) < PPC_JOB_COMPLETE;
+        if (busy) {
+            Py_INCREF(t);
+            PyList_SetItem(s->vm_held, k++, t); /* moves down: never past i */
+        }
+    }
+    if (PyList_SetSlice(s->vm_held, k, n, NULL) < 0)
+        PyErr_Clear();
+}
+
 /* submit's parameters, by position and keyword (fast call: no argument
  * tuple or keyword dict is built per job). */
 static const char *const submit_kw[] = {"func",     "args",  "depfuncs", "modules",
@@ -730,7 +798,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         modules = empty;
     if (!cbargs)
         cbargs = empty;
-    PyObject *result = NULL, *call_args = NULL, *pick = NULL, *blob = NULL;
+    PyObject *result = NULL, *call_args = NULL, *pick = NULL, *blob = NULL, *pins = NULL;
     ppc_shm_seg *seg = NULL;
     ppc_fastbuf fb;
     ppc_fastbuf_init(&fb);
@@ -782,13 +850,25 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     const char *pb = NULL; /* the pickle stream, wherever it is */
     size_t pn = 0;
     size_t est = self->shm ? ppc_big_estimate(call_args, 4) : 0;
+    if (self->vm_held && PyList_GET_SIZE(self->vm_held) > 0)
+        ppc_server_sweep_pins(self, 0);
     if (est >= PPC_SHM_MIN_BYTES && shm_usable(self) &&
         (seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
         uint32_t nb;
-        if (ppc_pickle_into_seg(call_args, self->proto, seg) < 0 ||
+        /* big bytes stay where they are: the worker reads them from here */
+        if (self->vm && ppc_engine_vm_on(self->engine) && !(pins = PyList_New(0)))
+            goto done;
+        if (ppc_pickle_into_seg(call_args, self->proto, seg, pins) < 0 ||
             ppc_oob_parse(seg->map, seg->used, &pn, &nb) < 0)
             goto done;
         pb = (const char *)seg->map;
+        if (seg->ngaps && holes_mention_main(seg, pn))
+            ppc_vm_fill_own(seg); /* the scan for __main__ needs the whole stream */
+        else if (seg->ngaps)
+            pb = "", pn = 0; /* scanned here, around the holes: no __main__ */
+        if (!seg->ngaps)
+            Py_CLEAR(pins);
+        self->vm_arg_holes += seg->ngaps;
     } else if ((pn = ppc_fast_dumps(call_args, self->proto, &fb)) > 0) {
         pb = (const char *)fb.data;
     } else {
@@ -834,6 +914,8 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         ppc_job_decref(j);
         goto done;
     }
+    jo->pins = pins; /* kept until the job has finished */
+    pins = NULL;
     if (has_cb) {
         Py_INCREF(jo); /* released by the event thread after the callback */
         j->user = jo;
@@ -852,6 +934,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
 done:
     if (seg)
         ppc_engine_shm_put(self->engine, seg);
+    Py_XDECREF(pins);
     ppc_fastbuf_free(&fb);
     Py_XDECREF(call_args);
     Py_XDECREF(pick);
@@ -892,6 +975,16 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
     if (ppc_wait_interruptible(self->engine, NULL, gid, 1) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* How many big bytes objects crossed without a copy by their owner (vm.h),
+ * and how many Job objects' bytes wait for their jobs: for tests. */
+static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    return Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
+                         "result_holes", (unsigned long long)self->vm_result_holes, "held",
+                         self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
 }
 
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
@@ -1003,7 +1096,7 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
         Py_RETURN_NONE;
     self->destroyed = 1;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
-    Py_END_ALLOW_THREADS
+    Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
      * that thread (destroy() called from a callback). */
     if (self->event_thread) {
@@ -1174,6 +1267,7 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->logger);
     Py_CLEAR(self->ppservers);
     Py_CLEAR(self->secret);
+    Py_CLEAR(self->vm_held);
     return 0;
 }
 
@@ -1204,6 +1298,8 @@ static PyMethodDef Server_methods[] = {
      "set_ncpus(ncpus='autodetect')\n--\n\nGrow or shrink the local pool, also while jobs run."},
     {"get_active_nodes", (PyCFunction)Server_get_active_nodes, METH_NOARGS,
      "Dictionary node name -> number of workers, for the nodes in use."},
+    {"_data_stats", (PyCFunction)Server_data_stats, METH_NOARGS,
+     "Counts of large bytes read across processes (internal)."},
     {"_stats", (PyCFunction)Server_stats, METH_NOARGS,
      "Node name -> (ncpus, njobs, seconds of job time)."},
     {"_active_tasks", (PyCFunction)Server_active_tasks, METH_NOARGS,

@@ -14,6 +14,8 @@
 #include <sys/mman.h>
 
 #include "../core/shm.h"
+#include "../core/vm.h"
+#include <unistd.h>
 
 /* ------------------------------------------------------------ ShmMap */
 
@@ -80,10 +82,52 @@ typedef struct {
     PyObject_HEAD
     ppc_shm_seg *seg;
     size_t pos;
+    PyObject *pins;   /* list, or NULL: big bytes are left as holes (vm.h) */
+    ppc_vm_gap *gaps; /* the holes, in stream order */
+    uint32_t ngaps, capgaps;
 } SegWriter;
+
+/* A big bytes object the pickler hands over whole (the payload of a BINBYTES
+ * opcode, or a flushed stream part: either is immutable and kept alive by
+ * pins) becomes a hole: only its address is recorded. 1 when taken, 0 when
+ * it is to be copied, -1 on error. */
+static int SegWriter_hole(SegWriter *self, PyObject *arg)
+{
+    if (!self->pins || !PyBytes_CheckExact(arg) ||
+        (size_t)PyBytes_GET_SIZE(arg) < PPC_VM_MIN_BYTES || self->ngaps >= PPC_VM_MAX_GAPS)
+        return 0;
+    size_t n = (size_t)PyBytes_GET_SIZE(arg);
+    if (n > SIZE_MAX - self->pos || ppc_shm_reserve(self->seg, self->pos + n) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (self->ngaps == self->capgaps) {
+        uint32_t cap = self->capgaps ? self->capgaps * 2 : 8;
+        ppc_vm_gap *g = PyMem_Realloc(self->gaps, cap * sizeof *g);
+        if (!g) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->gaps = g;
+        self->capgaps = cap;
+    }
+    if (PyList_Append(self->pins, arg) < 0)
+        return -1;
+    ppc_vm_gap *g = &self->gaps[self->ngaps++];
+    g->off = self->pos;
+    g->len = n;
+    g->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(arg);
+    self->pos += n;
+    return 1;
+}
 
 static PyObject *SegWriter_write(SegWriter *self, PyObject *arg)
 {
+    int hole = SegWriter_hole(self, arg);
+    if (hole < 0)
+        return NULL;
+    if (hole)
+        return PyLong_FromSsize_t(PyBytes_GET_SIZE(arg));
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -104,6 +148,12 @@ static PyObject *SegWriter_write(SegWriter *self, PyObject *arg)
     return PyLong_FromSize_t(n);
 }
 
+static void SegWriter_dealloc(SegWriter *self)
+{
+    PyMem_Free(self->gaps);
+    PyObject_Free(self);
+}
+
 static PyMethodDef SegWriter_methods[] = {{"write", (PyCFunction)SegWriter_write, METH_O, NULL},
                                           {NULL, NULL, 0, NULL}};
 
@@ -111,6 +161,7 @@ static PyTypeObject SegWriterType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.SegWriter",
     .tp_basicsize = sizeof(SegWriter),
     .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)SegWriter_dealloc,
     .tp_methods = SegWriter_methods,
 };
 
@@ -118,7 +169,7 @@ static PyTypeObject SegWriterType = {
 
 static PyObject *Pickler_cls;
 
-Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg)
+Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObject *pins)
 {
     if (!Pickler_cls && !(Pickler_cls = ppc_import_attr("pickle", "Pickler")))
         return -1;
@@ -129,6 +180,10 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg)
         return -1;
     wr->seg = seg;
     wr->pos = 0;
+    wr->pins = pins;
+    wr->gaps = NULL;
+    wr->ngaps = wr->capgaps = 0;
+    seg->ngaps = 0;
     PyObject *bufs = PyList_New(0), *pk = NULL, *r = NULL, *append = NULL;
     Py_ssize_t ret = -1;
     uint64_t *offs = NULL, *lens = NULL;
@@ -169,7 +224,8 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg)
         at += (size_t)views[i].len;
     }
     size_t total = at + ppc_oob_tail_len((uint32_t)nb);
-    if (ppc_shm_reserve(seg, total) < 0) {
+    size_t table = wr->ngaps ? ppc_vm_table_at(total) + ppc_vm_table_len(wr->ngaps) : total;
+    if (ppc_shm_reserve(seg, table) < 0) {
         PyErr_NoMemory();
         goto out;
     }
@@ -178,6 +234,10 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg)
     Py_END_ALLOW_THREADS
     ppc_oob_finish(seg->map, at, stream_len, (uint32_t)nb, offs, lens);
     seg->used = total;
+    if (wr->ngaps) {
+        ppc_vm_table_put(seg->map + ppc_vm_table_at(total), (int)getpid(), wr->gaps, wr->ngaps);
+        seg->ngaps = wr->ngaps;
+    }
     ret = (Py_ssize_t)total;
 out:
     for (Py_ssize_t i = 0; i < nviews; i++)
@@ -208,11 +268,19 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg)
 
 /* A large bytes object, or a 1-tuple of one, is the common big payload
  * (an argument, a result). Its new object is filled here rather than by
- * the unpickler, after asking for transparent huge pages on it: a fresh
- * 64 MB allocation is filled ~3x faster with 2 MB pages than with 4 KB page
- * faults, which dominate moving large data on such machines. NULL without
- * an exception when the stream is not of that shape. */
-static PyObject *big_bytes(const uint8_t *p, size_t n)
+ * the unpickler: from the segment, or from its owner's memory when it is a
+ * hole (vm.h), after faulting its pages in with one madvise: on a virtual
+ * machine, first touch of fresh memory is the main cost of moving large
+ * data, and one populate call is cheaper than 16,384 faults per 64 MB.
+ * (Transparent huge pages were tried: 3x faster when the host has backed
+ * the memory before, 5x slower when it has not, both seen here.) NULL
+ * without an exception when the stream is not of that shape. */
+#ifndef MADV_POPULATE_WRITE
+#define PPC_MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL */
+#else
+#define PPC_MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+#endif
+static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
 {
     size_t i = 0;
     if (n < 8 || p[0] != 0x80 || p[1] < 4)
@@ -227,6 +295,15 @@ static PyObject *big_bytes(const uint8_t *p, size_t n)
     size_t at = i + 5;
     if (len < PPC_SHM_MIN_BYTES || len > n - at)
         return NULL;
+    /* the bytes may be a hole: then they come from the owner's memory */
+    ppc_vm_gap g = {0, 0, 0};
+    if (vm) {
+        if (vm->ngaps != 1)
+            return NULL;
+        ppc_vm_gap_get(vm, 0, &g);
+        if (g.off != at || g.len != len)
+            return NULL;
+    }
     size_t k = at + len;
     if (k < n && p[k] == 0x94) /* MEMOIZE */
         k++;
@@ -242,12 +319,23 @@ static PyObject *big_bytes(const uint8_t *p, size_t n)
     if (!b)
         return NULL;
     char *d = PyBytes_AS_STRING(b);
-    uintptr_t lo = ((uintptr_t)d + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
-    uintptr_t hi = ((uintptr_t)d + len) & ~(uintptr_t)((2u << 20) - 1);
+    /* fault the fresh pages in with one call rather than one fault each
+     * (whole pages inside the object only; a hint: failure is harmless) */
+    uintptr_t pg = 4096;
+    uintptr_t lo = ((uintptr_t)d + pg - 1) & ~(pg - 1), hi = ((uintptr_t)d + len) & ~(pg - 1);
     if (hi > lo)
-        madvise((void *)lo, hi - lo, MADV_HUGEPAGE); /* a hint: failure is harmless */
-    Py_BEGIN_ALLOW_THREADS memcpy(d, p + at, len);
-    Py_END_ALLOW_THREADS if (!tuple) return b;
+        madvise((void *)lo, hi - lo, PPC_MADV_POPULATE_WRITE);
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS if (vm) rc = ppc_vm_read(vm->pid, d, g.addr, len, vm->unpinned);
+    else memcpy(d, p + at, len);
+    Py_END_ALLOW_THREADS if (rc < 0)
+    {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(b);
+        return NULL;
+    }
+    if (!tuple)
+        return b;
     PyObject *t = PyTuple_New(1);
     if (!t) {
         Py_DECREF(b);
@@ -257,7 +345,25 @@ static PyObject *big_bytes(const uint8_t *p, size_t n)
     return t;
 }
 
-PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
+/* A blob with holes, in any other shape: a private copy with the holes
+ * filled from the owner's memory, loaded from there. */
+static PyObject *loads_holes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
+{
+    uint8_t *cp = PyMem_RawMalloc(n ? n : 1);
+    if (!cp)
+        return PyErr_NoMemory();
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = ppc_vm_copy_blob(cp, p, n, vm);
+    Py_END_ALLOW_THREADS PyObject *o = NULL;
+    if (rc < 0)
+        PyErr_SetFromErrno(PyExc_OSError);
+    else
+        o = ppc_loads_blob(cp, n, NULL, NULL);
+    PyMem_RawFree(cp);
+    return o;
+}
+
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm)
 {
     size_t sl;
     uint32_t nb;
@@ -266,10 +372,12 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
         return NULL;
     }
     if (nb == 0) {
-        PyObject *b = big_bytes(p, sl);
+        PyObject *b = big_bytes(p, sl, vm);
         if (b || PyErr_Occurred())
             return b;
     }
+    if (vm)
+        return loads_holes(p, n, vm);
     PyObject *base = exporter ? PyMemoryView_FromObject(exporter) : NULL;
     if (exporter && !base)
         return NULL;
@@ -322,7 +430,7 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter)
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob)
 {
     if (oob)
-        return ppc_loads_blob(p, n, NULL);
+        return ppc_loads_blob(p, n, NULL, NULL);
     PyObject *o = ppc_fast_loads(p, n);
     if (o)
         return o;

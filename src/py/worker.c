@@ -21,6 +21,7 @@
 
 #include "../core/frame.h"
 #include "../core/shm.h"
+#include "../core/vm.h"
 
 #define FLUSH_BYTES (256u * 1024u)
 #define FLUSH_RESULTS 64
@@ -46,7 +47,17 @@ typedef struct {
     ppc_shm_pool rpool; /* our free result segments */
     ppc_shm_seg *busy;  /* result segments the client has not given back */
     int nbusy;
+    /* big bytes read across processes (vm.h) */
+    int vm_results;     /* VMOK: the client reads holes of our results */
+    int vm_refuse;      /* PPC_TEST_VM_REFUSE: act as if reading the client were refused */
+    int vm_checked;     /* reading the client's memory has worked once */
+    int forked;         /* forked from the client: shares its older pages (vm.h) */
+    PyObject *pins;     /* our result segment id -> list of bytes the client reads */
 } wstate;
+
+/* Read by the client (its address is in our INIT reply) to test that it can
+ * read our memory. */
+static const uint64_t vm_probe = PPC_VM_PROBE;
 
 #define SEGCACHE_MAX 8
 #define BUSY_MAX 64
@@ -419,7 +430,9 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
         goto out;
     PySys_SetObject("stdout", w->capture);
     PySys_SetObject("stderr", w->capture);
-    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, 0, NULL, 0, NULL, 0);
+    /* id: where the client may read PPC_VM_PROBE to test access to our memory */
+    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, (uint64_t)(uintptr_t)&vm_probe, NULL, 0,
+                       NULL, 0);
 out:
     Py_DECREF(d);
     return rc;
@@ -449,16 +462,19 @@ static PyObject *take_output(wstate *w)
 /* The client's argument segment named by the reference at refp, mapped
  * (cached by segment id). New reference, or NULL without an error when it
  * cannot be mapped, NULL with an error on failure. */
-static ppc_ShmMap *map_args(wstate *w, const uint8_t *refp, ppc_shm_ref *r)
+static ppc_ShmMap *map_args(wstate *w, const uint8_t *refp, ppc_shm_ref *r, uint32_t holes)
 {
     ppc_shm_ref_get(refp, r);
-    if (w->refuse_map || r->len == 0)
+    if (w->refuse_map || r->len == 0 || r->len > ((uint64_t)1 << 40))
         return NULL;
+    /* with holes, the mapping must reach the end of the table after the blob */
+    size_t need = holes ? ppc_vm_table_at((size_t)r->len) + ppc_vm_table_len(holes)
+                        : (size_t)r->len;
     PyObject *key = PyLong_FromUnsignedLongLong(r->id);
     if (!key)
         return NULL;
     ppc_ShmMap *m = (ppc_ShmMap *)PyDict_GetItemWithError(w->segcache, key);
-    if (m && m->len >= r->len) {
+    if (m && m->len >= need) {
         Py_INCREF(m);
         /* most recently used last */
         if (PyDict_DelItem(w->segcache, key) < 0 ||
@@ -479,7 +495,8 @@ static ppc_ShmMap *map_args(wstate *w, const uint8_t *refp, ppc_shm_ref *r)
     }
     size_t maplen;
     void *addr;
-    Py_BEGIN_ALLOW_THREADS addr = ppc_shm_map_peer((int)r->pid, (int)r->fd, (size_t)r->len, 1, &maplen);
+    int flags = PPC_MAP_WRITE | (holes ? PPC_MAP_LAZY : 0);
+    Py_BEGIN_ALLOW_THREADS addr = ppc_shm_map_peer((int)r->pid, (int)r->fd, need, flags, &maplen);
     Py_END_ALLOW_THREADS if (!addr)
     {
         Py_DECREF(key);
@@ -533,6 +550,14 @@ static void seg_lend(wstate *w, ppc_shm_seg *s)
 
 static void seg_returned(wstate *w, uint64_t id)
 {
+    if (w->pins && PyDict_GET_SIZE(w->pins) > 0) {
+        /* the client has read the holes: their objects may go */
+        PyObject *key = PyLong_FromUnsignedLongLong(id);
+        if (!key || (PyDict_GetItemWithError(w->pins, key) && PyDict_DelItem(w->pins, key) < 0))
+            PyErr_Clear();
+        PyErr_Clear();
+        Py_XDECREF(key);
+    }
     for (ppc_shm_seg **sp = &w->busy; *sp; sp = &(*sp)->next) {
         if ((*sp)->id == id) {
             ppc_shm_seg *s = *sp;
@@ -557,10 +582,24 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
     size_t est = segs ? ppc_big_estimate(res, 4) : 0;
     ppc_shm_seg *s;
     if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
-        if (ppc_pickle_into_seg(res, w->proto, s) < 0) {
+        /* big bytes stay where they are when the client can read them here */
+        PyObject *pins = w->vm_results ? PyList_New(0) : NULL;
+        if ((w->vm_results && !pins) || ppc_pickle_into_seg(res, w->proto, s, pins) < 0) {
+            Py_XDECREF(pins);
             seg_to_pool(w, s);
             return -1;
         }
+        if (s->ngaps) {
+            PyObject *key = PyLong_FromUnsignedLongLong(s->id);
+            int rc = key ? PyDict_SetItem(w->pins, key, pins) : -1;
+            Py_XDECREF(key);
+            if (rc < 0) {
+                Py_DECREF(pins);
+                seg_to_pool(w, s);
+                return -1;
+            }
+        }
+        Py_XDECREF(pins);
         seg_lend(w, s);
         *rseg = s;
         return 0;
@@ -604,7 +643,7 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     if (seg) {
         ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)seg->fd, seg->id, seg->used};
         ppc_shm_ref_put(refb, &r);
-        aux |= PPC_AUX_SHM;
+        aux |= PPC_AUX_SHM | (seg->ngaps ? PPC_AUX_VM : 0);
     } else {
         pdata = data;
         plen = data ? len : 0;
@@ -628,7 +667,30 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     return 0;
 }
 
-static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t n)
+/* The holes of an argument blob in mapping m: their table, checked, and
+ * whether we can read the client at all. 1: src filled; 0: reading the
+ * client is refused (the job goes back with its holes filled); -1: error. */
+static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, ppc_vm_src *src)
+{
+    if (ppc_vm_table_parse(m->addr, m->len, blob_len, src) < 0 || src->ngaps != holes ||
+        src->pid != (int)getppid()) {
+        PyErr_SetString(PyExc_ValueError, "malformed hole table in the job's arguments");
+        return -1;
+    }
+    src->unpinned = w->forked;
+    if (w->vm_checked)
+        return 1;
+    ppc_vm_gap g;
+    ppc_vm_gap_get(src, 0, &g);
+    uint8_t b;
+    if (w->vm_refuse || ppc_vm_read(src->pid, &b, g.addr, 1, w->forked) < 0)
+        return 0;
+    w->vm_checked = 1;
+    return 1;
+}
+
+static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
+                  size_t n)
 {
     if (n < 8)
         return -1;
@@ -667,9 +729,10 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
         PyObject *args = NULL;
         if (aux & PPC_AUX_SHM) {
             ppc_shm_ref r;
-            if (n != 8 + PPC_SHM_REF_LEN)
+            uint32_t holes = (aux & PPC_AUX_VM) ? extra : 0;
+            if (n != 8 + PPC_SHM_REF_LEN || ((aux & PPC_AUX_VM) && (!holes || holes > PPC_VM_MAX_GAPS)))
                 return -1;
-            argmap = map_args(w, p + 8, &r);
+            argmap = map_args(w, p + 8, &r, holes);
             if (!argmap) {
                 if (PyErr_Occurred())
                     return -1;
@@ -678,7 +741,18 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, const uint8_t *p, size_t
                 return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOSHM, 0, id, pre,
                                      sizeof pre, NULL, 0);
             }
-            args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap);
+            ppc_vm_src src;
+            int hr = holes ? arg_holes(w, argmap, (size_t)r.len, holes, &src) : 1;
+            if (hr == 0) {
+                /* cannot read the client: it fills the holes and sends the job again */
+                Py_DECREF(argmap);
+                uint8_t pre[13] = {0};
+                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOVM, 0, id, pre,
+                                     sizeof pre, NULL, 0);
+            }
+            if (hr > 0)
+                args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
+                                      holes ? &src : NULL);
         } else {
             args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }
@@ -784,14 +858,14 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
     PyObject *ns = ppc_worker_fresh_ns();
     if (!ns)
         return NULL;
-    int rc = ppc_worker_run(fd_in, fd_out, ns);
+    int rc = ppc_worker_run(fd_in, fd_out, ns, 0);
     Py_DECREF(ns);
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns, int forked)
 {
     wstate w;
     memset(&w, 0, sizeof w);
@@ -799,13 +873,16 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
     w.fd_in = fd_in;
     w.fd_out = fd_out;
     w.ns = ns;
+    w.forked = forked;
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     w.fns = PyDict_New();
     w.str_tell = PyUnicode_InternFromString("tell");
     w.proto_obj = PyLong_FromLong(w.proto);
     w.segcache = PyDict_New();
-    if (!w.fns || !w.str_tell || !w.proto_obj || !w.segcache) {
+    w.pins = PyDict_New();
+    if (!w.fns || !w.str_tell || !w.proto_obj || !w.segcache || !w.pins) {
+        Py_XDECREF(w.pins);
         Py_XDECREF(w.fns);
         Py_XDECREF(w.str_tell);
         Py_XDECREF(w.proto_obj);
@@ -814,6 +891,8 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
     }
     const char *refuse = getenv("PPC_TEST_SHM_REFUSE");
     w.refuse_map = refuse && *refuse && *refuse != '0';
+    const char *vref = getenv("PPC_TEST_VM_REFUSE");
+    w.vm_refuse = vref && *vref && *vref != '0';
     ppc_shm_pool_init(&w.rpool, RPOOL_BYTES);
     int ret = -1;
     for (;;) {
@@ -826,11 +905,13 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
         if (rc == PPC_FRAME_OK) {
             int hr = 0;
             if (f.type == PPC_F_JOB)
-                hr = on_job(&w, f.id, f.aux, f.payload, (size_t)f.len);
+                hr = on_job(&w, f.id, f.aux, f.extra, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_SHMDROP)
                 forget_seg(&w, f.id);
             else if (f.type == PPC_F_SHMRET)
                 seg_returned(&w, f.id);
+            else if (f.type == PPC_F_VMOK)
+                w.vm_results = !w.vm_refuse;
             else if (f.type == PPC_F_FUNC)
                 hr = on_func(&w, f.id, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_INIT)
@@ -889,6 +970,7 @@ out:
     Py_XDECREF(w.str_tell);
     Py_XDECREF(w.proto_obj);
     Py_XDECREF(w.segcache);
+    Py_XDECREF(w.pins);
     while (w.busy) {
         ppc_shm_seg *s = w.busy;
         w.busy = s->next;

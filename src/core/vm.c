@@ -1,0 +1,159 @@
+/* vm.c - gap tables and cross-process reads (see vm.h). Every offset and
+ * length from a peer is checked before use. */
+#define _GNU_SOURCE
+#include "vm.h"
+
+#include <errno.h>
+#include <string.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "frame.h"
+
+void ppc_vm_table_put(uint8_t *p, int pid, const ppc_vm_gap *g, uint32_t n)
+{
+    ppc_put_u32(p, PPC_VM_MAGIC);
+    ppc_put_u32(p + 4, n);
+    ppc_put_u32(p + 8, (uint32_t)pid);
+    ppc_put_u32(p + 12, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *e = p + 16 + (size_t)i * 24;
+        ppc_put_u64(e, g[i].off);
+        ppc_put_u64(e + 8, g[i].len);
+        ppc_put_u64(e + 16, g[i].addr);
+    }
+}
+
+int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_vm_src *src)
+{
+    if (!map || blob_len > map_len)
+        return -1;
+    size_t at = ppc_vm_table_at(blob_len);
+    if (at < blob_len || at > map_len || map_len - at < 16)
+        return -1;
+    const uint8_t *t = map + at;
+    uint32_t n = ppc_get_u32(t + 4);
+    uint32_t pid = ppc_get_u32(t + 8);
+    if (ppc_get_u32(t) != PPC_VM_MAGIC || n == 0 || n > PPC_VM_MAX_GAPS || pid == 0 ||
+        pid > 0x7fffffffu || ppc_get_u32(t + 12) != 0 || (map_len - at - 16) / 24 < n)
+        return -1;
+    uint64_t end = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *e = t + 16 + (size_t)i * 24;
+        uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
+        if (len == 0 || off < end || off > blob_len || len > blob_len - off)
+            return -1;
+        end = off + len;
+    }
+    src->pid = (int)pid;
+    src->ngaps = n;
+    src->unpinned = 0;
+    src->entries = t + 16;
+    return 0;
+}
+
+void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g)
+{
+    const uint8_t *e = src->entries + (size_t)i * 24;
+    g->off = ppc_get_u64(e);
+    g->len = ppc_get_u64(e + 8);
+    g->addr = ppc_get_u64(e + 16);
+}
+
+/* process_vm_readv: one copy, the owner's pages pinned while read. */
+static int read_pinned(int pid, uint8_t *d, uint64_t addr, size_t len)
+{
+    while (len > 0) {
+        struct iovec l = {d, len}, r = {(void *)(uintptr_t)addr, len};
+        ssize_t k = process_vm_readv(pid, &l, 1, &r, 1, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EFAULT;
+            return -1;
+        }
+        d += k;
+        addr += (uint64_t)k;
+        len -= (size_t)k;
+    }
+    return 0;
+}
+
+/* /proc/<pid>/mem: the kernel copies page by page through a buffer of its
+ * own, taking page references without pinning. */
+static int read_unpinned(int pid, uint8_t *d, uint64_t addr, size_t len)
+{
+    char path[48];
+    snprintf(path, sizeof path, "/proc/%d/mem", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = 0;
+    while (len > 0) {
+        ssize_t k = pread(fd, d, len, (off_t)addr);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EFAULT;
+            rc = -1;
+            break;
+        }
+        d += k;
+        addr += (uint64_t)k;
+        len -= (size_t)k;
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned)
+{
+    if (pid <= 0 || addr > UINT64_MAX - len || addr + len > (uint64_t)INT64_MAX) {
+        errno = EFAULT;
+        return -1;
+    }
+    return unpinned ? read_unpinned(pid, dst, addr, len) : read_pinned(pid, dst, addr, len);
+}
+
+int ppc_vm_probe(int pid, uint64_t addr)
+{
+    uint64_t v = 0;
+    return pid > 0 && addr && ppc_vm_read(pid, &v, addr, sizeof v, 0) == 0 && v == PPC_VM_PROBE;
+}
+
+int ppc_vm_copy_blob(uint8_t *dst, const uint8_t *map, size_t blob_len, const ppc_vm_src *src)
+{
+    size_t at = 0;
+    for (uint32_t i = 0; i < src->ngaps; i++) {
+        ppc_vm_gap g;
+        ppc_vm_gap_get(src, i, &g);
+        memcpy(dst + at, map + at, (size_t)g.off - at);
+        if (ppc_vm_read(src->pid, dst + g.off, g.addr, (size_t)g.len, src->unpinned) < 0)
+            return -1;
+        at = (size_t)(g.off + g.len);
+    }
+    memcpy(dst + at, map + at, blob_len - at);
+    return 0;
+}
+
+void ppc_vm_fill_own(ppc_shm_seg *s)
+{
+    if (!s || !s->ngaps)
+        return;
+    ppc_vm_src src;
+    if (ppc_vm_table_parse(s->map, s->cap, s->used, &src) == 0) {
+        for (uint32_t i = 0; i < src.ngaps; i++) {
+            ppc_vm_gap g;
+            ppc_vm_gap_get(&src, i, &g);
+            memcpy(s->map + g.off, (const void *)(uintptr_t)g.addr, (size_t)g.len);
+        }
+    }
+    s->ngaps = 0;
+}

@@ -1,0 +1,87 @@
+/* vm.h - large immutable buffers read straight from a peer's memory.
+ *
+ * A big bytes object (an argument, a result) need not be copied into a
+ * shared-memory segment by its owner: the pickle stream is written into the
+ * segment with a hole where the object's bytes belong, and a "gap table"
+ * after the blob names the owner's process and, per hole, the address the
+ * bytes are at. The reader fills a hole with a read of the owner's memory, straight
+ * into the object it is building, so the owner spends no time on the data
+ * and the bytes are copied once, by the side that needs them. The owner
+ * keeps the objects alive until the reader is done (a job's result came
+ * back; a result segment was given back).
+ *
+ * Reading another process's memory needs ptrace access to it (same user;
+ * Yama may restrict it to ancestors, or forbid it): both directions are
+ * probed, and a side that cannot read falls back to segments with the
+ * holes filled by their owner (ppc_vm_fill_own).
+ *
+ * Table, at ppc_vm_table_at(blob length) in the segment:
+ *   u32 magic, u32 ngaps, u32 pid, u32 zero, ngaps x (u64 off, u64 len, u64 addr)
+ * Holes lie inside the blob, in increasing order, without overlap; the
+ * parser checks that before anything trusts them. Nothing here knows Python. */
+#ifndef PPC_VM_H
+#define PPC_VM_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm.h"
+
+#define PPC_VM_MIN_BYTES (1u << 20) /* bytes objects from this size are left as holes */
+#define PPC_VM_MAGIC 0x56435050u    /* "PPCV" */
+#define PPC_VM_MAX_GAPS 4096u
+#define PPC_VM_PROBE 0x45424f5250435050ull /* "PPCPROBE": read by the peer to test access */
+
+typedef struct ppc_vm_gap {
+    uint64_t off, len, addr;
+} ppc_vm_gap;
+
+/* A parsed table: where the holes of a blob are and whose memory fills them. */
+typedef struct ppc_vm_src {
+    int pid;
+    uint32_t ngaps;
+    int unpinned;           /* how to read (ppc_vm_read); the table parser sets 0 */
+    const uint8_t *entries; /* ngaps x 24 bytes, checked by ppc_vm_table_parse */
+} ppc_vm_src;
+
+static inline size_t ppc_vm_table_at(size_t blob_len)
+{
+    return (blob_len + 7) & ~(size_t)7;
+}
+static inline size_t ppc_vm_table_len(uint32_t ngaps)
+{
+    return 16u + (size_t)ngaps * 24u;
+}
+
+/* Write a table of n gaps for process pid at p. */
+void ppc_vm_table_put(uint8_t *p, int pid, const ppc_vm_gap *g, uint32_t n);
+/* The table after a blob of blob_len bytes in a mapping of map_len bytes:
+ * 0 with *src filled, or -1 when it is missing, truncated or names holes
+ * outside the blob, out of order or overlapping. */
+int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_vm_src *src);
+void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g);
+
+/* Copy len bytes at addr in process pid to dst. 0, or -1 with errno set
+ * (EPERM/EACCES/ENOSYS: no access at all; EFAULT: a bad address; ESRCH or
+ * ENOENT: the process is gone). Two ways:
+ * - pinned (process_vm_readv): one copy, the fastest, but pinning a page the
+ *   owner shares copy-on-write with another process breaks the sharing:
+ *   the kernel copies the page in the owner first, and flushes TLBs on
+ *   every CPU the owner runs on, for each page;
+ * - unpinned (/proc/<pid>/mem): page references without pins, the data
+ *   copied through a kernel page. A forked worker reads its client this
+ *   way, since the client's data from before the fork is shared with it. */
+int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned);
+/* 1 when this process may read pid's memory (8 bytes at addr must hold
+ * PPC_VM_PROBE), else 0. */
+int ppc_vm_probe(int pid, uint64_t addr);
+
+/* Copy a blob of blob_len bytes whose holes src describes into dst: the
+ * parts between holes from the mapping, the holes from the peer. 0 or -1
+ * (errno set). */
+int ppc_vm_copy_blob(uint8_t *dst, const uint8_t *map, size_t blob_len, const ppc_vm_src *src);
+
+/* Fill the holes of a segment of our own from our own memory (the objects
+ * must still be alive): afterwards it is an ordinary segment. */
+void ppc_vm_fill_own(ppc_shm_seg *s);
+
+#endif

@@ -1,0 +1,144 @@
+/* test_vm.c - unit tests of vm.c: the hole table (round trip and every
+ * rejection), reading memory across processes both ways (pinned and not;
+ * from a forked child, and of a process that is gone), the access probe,
+ * copying a blob with holes, and filling a segment's holes from our own
+ * memory. */
+#define _GNU_SOURCE
+#include "ctest.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "shm.h"
+#include "vm.h"
+
+static const uint64_t probe_word = PPC_VM_PROBE;
+
+TEST(vm_table_roundtrip_and_rejections)
+{
+    uint8_t m[256];
+    memset(m, 0xee, sizeof m);
+    ppc_vm_gap g[2] = {{8, 16, 0x1000}, {30, 10, 0x2000}};
+    size_t blob = 45, at = ppc_vm_table_at(blob);
+    CHECK_EQ_U64(at, 48);
+    ppc_vm_table_put(m + at, 1234, g, 2);
+    size_t end = at + ppc_vm_table_len(2);
+    ppc_vm_src src;
+    REQUIRE(ppc_vm_table_parse(m, end, blob, &src) == 0);
+    CHECK_EQ_INT(src.pid, 1234);
+    CHECK_EQ_INT((int)src.ngaps, 2);
+    ppc_vm_gap q;
+    ppc_vm_gap_get(&src, 1, &q);
+    CHECK(q.off == 30 && q.len == 10 && q.addr == 0x2000);
+    /* truncated mapping, blob beyond the mapping, table missing */
+    CHECK(ppc_vm_table_parse(m, end - 1, blob, &src) < 0);
+    CHECK(ppc_vm_table_parse(m, 40, blob, &src) < 0);
+    CHECK(ppc_vm_table_parse(m, end, 60, &src) < 0);
+    /* a hole reaching past the blob, overlapping, empty, out of order */
+    ppc_vm_gap bad[][2] = {{{8, 16, 1}, {30, 16, 1}},
+                           {{8, 16, 1}, {20, 4, 1}},
+                           {{8, 0, 1}, {30, 4, 1}},
+                           {{30, 4, 1}, {8, 4, 1}}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ppc_vm_table_put(m + at, 1234, bad[i], 2);
+        CHECK_MSG(ppc_vm_table_parse(m, end, blob, &src) < 0, "bad table %zu accepted", i);
+    }
+    /* bad magic, pid 0, too many holes */
+    ppc_vm_table_put(m + at, 1234, g, 2);
+    m[at] ^= 1;
+    CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
+    ppc_vm_table_put(m + at, 0, g, 2);
+    CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
+    ppc_vm_table_put(m + at, 1234, g, 2);
+    ppc_put_u32(m + at + 4, PPC_VM_MAX_GAPS + 1);
+    CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
+    ppc_put_u32(m + at + 4, 0);
+    CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
+}
+
+TEST(vm_read_across_a_fork)
+{
+    size_t n = 3u << 20;
+    uint8_t *src = malloc(n);
+    REQUIRE(src != NULL);
+    for (size_t i = 0; i < n; i++)
+        src[i] = (uint8_t)(i * 7 + 3);
+    int pfd[2];
+    REQUIRE(pipe(pfd) == 0);
+    pid_t parent = getpid();
+    pid_t c = fork();
+    REQUIRE(c >= 0);
+    if (c == 0) {
+        /* the child reads its parent (pages shared copy-on-write) both ways */
+        uint8_t *d = malloc(n);
+        int ok = d && ppc_vm_probe(parent, (uint64_t)(uintptr_t)&probe_word);
+        for (int unpinned = 0; ok && unpinned < 2; unpinned++) {
+            memset(d, 0, n);
+            ok = ppc_vm_read(parent, d, (uint64_t)(uintptr_t)src, n, unpinned) == 0 &&
+                 memcmp(d, src, n) == 0;
+        }
+        char r = ok ? 'y' : 'n';
+        if (write(pfd[1], &r, 1) != 1)
+            _exit(2);
+        pause(); /* stay alive for the parent's read */
+        _exit(0);
+    }
+    close(pfd[1]);
+    char r = 0;
+    CHECK(read(pfd[0], &r, 1) == 1 && r == 'y');
+    /* the parent reads the child: the probe word at the same address */
+    CHECK(ppc_vm_probe(c, (uint64_t)(uintptr_t)&probe_word));
+    CHECK(!ppc_vm_probe(c, (uint64_t)(uintptr_t)src)); /* not the probe value */
+    uint8_t small[64];
+    CHECK(ppc_vm_read(c, small, (uint64_t)(uintptr_t)src, sizeof small, 0) == 0 &&
+          memcmp(small, src, sizeof small) == 0);
+    /* a bad address fails cleanly */
+    errno = 0;
+    CHECK(ppc_vm_read(c, small, 8, sizeof small, 0) < 0 && errno == EFAULT);
+    CHECK(ppc_vm_read(c, small, 8, sizeof small, 1) < 0);
+    CHECK(ppc_vm_read(c, small, UINT64_MAX - 4, sizeof small, 0) < 0);
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    /* a process that is gone */
+    CHECK(ppc_vm_read(c, small, (uint64_t)(uintptr_t)src, sizeof small, 0) < 0);
+    CHECK(ppc_vm_read(c, small, (uint64_t)(uintptr_t)src, sizeof small, 1) < 0);
+    CHECK(!ppc_vm_probe(c, (uint64_t)(uintptr_t)&probe_word));
+    close(pfd[0]);
+    free(src);
+}
+
+TEST(vm_copy_blob_and_fill_own)
+{
+    /* a blob "AAAA" hole(6) "BB" hole(3) "C" whose holes are our own data */
+    const char *h1 = "123456", *h2 = "xyz";
+    ppc_shm_seg *s = ppc_shm_create(4096, 1);
+    REQUIRE(s != NULL);
+    memcpy(s->map, "AAAA", 4);
+    memcpy(s->map + 10, "BB", 2);
+    memcpy(s->map + 15, "C", 1);
+    s->used = 16;
+    ppc_vm_gap g[2] = {{4, 6, (uint64_t)(uintptr_t)h1}, {12, 3, (uint64_t)(uintptr_t)h2}};
+    ppc_vm_table_put(s->map + ppc_vm_table_at(16), (int)getpid(), g, 2);
+    s->ngaps = 2;
+    ppc_vm_src src;
+    REQUIRE(ppc_vm_table_parse(s->map, s->cap, 16, &src) == 0);
+    uint8_t out[16];
+    for (int unpinned = 0; unpinned < 2; unpinned++) {
+        memset(out, 0, sizeof out);
+        src.unpinned = unpinned;
+        CHECK(ppc_vm_copy_blob(out, s->map, 16, &src) == 0);
+        CHECK_MEM(out, 16, "AAAA123456BBxyzC", 16);
+    }
+    ppc_vm_fill_own(s);
+    CHECK_EQ_INT((int)s->ngaps, 0);
+    CHECK_MEM(s->map, 16, "AAAA123456BBxyzC", 16);
+    ppc_shm_free(s);
+}
+
+int main(int argc, char **argv)
+{
+    return ctest_main(argc, argv);
+}
