@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <stdio.h>
@@ -13,12 +14,12 @@
 
 #include "frame.h"
 
-void ppc_vm_table_put(uint8_t *p, int pid, const ppc_vm_gap *g, uint32_t n)
+void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, uint32_t n)
 {
     ppc_put_u32(p, PPC_VM_MAGIC);
     ppc_put_u32(p + 4, n);
     ppc_put_u32(p + 8, (uint32_t)pid);
-    ppc_put_u32(p + 12, 0);
+    ppc_put_u32(p + 12, flags);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *e = p + 16 + (size_t)i * 24;
         ppc_put_u64(e, g[i].off);
@@ -38,7 +39,7 @@ int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_
     uint32_t n = ppc_get_u32(t + 4);
     uint32_t pid = ppc_get_u32(t + 8);
     if (ppc_get_u32(t) != PPC_VM_MAGIC || n == 0 || n > PPC_VM_MAX_GAPS || pid == 0 ||
-        pid > 0x7fffffffu || ppc_get_u32(t + 12) != 0 || (map_len - at - 16) / 24 < n)
+        pid > 0x7fffffffu || (ppc_get_u32(t + 12) & ~PPC_VM_F_SHARED) || (map_len - at - 16) / 24 < n)
         return -1;
     uint64_t end = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -50,7 +51,7 @@ int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_
     }
     src->pid = (int)pid;
     src->ngaps = n;
-    src->unpinned = 0;
+    src->unpinned = (ppc_get_u32(t + 12) & PPC_VM_F_SHARED) != 0;
     src->entries = t + 16;
     return 0;
 }
@@ -120,6 +121,49 @@ int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned)
         return -1;
     }
     return unpinned ? read_unpinned(pid, dst, addr, len) : read_pinned(pid, dst, addr, len);
+}
+
+int ppc_vm_maybe_shared(const void *p, size_t len)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0 || len == 0)
+        return 1;
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t pages[3] = {a, a + len / 2, a + len - 1};
+    int shared = 0;
+    for (int i = 0; i < 3 && !shared; i++) {
+        uint64_t e;
+        off_t at = (off_t)(pages[i] / (uintptr_t)ps) * (off_t)sizeof e;
+        if (pread(fd, &e, sizeof e, at) != (ssize_t)sizeof e) {
+            shared = 1;
+            break;
+        }
+        /* bit 63: present; bit 56: exclusively mapped */
+        if ((e >> 63) & 1)
+            shared = !((e >> 56) & 1);
+    }
+    close(fd);
+    return shared;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL: a hint only */
+#endif
+
+int ppc_fill_fresh(void *dst, size_t len, const void *local, int pid, uint64_t addr, int unpinned)
+{
+    uintptr_t pg = 4096, lo = ((uintptr_t)dst + pg - 1) & ~(pg - 1),
+              hi = ((uintptr_t)dst + len) & ~(pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+    if (local) {
+        memcpy(dst, local, len);
+        return 0;
+    }
+    return ppc_vm_read(pid, dst, addr, len, unpinned);
 }
 
 int ppc_vm_probe(int pid, uint64_t addr)

@@ -16,7 +16,10 @@
  * holes filled by their owner (ppc_vm_fill_own).
  *
  * Table, at ppc_vm_table_at(blob length) in the segment:
- *   u32 magic, u32 ngaps, u32 pid, u32 zero, ngaps x (u64 off, u64 len, u64 addr)
+ *   u32 magic, u32 ngaps, u32 pid, u32 flags, ngaps x (u64 off, u64 len, u64 addr)
+ * flags: PPC_VM_F_SHARED when some of the bytes sit on pages the owner
+ * shares copy-on-write (data older than a fork): the reader then reads
+ * without pinning (see ppc_vm_read).
  * Holes lie inside the blob, in increasing order, without overlap; the
  * parser checks that before anything trusts them. Nothing here knows Python. */
 #ifndef PPC_VM_H
@@ -30,6 +33,7 @@
 #define PPC_VM_MAGIC 0x56435050u    /* "PPCV" */
 #define PPC_VM_MAX_GAPS 4096u
 #define PPC_VM_PROBE 0x45424f5250435050ull /* "PPCPROBE": read by the peer to test access */
+#define PPC_VM_F_SHARED 1u
 
 typedef struct ppc_vm_gap {
     uint64_t off, len, addr;
@@ -39,7 +43,7 @@ typedef struct ppc_vm_gap {
 typedef struct ppc_vm_src {
     int pid;
     uint32_t ngaps;
-    int unpinned;           /* how to read (ppc_vm_read); the table parser sets 0 */
+    int unpinned;           /* how to read (ppc_vm_read): the table's PPC_VM_F_SHARED */
     const uint8_t *entries; /* ngaps x 24 bytes, checked by ppc_vm_table_parse */
 } ppc_vm_src;
 
@@ -53,7 +57,7 @@ static inline size_t ppc_vm_table_len(uint32_t ngaps)
 }
 
 /* Write a table of n gaps for process pid at p. */
-void ppc_vm_table_put(uint8_t *p, int pid, const ppc_vm_gap *g, uint32_t n);
+void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, uint32_t n);
 /* The table after a blob of blob_len bytes in a mapping of map_len bytes:
  * 0 with *src filled, or -1 when it is missing, truncated or names holes
  * outside the blob, out of order or overlapping. */
@@ -69,8 +73,22 @@ void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g);
  *   every CPU the owner runs on, for each page;
  * - unpinned (/proc/<pid>/mem): page references without pins, the data
  *   copied through a kernel page. A forked worker reads its client this
- *   way, since the client's data from before the fork is shared with it. */
+ *   way when the table says the owner's pages are shared. */
 int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned);
+/* 1 when a page of ours in [p, p + len) is also mapped by another process
+ * (copy-on-write after a fork), judged by its first, middle and last pages
+ * in /proc/self/pagemap ("exclusively mapped" bit); 1 too when that cannot
+ * be read, since an unpinned read is only slower, a pinned one of shared
+ * pages much slower. */
+int ppc_vm_maybe_shared(const void *p, size_t len);
+/* Fill dst[0..len), fresh memory, from local (our own memory) or, local
+ * being NULL, from pid's memory at addr, after faulting its pages in with
+ * one madvise(MADV_POPULATE_WRITE) rather than one fault each: on a virtual
+ * machine, first touch of fresh memory costs more than the copy. (Filling
+ * the two halves from two threads was measured too: no gain on 2 CPUs, the
+ * other processes of a transfer keep both busy.) 0 or -1 (errno). */
+int ppc_fill_fresh(void *dst, size_t len, const void *local, int pid, uint64_t addr,
+                   int unpinned);
 /* 1 when this process may read pid's memory (8 bytes at addr must hold
  * PPC_VM_PROBE), else 0. */
 int ppc_vm_probe(int pid, uint64_t addr);

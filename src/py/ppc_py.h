@@ -126,7 +126,7 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main *
 PyObject *ppc_worker_fresh_ns(void);
 /* The worker loop on fd_in/fd_out, shipped code living in ns, until the
  * client closes the pipe: 0, or -1 with a Python error set. */
-int ppc_worker_run(int fd_in, int fd_out, PyObject *ns, int forked);
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns);
 
 /* fastpickle.c: scalars, tuples of them and lists of scalars as pickle
  * opcodes by hand. ppc_fast_dumps: length of the pickle in b->data, 0 when

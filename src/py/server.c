@@ -287,7 +287,7 @@ static void forked_worker(int fd_in, int fd_out, pid_t client)
     if (getppid() != client)
         _exit(0); /* the client died before we could ask to die with it */
     PyObject *ns = ppc_worker_fresh_ns();
-    int rc = ns ? ppc_worker_run(3, 4, ns, 1) : -1;
+    int rc = ns ? ppc_worker_run(3, 4, ns) : -1;
     if (rc < 0) {
         PyErr_Print();
         PyObject *err = PySys_GetObject("stderr");

@@ -85,6 +85,7 @@ typedef struct {
     PyObject *pins;   /* list, or NULL: big bytes are left as holes (vm.h) */
     ppc_vm_gap *gaps; /* the holes, in stream order */
     uint32_t ngaps, capgaps;
+    uint32_t vmflags; /* PPC_VM_F_SHARED once a hole's pages are shared */
 } SegWriter;
 
 /* A big bytes object the pickler hands over whole (the payload of a BINBYTES
@@ -117,6 +118,8 @@ static int SegWriter_hole(SegWriter *self, PyObject *arg)
     g->off = self->pos;
     g->len = n;
     g->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(arg);
+    if (!self->vmflags && ppc_vm_maybe_shared(PyBytes_AS_STRING(arg), n))
+        self->vmflags = PPC_VM_F_SHARED;
     self->pos += n;
     return 1;
 }
@@ -183,6 +186,7 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
     wr->pins = pins;
     wr->gaps = NULL;
     wr->ngaps = wr->capgaps = 0;
+    wr->vmflags = 0;
     seg->ngaps = 0;
     PyObject *bufs = PyList_New(0), *pk = NULL, *r = NULL, *append = NULL;
     Py_ssize_t ret = -1;
@@ -235,7 +239,8 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
     ppc_oob_finish(seg->map, at, stream_len, (uint32_t)nb, offs, lens);
     seg->used = total;
     if (wr->ngaps) {
-        ppc_vm_table_put(seg->map + ppc_vm_table_at(total), (int)getpid(), wr->gaps, wr->ngaps);
+        ppc_vm_table_put(seg->map + ppc_vm_table_at(total), (int)getpid(), wr->vmflags, wr->gaps,
+                         wr->ngaps);
         seg->ngaps = wr->ngaps;
     }
     ret = (Py_ssize_t)total;
@@ -269,17 +274,11 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg)
 /* A large bytes object, or a 1-tuple of one, is the common big payload
  * (an argument, a result). Its new object is filled here rather than by
  * the unpickler: from the segment, or from its owner's memory when it is a
- * hole (vm.h), after faulting its pages in with one madvise: on a virtual
- * machine, first touch of fresh memory is the main cost of moving large
- * data, and one populate call is cheaper than 16,384 faults per 64 MB.
- * (Transparent huge pages were tried: 3x faster when the host has backed
- * the memory before, 5x slower when it has not, both seen here.) NULL
- * without an exception when the stream is not of that shape. */
-#ifndef MADV_POPULATE_WRITE
-#define PPC_MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL */
-#else
-#define PPC_MADV_POPULATE_WRITE MADV_POPULATE_WRITE
-#endif
+ * hole (vm.h), by ppc_fill_fresh: on a virtual machine, first touch of
+ * fresh memory is the main cost of moving large data. (Transparent huge
+ * pages were tried: 3x faster when the host has backed the memory before,
+ * 5x slower when it has not, both seen here.) NULL without an exception
+ * when the stream is not of that shape. */
 static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
 {
     size_t i = 0;
@@ -305,6 +304,8 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
             return NULL;
     }
     size_t k = at + len;
+    if (k + 9 <= n && p[k] == 0x95) /* FRAME: the pickler starts one after a big write */
+        k += 9;
     if (k < n && p[k] == 0x94) /* MEMOIZE */
         k++;
     int tuple = k < n && p[k] == 0x85; /* TUPLE1 */
@@ -319,15 +320,9 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
     if (!b)
         return NULL;
     char *d = PyBytes_AS_STRING(b);
-    /* fault the fresh pages in with one call rather than one fault each
-     * (whole pages inside the object only; a hint: failure is harmless) */
-    uintptr_t pg = 4096;
-    uintptr_t lo = ((uintptr_t)d + pg - 1) & ~(pg - 1), hi = ((uintptr_t)d + len) & ~(pg - 1);
-    if (hi > lo)
-        madvise((void *)lo, hi - lo, PPC_MADV_POPULATE_WRITE);
-    int rc = 0;
-    Py_BEGIN_ALLOW_THREADS if (vm) rc = ppc_vm_read(vm->pid, d, g.addr, len, vm->unpinned);
-    else memcpy(d, p + at, len);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)
+                                   : ppc_fill_fresh(d, len, p + at, 0, 0, 0);
     Py_END_ALLOW_THREADS if (rc < 0)
     {
         PyErr_SetFromErrno(PyExc_OSError);

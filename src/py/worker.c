@@ -51,7 +51,6 @@ typedef struct {
     int vm_results;     /* VMOK: the client reads holes of our results */
     int vm_refuse;      /* PPC_TEST_VM_REFUSE: act as if reading the client were refused */
     int vm_checked;     /* reading the client's memory has worked once */
-    int forked;         /* forked from the client: shares its older pages (vm.h) */
     PyObject *pins;     /* our result segment id -> list of bytes the client reads */
 } wstate;
 
@@ -677,13 +676,12 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
         PyErr_SetString(PyExc_ValueError, "malformed hole table in the job's arguments");
         return -1;
     }
-    src->unpinned = w->forked;
     if (w->vm_checked)
         return 1;
     ppc_vm_gap g;
     ppc_vm_gap_get(src, 0, &g);
     uint8_t b;
-    if (w->vm_refuse || ppc_vm_read(src->pid, &b, g.addr, 1, w->forked) < 0)
+    if (w->vm_refuse || ppc_vm_read(src->pid, &b, g.addr, 1, src->unpinned) < 0)
         return 0;
     w->vm_checked = 1;
     return 1;
@@ -858,14 +856,14 @@ PyObject *ppc_worker_main(PyObject *mod, PyObject *args)
     PyObject *ns = ppc_worker_fresh_ns();
     if (!ns)
         return NULL;
-    int rc = ppc_worker_run(fd_in, fd_out, ns, 0);
+    int rc = ppc_worker_run(fd_in, fd_out, ns);
     Py_DECREF(ns);
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-int ppc_worker_run(int fd_in, int fd_out, PyObject *ns, int forked)
+int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
 {
     wstate w;
     memset(&w, 0, sizeof w);
@@ -873,7 +871,6 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns, int forked)
     w.fd_in = fd_in;
     w.fd_out = fd_out;
     w.ns = ns;
-    w.forked = forked;
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     w.fns = PyDict_New();

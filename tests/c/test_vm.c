@@ -1,6 +1,7 @@
 /* test_vm.c - unit tests of vm.c: the hole table (round trip and every
  * rejection), reading memory across processes both ways (pinned and not;
  * from a forked child, and of a process that is gone), the access probe,
+ * telling pages shared copy-on-write,
  * copying a blob with holes, and filling a segment's holes from our own
  * memory. */
 #define _GNU_SOURCE
@@ -24,7 +25,7 @@ TEST(vm_table_roundtrip_and_rejections)
     ppc_vm_gap g[2] = {{8, 16, 0x1000}, {30, 10, 0x2000}};
     size_t blob = 45, at = ppc_vm_table_at(blob);
     CHECK_EQ_U64(at, 48);
-    ppc_vm_table_put(m + at, 1234, g, 2);
+    ppc_vm_table_put(m + at, 1234, 0, g, 2);
     size_t end = at + ppc_vm_table_len(2);
     ppc_vm_src src;
     REQUIRE(ppc_vm_table_parse(m, end, blob, &src) == 0);
@@ -33,6 +34,12 @@ TEST(vm_table_roundtrip_and_rejections)
     ppc_vm_gap q;
     ppc_vm_gap_get(&src, 1, &q);
     CHECK(q.off == 30 && q.len == 10 && q.addr == 0x2000);
+    CHECK_EQ_INT(src.unpinned, 0);
+    ppc_vm_table_put(m + at, 1234, PPC_VM_F_SHARED, g, 2);
+    REQUIRE(ppc_vm_table_parse(m, end, blob, &src) == 0);
+    CHECK_EQ_INT(src.unpinned, 1);
+    ppc_vm_table_put(m + at, 1234, 2, g, 2); /* an unknown flag */
+    CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
     /* truncated mapping, blob beyond the mapping, table missing */
     CHECK(ppc_vm_table_parse(m, end - 1, blob, &src) < 0);
     CHECK(ppc_vm_table_parse(m, 40, blob, &src) < 0);
@@ -43,16 +50,16 @@ TEST(vm_table_roundtrip_and_rejections)
                            {{8, 0, 1}, {30, 4, 1}},
                            {{30, 4, 1}, {8, 4, 1}}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        ppc_vm_table_put(m + at, 1234, bad[i], 2);
+        ppc_vm_table_put(m + at, 1234, 0, bad[i], 2);
         CHECK_MSG(ppc_vm_table_parse(m, end, blob, &src) < 0, "bad table %zu accepted", i);
     }
     /* bad magic, pid 0, too many holes */
-    ppc_vm_table_put(m + at, 1234, g, 2);
+    ppc_vm_table_put(m + at, 1234, 0, g, 2);
     m[at] ^= 1;
     CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
-    ppc_vm_table_put(m + at, 0, g, 2);
+    ppc_vm_table_put(m + at, 0, 0, g, 2);
     CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
-    ppc_vm_table_put(m + at, 1234, g, 2);
+    ppc_vm_table_put(m + at, 1234, 0, g, 2);
     ppc_put_u32(m + at + 4, PPC_VM_MAX_GAPS + 1);
     CHECK(ppc_vm_table_parse(m, end, blob, &src) < 0);
     ppc_put_u32(m + at + 4, 0);
@@ -110,6 +117,39 @@ TEST(vm_read_across_a_fork)
     free(src);
 }
 
+TEST(vm_maybe_shared_follows_fork)
+{
+    size_t n = 4u << 20;
+    uint8_t *p = malloc(n);
+    REQUIRE(p != NULL);
+    memset(p, 1, n);
+    CHECK_EQ_INT(ppc_vm_maybe_shared(p, n), 0);
+    int pfd[2];
+    REQUIRE(pipe(pfd) == 0);
+    pid_t c = fork();
+    REQUIRE(c >= 0);
+    if (c == 0) {
+        char r = 'r';
+        if (write(pfd[1], &r, 1) != 1)
+            _exit(2);
+        pause();
+        _exit(0);
+    }
+    char r;
+    REQUIRE(read(pfd[0], &r, 1) == 1);
+    CHECK_EQ_INT(ppc_vm_maybe_shared(p, n), 1); /* copy-on-write with the child */
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    CHECK_EQ_INT(ppc_vm_maybe_shared(p, n), 0);
+    uint8_t *q = malloc(n); /* never touched: nothing to share */
+    REQUIRE(q != NULL);
+    CHECK_EQ_INT(ppc_vm_maybe_shared(q, n), 0);
+    close(pfd[0]);
+    close(pfd[1]);
+    free(p);
+    free(q);
+}
+
 TEST(vm_copy_blob_and_fill_own)
 {
     /* a blob "AAAA" hole(6) "BB" hole(3) "C" whose holes are our own data */
@@ -121,7 +161,7 @@ TEST(vm_copy_blob_and_fill_own)
     memcpy(s->map + 15, "C", 1);
     s->used = 16;
     ppc_vm_gap g[2] = {{4, 6, (uint64_t)(uintptr_t)h1}, {12, 3, (uint64_t)(uintptr_t)h2}};
-    ppc_vm_table_put(s->map + ppc_vm_table_at(16), (int)getpid(), g, 2);
+    ppc_vm_table_put(s->map + ppc_vm_table_at(16), (int)getpid(), 0, g, 2);
     s->ngaps = 2;
     ppc_vm_src src;
     REQUIRE(ppc_vm_table_parse(s->map, s->cap, 16, &src) == 0);
