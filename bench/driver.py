@@ -39,7 +39,7 @@ def build_cases():
     c = [
         dict(id="isprime", group="isprime", script="isprime.py", impls=ALL),
         dict(id="startup", group="startup", script="startup.py", impls=["mp", "ppft", "ppc"]),
-        dict(id="echo_bytes", group="echo", script="echo.py", impls=["bare"] + ALL),
+        dict(id="echo_bytes", group="echo", script="echo.py", impls=["bare", "bare_shm"] + ALL),
         dict(id="echo_numpy", group="echo", script="echo.py", impls=ALL),
         dict(id="sum_primes", group="coarse", script="coarse.py", impls=["bare"] + ALL),
         dict(id="mandelbrot", group="coarse", script="coarse.py", impls=["bare"] + ALL),
@@ -90,7 +90,7 @@ def resolve_interpreters():
     have_ppc_venv = os.path.exists(ppc_py)
     base_py = ppc_py if have_ppc_venv else sys.executable
     interp = {}
-    for impl in ("serial", "mp", "bare"):
+    for impl in ("serial", "mp", "bare", "bare_shm"):
         interp[impl] = dict(py=base_py, env=base_env, ok=True, why="")
     # ppft
     if os.path.exists(ppft_py):
@@ -489,10 +489,13 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     mp_e, pc_e = med("echo_bytes", "mp"), med("echo_bytes", "ppc")
     mp_n, pc_n = med("echo_numpy", "mp"), med("echo_numpy", "ppc")
     extra_np = "" if pc_n is None or not mp_n else "; numpy variant %.1fx (informative)" % (pc_n / mp_n)
-    ba_e = med("echo_bytes", "bare")
+    ba_e, bs_e = med("echo_bytes", "bare"), med("echo_bytes", "bare_shm")
     extra_lim = "" if ba_e is None or not mp_e else (
         "; limit of any copying design (bare) %.0f MB/s = %.1fx mp, ppc at %.0f%% of it" % (
             ba_e, ba_e / mp_e, 100.0 * (pc_e or 0) / ba_e))
+    if bs_e is not None and mp_e:
+        extra_lim += "; of a design copying only into workers' shared memory (bare_shm) " \
+                     "%.0f MB/s = %.1fx mp" % (bs_e, bs_e / mp_e)
     t_rows.append(("3. 4 x %s MB bytes echo >= 10x mp throughput" % ("8" if args.quick else "64"),
                    "-" if pc_e is None else "%.0f vs %.0f MB/s: %.1fx%s%s" % (
                        pc_e, mp_e, pc_e / mp_e, extra_np, extra_lim),
@@ -577,7 +580,7 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     mbytes = "8" if args.quick else "64"
     for cid, what in (("echo_bytes", "bytes"), ("echo_numpy", "numpy float64 arrays")):
         table(cid, "3. Echo 4 x %s MB %s (MB/s, higher is better)" % (mbytes, what),
-              (["bare"] if cid == "echo_bytes" else []) + ALL,
+              (["bare", "bare_shm"] if cid == "echo_bytes" else []) + ALL,
               note="MB/s = payload MB moved one way / time = 4 x %s MB / (first submit to last "
                    "result); each payload also travels back. serial = in-process "
                    "`pickle.loads(pickle.dumps(x, 5))` of the same payloads: the serialization "
@@ -586,8 +589,11 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
                    "objects per payload (the argument in a worker, the result in the client), "
                    "so bare has %s forked processes fill 2 x 4 fresh areas of the payload's "
                    "size between them (pages faulted in with one madvise, then memcpy), "
-                   "no framework; on this VM first touch of fresh memory is the main cost."
-                   % facts["nproc"]),
+                   "no framework; on this VM first touch of fresh memory is the main cost. "
+                   "bare_shm = the same for a design that never copies results into the "
+                   "client (it would map the worker's shared memory): %s processes fill 4 "
+                   "fresh shared-memory (memfd) areas between them." % (facts["nproc"],
+                                                                        facts["nproc"])),
               ratio_col=("x mp", lambda i, c=cid: fx(ratio(med(c, i), med(c, "mp")))))
     if args.quick:
         coarse_titles = (("sum_primes", "4a. Coarse (quick): seed sum_primes, 8 inputs 20000..20700"),

@@ -20,7 +20,7 @@ def parse_args(extra=None):
     """--impl and --case for every script, plus the script's own options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
-                    choices=["serial", "mp", "ppft", "ppc", "bare"])
+                    choices=["serial", "mp", "ppft", "ppc", "bare", "bare_shm"])
     ap.add_argument("--case", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)

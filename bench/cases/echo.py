@@ -9,7 +9,9 @@
 # in the client), so bare has N forked processes (N = CPUs) fill 2 x 4 fresh
 # 64 MB areas between them (anonymous memory, pages faulted in with one
 # madvise, then a memcpy from a payload), with no framework, and reports
-# 4 x 64 MB / that time.
+# 4 x 64 MB / that time. --impl bare_shm is the same for a design that
+# never copies a result into the client (the client would map the worker's
+# shared memory): 4 fresh shared-memory (memfd) areas filled.
 import mmap
 import os
 import pickle
@@ -19,8 +21,14 @@ import common
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def fill_fresh(src):
-    m = mmap.mmap(-1, len(src))
+def fill_fresh(src, shared=False):
+    if shared:
+        fd = os.memfd_create("bench")
+        os.ftruncate(fd, len(src))
+        m = mmap.mmap(fd, len(src))
+        os.close(fd)
+    else:
+        m = mmap.mmap(-1, len(src))
     try:
         m.madvise(MADV_POPULATE_WRITE)
     except OSError:
@@ -29,11 +37,12 @@ def fill_fresh(src):
     return m
 
 
-def bare(payloads, nproc):
-    """2 fresh copies of every payload, shared out between nproc forked
-    processes; returns the time from a common start signal to the last
-    process done filling (forks and exits are not counted)."""
-    work = [p for p in payloads for _ in range(2)]
+def bare(payloads, nproc, shared=False):
+    """2 fresh copies of every payload (1 into shared memory when shared),
+    shared out between nproc forked processes; returns the time from a
+    common start signal to the last process done filling (forks and exits
+    are not counted)."""
+    work = [p for p in payloads for _ in range(1 if shared else 2)]
     go_r, go_w = os.pipe()
     done_r, done_w = os.pipe()
     kids = []
@@ -43,7 +52,7 @@ def bare(payloads, nproc):
             ok = False
             try:
                 os.read(go_r, 1)
-                keep = [fill_fresh(work[i]) for i in range(k, len(work), nproc)]
+                keep = [fill_fresh(work[i], shared) for i in range(k, len(work), nproc)]
                 ok = all(m[:16] == work[k + nproc * j][:16] for j, m in enumerate(keep))
                 os.write(done_w, b"y" if ok else b"n")
             finally:
@@ -89,9 +98,9 @@ def main(args):
     common.PHASE[0] = "make payloads"
     payloads = make_payloads(kind, n, mb * 1024 * 1024)
     extra = {}
-    if impl == "bare":
+    if impl in ("bare", "bare_shm"):
         common.PHASE[0] = "run"
-        t = bare(payloads, common.ncpus())
+        t = bare(payloads, common.ncpus(), shared=impl == "bare_shm")
         out = payloads
     elif impl == "serial":
         common.PHASE[0] = "run"
