@@ -121,11 +121,15 @@ def test_job_dropped_before_its_worker_read_the_bytes(fresh_server, tmp_path):
     assert stats(s)["held"] == 1  # the server keeps the bytes for the worker
     junk = [os.urandom(8 * MB) for _ in range(4)]  # reuse freed memory, if any
     assert busy() == 1
-    s.wait()
+    s.wait()  # also lets go of the bytes of dropped Jobs now finished
+    assert stats(s)["held"] == 0
     with open(out) as f:
         assert f.read() == want
     del junk
+    payload = os.urandom(2 * MB)
+    s.submit(digest_to, (payload, out + "2"))  # dropped, and held while it runs
     s.submit(echo, (1,))()  # a submit sweeps what finished
+    s.wait()
     assert stats(s)["held"] == 0
 
 

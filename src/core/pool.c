@@ -559,6 +559,9 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *
         return -1;
     ppc_shm_ref r;
     ppc_shm_ref_get(area + 5 + outlen, &r);
+    /* given back whatever happens below; the frame is only queued, so the
+     * worker cannot release the segment (or its holes' objects) before
+     * this function has read them */
     ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, r.id, NULL, 0, NULL, 0);
     if ((int)r.pid != (int)w->pid || r.len > p->e->opts.max_frame || r.len > SIZE_MAX - n)
         return -1;

@@ -974,6 +974,8 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
     }
     if (ppc_wait_interruptible(self->engine, NULL, gid, 1) < 0)
         return NULL;
+    if (self->vm_held && PyList_GET_SIZE(self->vm_held) > 0)
+        ppc_server_sweep_pins(self, 0); /* bytes of dropped Jobs now finished */
     Py_RETURN_NONE;
 }
 
