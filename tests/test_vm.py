@@ -217,3 +217,23 @@ def test_main_class_next_to_big_bytes(tmp_path):
     # the class travels with the job; the client filled the hole itself, since
     # the scan for __main__ names needs the whole stream: no hole was left
     assert r.stdout.split() == ["('Box',", str(3 << 20) + ")", "0"]
+
+
+def test_many_in_flight_segments_reused(fresh_server):
+    # many jobs with holes both ways at once: argument and result segments
+    # are reused while other jobs still read theirs
+    import random
+    rnd = random.Random(7)
+    s = fresh_server(2)
+    payloads = [os.urandom(MB + rnd.randrange(3 * MB)) for _ in range(8)]
+    jobs = []
+    for i in range(40):
+        a, b = payloads[i % 8], payloads[(i * 3) % 8]
+        shape = i % 4
+        args = (a,) if shape == 0 else ((a, b),) if shape == 1 else ({"k": a, "n": i},) \
+            if shape == 2 else ([b, i, a],)
+        jobs.append((args, s.submit(echo, args)))
+    for args, j in jobs:
+        assert j() == args[0]
+    st = stats(s)
+    assert st["arg_holes"] >= 40 and st["result_holes"] >= 10
