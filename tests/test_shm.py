@@ -2,7 +2,9 @@
 src/py/shmpy.c): bytes and numpy payloads, nested structures, pinned
 arguments, segment reuse with many jobs in flight, a worker killed
 mid-job, a ppserver on loopback, the pipe fallback when /proc/<pid>/fd is
-refused, and no fd or mapping left behind after destroy()."""
+refused, no fd or mapping left behind after destroy(), and large results
+waiting in workers: restart=True, a shrinking pool, a worker killed before
+its result was taken."""
 import os
 import signal
 import time
@@ -47,6 +49,12 @@ def sleepy(x, t):
     import time
     time.sleep(t)
     return len(x)
+
+
+def sleepy_echo(x, t):
+    import time
+    time.sleep(t)
+    return x
 
 
 def make(n, seed=0):
@@ -204,3 +212,43 @@ def test_no_fd_or_mapping_leak_after_destroy():
     gc.collect()
     assert _memfd_maps() == before_maps
     assert _fds() <= before_fds
+
+
+def test_restart_large_result_taken_late(fresh_server):
+    # restart=True retires each worker after one job: its large results
+    # must not wait in it (they travel inline), or they would die with it
+    s = fresh_server(1, restart=True)
+    big = os.urandom(3 * MB)
+    j = s.submit(echo, (big,))
+    s.submit(len, (b"x",))()  # the first worker is gone by now
+    time.sleep(0.3)
+    assert j() == big
+
+
+def test_shrink_keeps_worker_until_its_results_are_taken(fresh_server):
+    s = fresh_server(2)
+    bigs = [os.urandom(3 * MB + i) for i in range(2)]
+    jobs = [s.submit(sleepy_echo, (b, 0.2)) for b in bigs]
+    s.wait()
+    s.set_ncpus(1)
+    time.sleep(0.5)
+    assert len(s._worker_pids()) == 2  # the retired one still holds a result
+    assert [j() for j in jobs] == bigs
+    deadline = time.time() + 10
+    while len(s._worker_pids()) > 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(s._worker_pids()) == 1  # and leaves once it was taken
+
+
+def test_large_result_of_a_worker_killed_before_it_was_taken(fresh_server):
+    s = fresh_server(1)
+    big = os.urandom(3 * MB)
+    j = s.submit(echo, (big,))
+    s.wait()
+    for pid in s._worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    with pytest.raises(pp.RemoteError) as ei:
+        j()
+    assert "has exited since" in str(ei.value.__cause__)
+    assert s.submit(echo, (big,))() == big  # the replacement serves

@@ -45,6 +45,7 @@ typedef struct ppc_worker {
     ppc_buf out, in;
     ppc_job *fl_head, *fl_tail; /* jobs sent, in order */
     int inflight;
+    int lent; /* result segments of this worker the client still reads from */
     ppc_u64set fns; /* function ids this worker has */
     uint64_t done;
     double avg_ns;

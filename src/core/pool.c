@@ -215,7 +215,7 @@ static void retire(ppc_pool *p, ppc_worker *w)
         w->retiring = 1;
         p->nlive--;
     }
-    if (w->inflight == 0)
+    if (w->inflight == 0 && w->lent == 0)
         close_write(p, w); /* the worker sees EOF and exits */
 }
 
@@ -540,6 +540,11 @@ void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id)
     for (ppc_worker *w = p->workers; w; w = w->next) {
         if ((int)w->pid == pid && w->fd_w >= 0) {
             ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, seg_id, NULL, 0, NULL, 0);
+            if (w->lent > 0)
+                w->lent--;
+            /* a retired worker stays until the client has read its results */
+            if (w->retiring && w->inflight == 0 && w->lent == 0)
+                close_write(p, w);
             return;
         }
     }
@@ -657,6 +662,8 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         j->result_len = n;
         j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM | PPC_AUX_VM);
         j->status = PPC_JOB_OK;
+        if (f->aux & PPC_AUX_SHM)
+            w->lent++; /* the result lives in the worker until the client reads it */
     }
     w->done++;
     double x = (double)j->exec_ns;
@@ -665,7 +672,7 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     if (e->opts.restart && !w->retiring) {
         retire(p, w);
         ppc_pool_set_target(p, p->target);
-    } else if (w->retiring && w->inflight == 0) {
+    } else if (w->retiring && w->inflight == 0 && w->lent == 0) {
         close_write(p, w);
     }
     return 0;

@@ -143,8 +143,17 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
     }
     ppc_shm_ref r;
     ppc_shm_ref_get(area, &r);
-    if (!is_worker_pid(self->server, (int)r.pid) || r.len > ((uint64_t)1 << 40)) {
-        PyErr_SetString(PyExc_ValueError, "shared-memory result of an unknown worker");
+    if (r.len > ((uint64_t)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "malformed shared-memory result reference");
+        return NULL;
+    }
+    if (!is_worker_pid(self->server, (int)r.pid)) {
+        /* a large result waits in its worker until taken; a worker that
+         * died in a later job (or was killed) took it along */
+        PyErr_Format(PyExc_RuntimeError,
+                     "worker process %d, which holds this job's large result until it is taken, "
+                     "has exited since",
+                     (int)r.pid);
         return NULL;
     }
     size_t maplen = 0;

@@ -109,8 +109,11 @@ static PyObject *build_init(ppc_Server *self)
     Py_DECREF(os_getcwd);
     if (!cwd)
         return NULL;
-    PyObject *d = Py_BuildValue("{sOsOsisi}", "path", path ? path : Py_None, "cwd", cwd, "proto",
-                                self->proto, "shm", self->shm);
+    /* lend: results may stay in the worker's segments until taken; not with
+     * restart=True, where each worker retires after one job (a retired
+     * worker with results lent would have to linger until they are taken) */
+    PyObject *d = Py_BuildValue("{sOsOsisisi}", "path", path ? path : Py_None, "cwd", cwd,
+                                "proto", self->proto, "shm", self->shm, "lend", !self->restart);
     Py_DECREF(cwd);
     if (!d)
         return NULL;

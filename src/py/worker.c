@@ -42,6 +42,7 @@ typedef struct {
                            back (its clock reading starts the next), or 0 */
     /* large data (shm.h) */
     int shm;            /* INIT: segments allowed */
+    int lend;           /* INIT: results may wait in our segments until taken */
     int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
     PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
     ppc_shm_pool rpool; /* our free result segments */
@@ -409,6 +410,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     Py_XSETREF(w->proto_obj, proto);
     PyObject *shm = PyDict_GetItemString(d, "shm");
     w->shm = shm && PyObject_IsTrue(shm) == 1;
+    PyObject *lend = PyDict_GetItemString(d, "lend");
+    w->lend = !lend || PyObject_IsTrue(lend) == 1;
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -577,7 +580,7 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
 {
     if ((*fn = ppc_fast_dumps(res, w->proto, fb)) > 0)
         return 0;
-    int segs = w->shm && w->nbusy < BUSY_MAX;
+    int segs = w->shm && w->lend && w->nbusy < BUSY_MAX;
     size_t est = segs ? ppc_big_estimate(res, 4) : 0;
     ppc_shm_seg *s;
     if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
