@@ -155,8 +155,9 @@ int ppc_vm_maybe_shared(const void *p, size_t len)
 
 int ppc_fill_fresh(void *dst, size_t len, const void *local, int pid, uint64_t addr, int unpinned)
 {
-    uintptr_t pg = 4096, lo = ((uintptr_t)dst + pg - 1) & ~(pg - 1),
-              hi = ((uintptr_t)dst + len) & ~(pg - 1);
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t lo = ((uintptr_t)dst + pg - 1) & ~(pg - 1), hi = ((uintptr_t)dst + len) & ~(pg - 1);
     if (hi > lo)
         madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
     if (local) {

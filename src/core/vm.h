@@ -4,11 +4,11 @@
  * shared-memory segment by its owner: the pickle stream is written into the
  * segment with a hole where the object's bytes belong, and a "gap table"
  * after the blob names the owner's process and, per hole, the address the
- * bytes are at. The reader fills a hole with a read of the owner's memory, straight
- * into the object it is building, so the owner spends no time on the data
- * and the bytes are copied once, by the side that needs them. The owner
- * keeps the objects alive until the reader is done (a job's result came
- * back; a result segment was given back).
+ * bytes are at. The reader fills a hole with a read of the owner's memory,
+ * straight into the object it is building, so the owner spends no time on
+ * the data and the bytes are copied once, by the side that needs them. The
+ * owner keeps the objects alive until the reader is done (a job's result
+ * came back; a result segment was given back).
  *
  * Reading another process's memory needs ptrace access to it (same user;
  * Yama may restrict it to ancestors, or forbid it): both directions are
