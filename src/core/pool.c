@@ -625,25 +625,17 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         w->fl_tail = NULL;
     w->inflight--;
     j->next = NULL;
-    if (f->aux & PPC_AUX_NOSHM) {
-        /* the worker cannot map our segments: from now on arguments go
-         * inline; this job did not run and goes back to the front */
-        if (atomic_exchange(&e->shm_on, 0))
-            ppc_engine_log(e, PPC_LOG_WARNING,
-                           "worker %d cannot map shared memory (/proc/<pid>/fd refused); "
-                           "large arguments go through the pipe",
-                           (int)w->pid);
-        ppc_engine_requeue_front(e, j);
-        return 0;
-    }
-    if (f->aux & PPC_AUX_NOVM) {
-        /* the worker cannot read our memory: from now on holes are filled
-         * here; this job did not run and goes back to the front */
-        if (atomic_exchange(&e->vm_on, 0))
-            ppc_engine_log(e, PPC_LOG_WARNING,
-                           "worker %d cannot read this process's memory (process_vm_readv "
-                           "refused); large bytes are copied into shared memory",
-                           (int)w->pid);
+    if (f->aux & (PPC_AUX_NOSHM | PPC_AUX_NOVM)) {
+        /* the worker cannot map our segments (NOSHM: from now on arguments
+         * go inline) or read our memory (NOVM: from now on holes are
+         * filled here); this job did not run and goes back to the front */
+        int noshm = (f->aux & PPC_AUX_NOSHM) != 0;
+        if (atomic_exchange(noshm ? &e->shm_on : &e->vm_on, 0))
+            ppc_engine_log(e, PPC_LOG_WARNING, "worker %d %s", (int)w->pid,
+                           noshm ? "cannot map shared memory (/proc/<pid>/fd refused); large "
+                                   "arguments go through the pipe"
+                                 : "cannot read this process's memory (process_vm_readv "
+                                   "refused); large bytes are copied into shared memory");
         ppc_engine_requeue_front(e, j);
         return 0;
     }
