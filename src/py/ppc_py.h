@@ -50,7 +50,6 @@ typedef struct {
     uint64_t next_fid;
     int proto;
     int shm; /* large arguments and results through shared memory */
-    int vm;  /* big bytes arguments read by workers from our memory (vm.h) */
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */

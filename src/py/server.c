@@ -440,7 +440,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         shm = 0;
     self->shm = shm;
     const char *env_vm = getenv("PPC_VM");
-    self->vm = shm && !(env_vm && *env_vm == '0');
+    int vm = shm && !(env_vm && *env_vm == '0');
     self->restart = restart;
     self->raise_exceptions = raise_exc;
     self->socket_timeout = timeout;
@@ -503,7 +503,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     o.init_len = (size_t)PyBytes_GET_SIZE(init);
     o.restart = restart;
     o.no_shm = !shm;
-    o.no_vm = !self->vm;
+    o.no_vm = !vm;
     const char *noprobe = getenv("PPC_TEST_VM_NOPROBE"); /* tests: results copied */
     o.vm_no_results = noprobe && *noprobe && *noprobe != '0';
     o.py_major = PY_MAJOR_VERSION;
@@ -859,7 +859,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         (seg = ppc_engine_shm_get(self->engine, est + (1u << 20)))) {
         uint32_t nb;
         /* big bytes stay where they are: the worker reads them from here */
-        if (self->vm && ppc_engine_vm_on(self->engine) && !(pins = PyList_New(0)))
+        if (ppc_engine_vm_on(self->engine) && !(pins = PyList_New(0)))
             goto done;
         if (ppc_pickle_into_seg(call_args, self->proto, seg, pins) < 0 ||
             ppc_oob_parse(seg->map, seg->used, &pn, &nb) < 0)

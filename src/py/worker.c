@@ -555,9 +555,8 @@ static void seg_returned(wstate *w, uint64_t id)
     if (w->pins && PyDict_GET_SIZE(w->pins) > 0) {
         /* the client has read the holes: their objects may go */
         PyObject *key = PyLong_FromUnsignedLongLong(id);
-        if (!key || (PyDict_GetItemWithError(w->pins, key) && PyDict_DelItem(w->pins, key) < 0))
-            PyErr_Clear();
-        PyErr_Clear();
+        if (!key || PyDict_DelItem(w->pins, key) < 0)
+            PyErr_Clear(); /* that segment had no holes */
         Py_XDECREF(key);
     }
     for (ppc_shm_seg **sp = &w->busy; *sp; sp = &(*sp)->next) {
