@@ -58,7 +58,7 @@ static void mix(uint64_t *d, uint64_t v)
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_RGNRET) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
 }
 
 /* The contract of ppc_frame_parse(head, avail, FUZZ_FRAME_LIMIT, f) -> rc. */
@@ -316,12 +316,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ppc_vm_src vs;
     if (ppc_vm_table_parse(data, size, size / 2, &vs) == 0) {
         FUZZ_ASSERT(vs.ngaps >= 1 && vs.ngaps <= PPC_VM_MAX_GAPS && vs.pid > 0);
-        FUZZ_ASSERT(vs.entries >= data && vs.entries + (size_t)vs.ngaps * 24 <= data + size);
+        FUZZ_ASSERT(vs.entries >= data && vs.entries + (size_t)vs.ngaps * PPC_VM_ENTRY <= data + size);
         uint64_t end = 0;
         for (uint32_t i = 0; i < vs.ngaps; i++) {
             ppc_vm_gap g;
             ppc_vm_gap_get(&vs, i, &g);
             FUZZ_ASSERT(g.len > 0 && g.off >= end && g.off + g.len <= size / 2);
+            FUZZ_ASSERT(g.rid ? g.fd <= 0x7fffffffu : g.fd == 0);
             end = g.off + g.len;
         }
     }

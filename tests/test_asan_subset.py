@@ -292,3 +292,54 @@ def test_bytes_read_in_place(srv, monkeypatch):
         finally:
             s.destroy()
         monkeypatch.delenv(var)
+
+
+def test_results_mapped_from_worker_regions():
+    # big results in worker regions (region.c): adopted by the client, given
+    # back and reused, kept across a fork of the client, a fork inside a
+    # worker, and a bytearray grown past the region size in a worker
+    import gc
+    import hashlib
+    s = pp.Server(1)
+    try:
+        for _ in range(2):
+            s.submit(lambda t: __import__("time").sleep(t), (0.02,))
+        s.wait()
+        before = s._data_stats()["regions"]["adopted"]
+        rs = [s.submit(lambda n, c: bytes([c]) * n, (2 << 20, i))() for i in range(4)]
+        assert [r == bytes([i]) * (2 << 20) for i, r in enumerate(rs)] == [True] * 4
+        assert s._data_stats()["regions"]["adopted"] == before + 4
+        del rs[1:]
+        gc.collect()
+
+        def grow(n):
+            ba = bytearray(n)  # a region, then grown in place (realloc)
+            for k in range(1, 8):
+                ba += bytes([k]) * n
+            del ba[n // 2:n]  # and shrunk
+            return bytes(ba)
+        g = s.submit(grow, (1 << 20,))()
+        assert g == bytes(1 << 19) + b"".join(bytes([k]) * (1 << 20) for k in range(1, 8))
+        want = hashlib.sha256(rs[0]).hexdigest()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if hashlib.sha256(rs[0]).hexdigest() == want else 1)
+        del rs
+        gc.collect()
+        assert s.submit(lambda n: b"\xff" * n, (2 << 20,))() == b"\xff" * (2 << 20)
+        _, st = os.waitpid(pid, 0)
+        assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+
+        def fork_here(n):
+            import os
+            big = os.urandom(n)
+            keep = bytes(big)
+            p = os.fork()
+            if p == 0:
+                os._exit(0 if big == keep else 1)
+            del big
+            junk = [b"\x01" * n for _ in range(2)]
+            return os.WEXITSTATUS(os.waitpid(p, 0)[1]), len(junk)
+        assert s.submit(fork_here, (2 << 20,))() == (0, 2)
+    finally:
+        s.destroy()

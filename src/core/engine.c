@@ -8,6 +8,7 @@
  * blocks except in epoll_wait, and never runs caller code. */
 #define _GNU_SOURCE
 #include "engine_int.h"
+#include "frame.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -289,9 +290,12 @@ static void *engine_main(void *arg)
             e->nshmret = e->capshmret = 0;
         }
         pthread_mutex_unlock(&e->mu);
-        for (size_t i = 0; i < nrets; i++)
-            if (e->pool)
+        for (size_t i = 0; i < nrets && e->pool; i++) {
+            if (rets[i].type == PPC_F_SHMRET)
                 ppc_pool_shm_return(e->pool, rets[i].pid, rets[i].id);
+            else
+                ppc_pool_note(e->pool, rets[i].pid, rets[i].type, rets[i].aux, rets[i].id);
+        }
         free(rets);
 
         e->batch = evs;
@@ -870,7 +874,7 @@ int ppc_engine_vm_on(ppc_engine *e)
     return atomic_load(&e->vm_on) && atomic_load(&e->shm_on);
 }
 
-void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
+static void worker_note(ppc_engine *e, int pid, uint8_t type, uint8_t aux, uint64_t id)
 {
     pthread_mutex_lock(&e->mu);
     if (!e->stopping && !e->stopped) {
@@ -884,10 +888,22 @@ void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
         }
         if (e->nshmret < e->capshmret) {
             e->shmret[e->nshmret].pid = pid;
-            e->shmret[e->nshmret].id = seg_id;
+            e->shmret[e->nshmret].type = type;
+            e->shmret[e->nshmret].aux = aux;
+            e->shmret[e->nshmret].id = id;
             e->nshmret++;
             wake_locked(e);
         }
     }
     pthread_mutex_unlock(&e->mu);
+}
+
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
+{
+    worker_note(e, pid, PPC_F_SHMRET, 0, seg_id);
+}
+
+void ppc_engine_region_note(ppc_engine *e, int pid, uint64_t rid, int keep, int drop)
+{
+    worker_note(e, pid, keep ? PPC_F_RGNKEEP : PPC_F_RGNRET, drop ? PPC_AUX_RGN_DROP : 0, rid);
 }

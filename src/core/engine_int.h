@@ -153,7 +153,9 @@ struct ppc_engine {
     int nrn, caprn;
     int nclients;
     int64_t last_client_activity;
-    struct ppc_shmret { int pid; uint64_t id; } *shmret; /* result segments to give back */
+    /* frames for local workers from other threads, sent in order: result
+     * segments given back (SHMRET), regions kept or given back (RGN*) */
+    struct ppc_shmret { int pid; uint8_t type; uint8_t aux; uint64_t id; } *shmret;
     size_t nshmret, capshmret;
 
     /* thread-safe itself */
@@ -200,6 +202,8 @@ int64_t ppc_now_ms(void);
 
 /* pool.c: large data */
 void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id);
+/* Any other frame without payload for local worker pid, if it is alive. */
+void ppc_pool_note(ppc_pool *p, int pid, uint8_t type, uint8_t aux, uint64_t id);
 /* The job no longer needs its argument segment: back to the pool, or
  * destroyed (pinned: a worker still uses it); workers forget dropped ones. */
 void ppc_pool_args_done(ppc_pool *p, ppc_job *j, int pinned);

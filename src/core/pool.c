@@ -550,6 +550,16 @@ void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id)
     }
 }
 
+void ppc_pool_note(ppc_pool *p, int pid, uint8_t type, uint8_t aux, uint64_t id)
+{
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        if ((int)w->pid == pid && w->fd_w >= 0) {
+            ppc_frame_put(&w->out, type, 0, aux, 0, id, NULL, 0, NULL, 0);
+            return;
+        }
+    }
+}
+
 /* A worker's result in its segment, for a job of a remote client: copy the
  * blob into the job (an inline OOB blob), holes filled from the worker's
  * memory, and give the segment back. area = u8 kind, u32 outlen, output,

@@ -21,10 +21,13 @@ void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, 
     ppc_put_u32(p + 8, (uint32_t)pid);
     ppc_put_u32(p + 12, flags);
     for (uint32_t i = 0; i < n; i++) {
-        uint8_t *e = p + 16 + (size_t)i * 24;
+        uint8_t *e = p + 16 + (size_t)i * PPC_VM_ENTRY;
         ppc_put_u64(e, g[i].off);
         ppc_put_u64(e + 8, g[i].len);
         ppc_put_u64(e + 16, g[i].addr);
+        ppc_put_u64(e + 24, g[i].rid);
+        ppc_put_u32(e + 32, g[i].rid ? g[i].fd : 0);
+        ppc_put_u32(e + 36, 0);
     }
 }
 
@@ -39,13 +42,18 @@ int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_
     uint32_t n = ppc_get_u32(t + 4);
     uint32_t pid = ppc_get_u32(t + 8);
     if (ppc_get_u32(t) != PPC_VM_MAGIC || n == 0 || n > PPC_VM_MAX_GAPS || pid == 0 ||
-        pid > 0x7fffffffu || (ppc_get_u32(t + 12) & ~PPC_VM_F_SHARED) || (map_len - at - 16) / 24 < n)
+        pid > 0x7fffffffu || (ppc_get_u32(t + 12) & ~PPC_VM_F_SHARED) || (map_len - at - 16) / PPC_VM_ENTRY < n)
         return -1;
     uint64_t end = 0;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *e = t + 16 + (size_t)i * 24;
+        const uint8_t *e = t + 16 + (size_t)i * PPC_VM_ENTRY;
         uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
         if (len == 0 || off < end || off > blob_len || len > blob_len - off)
+            return -1;
+        /* a region's descriptor is a small number; a plain hole has none */
+        uint64_t rid = ppc_get_u64(e + 24);
+        uint32_t fd = ppc_get_u32(e + 32);
+        if (ppc_get_u32(e + 36) != 0 || (rid ? fd > 0x7fffffffu : fd != 0))
             return -1;
         end = off + len;
     }
@@ -58,10 +66,12 @@ int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_
 
 void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g)
 {
-    const uint8_t *e = src->entries + (size_t)i * 24;
+    const uint8_t *e = src->entries + (size_t)i * PPC_VM_ENTRY;
     g->off = ppc_get_u64(e);
     g->len = ppc_get_u64(e + 8);
     g->addr = ppc_get_u64(e + 16);
+    g->rid = ppc_get_u64(e + 24);
+    g->fd = ppc_get_u32(e + 32);
 }
 
 /* process_vm_readv: one copy, the owner's pages pinned while read. */

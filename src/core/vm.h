@@ -16,7 +16,11 @@
  * holes filled by their owner (ppc_vm_fill_own).
  *
  * Table, at ppc_vm_table_at(blob length) in the segment:
- *   u32 magic, u32 ngaps, u32 pid, u32 flags, ngaps x (u64 off, u64 len, u64 addr)
+ *   u32 magic, u32 ngaps, u32 pid, u32 flags,
+ *   ngaps x (u64 off, u64 len, u64 addr, u64 rid, u32 fd, u32 zero)
+ * rid, when not 0, says the bytes object of the hole sits alone in a
+ * shared-memory region of its owner (region.h), open as descriptor fd: the
+ * reader may map the region instead of copying the bytes.
  * flags: PPC_VM_F_SHARED when some of the bytes sit on pages the owner
  * shares copy-on-write (data older than a fork): the reader then reads
  * without pinning (see ppc_vm_read).
@@ -37,14 +41,17 @@
 
 typedef struct ppc_vm_gap {
     uint64_t off, len, addr;
+    uint64_t rid; /* the owner's region holding the object, or 0 */
+    uint32_t fd;  /* that region's descriptor in the owner */
 } ppc_vm_gap;
+#define PPC_VM_ENTRY 40u
 
 /* A parsed table: where the holes of a blob are and whose memory fills them. */
 typedef struct ppc_vm_src {
     int pid;
     uint32_t ngaps;
     int unpinned;           /* how to read (ppc_vm_read): the table's PPC_VM_F_SHARED */
-    const uint8_t *entries; /* ngaps x 24 bytes, checked by ppc_vm_table_parse */
+    const uint8_t *entries; /* ngaps x PPC_VM_ENTRY bytes, checked by ppc_vm_table_parse */
 } ppc_vm_src;
 
 static inline size_t ppc_vm_table_at(size_t blob_len)
@@ -53,7 +60,7 @@ static inline size_t ppc_vm_table_at(size_t blob_len)
 }
 static inline size_t ppc_vm_table_len(uint32_t ngaps)
 {
-    return 16u + (size_t)ngaps * 24u;
+    return 16u + (size_t)ngaps * PPC_VM_ENTRY;
 }
 
 /* Write a table of n gaps for process pid at p. */

@@ -22,6 +22,12 @@
 #include <unistd.h>
 
 
+/* Adopted result regions kept or given back: frames for their worker. */
+static void region_note(void *ctx, int pid, uint64_t rid, int keep, int drop)
+{
+    ppc_engine_region_note((ppc_engine *)ctx, pid, rid, keep, drop);
+}
+
 static int detect_ncpus(void)
 {
     cpu_set_t set;
@@ -587,6 +593,11 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     }
     self->engine = e;
+    self->regions = ppc_region_chan_new(region_note, e);
+    if (!self->regions) {
+        PyErr_NoMemory();
+        return -1;
+    }
     if (0) {
     fail_early:
         PyMem_Free(cenv);
@@ -692,7 +703,7 @@ static int holes_mention_main(ppc_shm_seg *seg, size_t stream_len)
         return 1;
     size_t at = 0;
     for (uint32_t i = 0; i <= src.ngaps; i++) {
-        ppc_vm_gap g = {stream_len, 0, 0};
+        ppc_vm_gap g = {stream_len, 0, 0, 0, 0};
         if (i < src.ngaps)
             ppc_vm_gap_get(&src, i, &g);
         size_t end = g.off < stream_len ? (size_t)g.off : stream_len;
@@ -987,9 +998,18 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
 static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
-    return Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
-                         "result_holes", (unsigned long long)self->vm_result_holes, "held",
-                         self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
+    PyObject *d = Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
+                                "result_holes", (unsigned long long)self->vm_result_holes, "held",
+                                self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
+    PyObject *r = d ? ppc_region_stats_dict() : NULL; /* this process's, all Servers */
+    if (r) {
+        int rc = PyDict_SetItemString(d, "regions", r);
+        Py_DECREF(r);
+        if (rc == 0)
+            return d;
+    }
+    Py_XDECREF(d);
+    return NULL;
 }
 
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
@@ -1100,6 +1120,8 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
+    ppc_region_chan_close(self->regions); /* adopted results outlive the workers */
+    self->regions = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
     Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
@@ -1279,6 +1301,8 @@ static int Server_clear(ppc_Server *self)
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
+    ppc_region_chan_close(self->regions);
+    self->regions = NULL;
     if (self->engine) {
         ppc_engine *e = self->engine;
         self->engine = NULL;

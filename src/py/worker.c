@@ -689,6 +689,18 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
     return 1;
 }
 
+/* The client can read our memory: results may leave holes, and big objects
+ * may live in regions the client maps (region.h) when results may wait in
+ * our segments (not with restart=True) and PPC_REGIONS is not 0. */
+static void vm_ok(wstate *w)
+{
+    w->vm_results = !w->vm_refuse;
+    const char *e = getenv("PPC_REGIONS");
+    if (w->vm_results && w->lend && w->shm && !(e && !strcmp(e, "0")) &&
+        ppc_region_worker_start() < 0)
+        PyErr_Clear();
+}
+
 static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
                   size_t n)
 {
@@ -752,7 +764,7 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
             }
             if (hr > 0)
                 args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
-                                      holes ? &src : NULL);
+                                      holes ? &src : NULL, NULL);
         } else {
             args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }
@@ -910,7 +922,11 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
             else if (f.type == PPC_F_SHMRET)
                 seg_returned(&w, f.id);
             else if (f.type == PPC_F_VMOK)
-                w.vm_results = !w.vm_refuse;
+                vm_ok(&w);
+            else if (f.type == PPC_F_RGNKEEP)
+                ppc_region_keep(f.id);
+            else if (f.type == PPC_F_RGNRET)
+                ppc_region_give_back(f.id, (f.aux & PPC_AUX_RGN_DROP) != 0);
             else if (f.type == PPC_F_FUNC)
                 hr = on_func(&w, f.id, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_INIT)
