@@ -80,8 +80,17 @@ void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g);
  *   every CPU the owner runs on, for each page;
  * - unpinned (/proc/<pid>/mem): page references without pins, the data
  *   copied through a kernel page. A forked worker reads its client this
- *   way when the table says the owner's pages are shared. */
+ *   way when the table says the owner's pages are shared.
+ * Unpinned, whole pages that are the very physical pages this process has
+ * at the same addresses (copy-on-write sharing since a fork: the forked
+ * worker already holds the client's old data) are copied from our own
+ * memory, 2-4x faster. That is judged by page frame numbers in both
+ * processes' /proc/<pid>/pagemap, exact but shown only to a process with
+ * CAP_SYS_ADMIN; elsewhere every page is read from the owner. */
 int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned);
+/* Bytes ppc_vm_read copied from our own memory since the process started:
+ * for tests. */
+uint64_t ppc_vm_local_bytes(void);
 /* 1 when a page of ours in [p, p + len) is also mapped by another process
  * (copy-on-write after a fork), judged by its first, middle and last pages
  * in /proc/self/pagemap ("exclusively mapped" bit); 1 too when that cannot
