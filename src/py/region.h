@@ -35,7 +35,7 @@
 #include <stdint.h>
 
 #define PPC_REGION_MIN ((size_t)1 << 20)        /* allocations from this size get regions */
-#define PPC_REGION_POOL ((size_t)512 << 20)     /* free regions kept per process, bytes */
+#define PPC_REGION_POOL ((size_t)256 << 20)     /* free regions kept per process, bytes */
 #define PPC_REGION_MAX 512                      /* regions of ours (descriptors) at once */
 
 /* Worker: from now on, big allocations get regions. 0 or -1 (errno). */
