@@ -41,7 +41,7 @@ typedef struct region {
 
 static struct {
     int installed;         /* our wrapper is in the allocator chain */
-    int alloc;             /* big allocations get regions (worker) */
+    int lend;              /* we make regions for objects (worker) */
     size_t page;
     PyMemAllocatorEx prev; /* what we wrapped */
     region *tab[NBUCKETS];
@@ -152,7 +152,7 @@ static void shrink(region *r, size_t cap)
     r->cap = cap;
 }
 
-static void *region_alloc(size_t n, int zero)
+static void *region_alloc(size_t n)
 {
     size_t cap = round_page(n);
     region *best = NULL;
@@ -165,8 +165,6 @@ static void *region_alloc(size_t n, int zero)
             shrink(best, cap);
         best->in_use = 1;
         g.st.reused++;
-        if (zero)
-            memset(best->base, 0, n);
         return best->base;
     }
     if (g.nown >= PPC_REGION_MAX)
@@ -199,7 +197,6 @@ static void *region_alloc(size_t n, int zero)
     tab_add(r);
     g.nown++;
     g.st.made++;
-    (void)zero; /* a new memfd reads as zeros */
     return m;
 }
 
@@ -238,58 +235,14 @@ static void release(region *r)
 
 /* ------------------------------------------------------------ wrappers */
 
-static void *h_malloc(void *ctx, size_t n)
-{
-    (void)ctx;
-    if (g.alloc && n >= PPC_REGION_MIN) {
-        void *p = region_alloc(n, 0);
-        if (p)
-            return p;
-    }
-    return g.prev.malloc(g.prev.ctx, n);
-}
-
-static void *h_calloc(void *ctx, size_t ne, size_t es)
-{
-    (void)ctx;
-    if (g.alloc && es && ne <= SIZE_MAX / es && ne * es >= PPC_REGION_MIN) {
-        void *p = region_alloc(ne * es, 1);
-        if (p)
-            return p;
-    }
-    return g.prev.calloc(g.prev.ctx, ne, es);
-}
-
+/* realloc of a region: only a bytes object still being built is resized,
+ * never one of ours; should it happen, the object moves out. */
 static void *h_realloc(void *ctx, void *p, size_t n)
 {
-    (void)ctx;
-    if (!p)
-        return h_malloc(NULL, n);
     region *r = find(p);
     if (!r)
-        return g.prev.realloc(g.prev.ctx, p, n);
-    if (!n)
-        n = 1;
-    if (!r->adopted && !r->anon && !r->forked && r->holds == 0 && r->fd >= 0) {
-        size_t cap = round_page(n);
-        if (cap <= r->cap) {
-            if (r->cap - cap > (2u << 20) && r->cap / 2 > cap)
-                shrink(r, cap);
-            return r->base;
-        }
-        if (fallocate(r->fd, 0, 0, (off_t)cap) == 0 || (errno != ENOSPC && ftruncate(r->fd, (off_t)cap) == 0)) {
-            void *m = mremap(r->base, r->cap, cap, MREMAP_MAYMOVE);
-            if (m != MAP_FAILED) {
-                tab_del(r);
-                r->base = m;
-                r->cap = cap;
-                tab_add(r);
-                return m;
-            }
-        }
-    }
-    /* adopted, lent, or no room: a new home, and this region let go */
-    void *q = h_malloc(NULL, n);
+        return g.prev.realloc(ctx, p, n);
+    void *q = g.prev.malloc(g.prev.ctx, n ? n : 1);
     if (!q)
         return NULL;
     memcpy(q, r->base, n < r->cap ? n : r->cap);
@@ -299,12 +252,11 @@ static void *h_realloc(void *ctx, void *p, size_t n)
 
 static void h_free(void *ctx, void *p)
 {
-    (void)ctx;
     region *r = find(p);
     if (r)
         release(r);
     else
-        g.prev.free(g.prev.ctx, p);
+        g.prev.free(ctx, p);
 }
 
 /* ------------------------------------------------------------ fork */
@@ -349,7 +301,7 @@ static void at_prepare(void)
  * parent's), nothing lent, nobody to tell about adopted ones. */
 static void at_child(void)
 {
-    g.alloc = 0;
+    g.lend = 0;
     while (g.pool) {
         region *r = g.pool;
         pool_unlink(r);
@@ -385,7 +337,9 @@ static int install(void)
     /* ids unlikely to match a dead worker's whose pid came back */
     g.next_rid = seed & ~(uint64_t)0xffffffffu;
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &g.prev);
-    PyMemAllocatorEx h = {NULL, h_malloc, h_calloc, h_realloc, h_free};
+    /* allocations go straight to what we wrap (its own context): only
+     * realloc and free need to tell regions apart */
+    PyMemAllocatorEx h = {g.prev.ctx, g.prev.malloc, g.prev.calloc, h_realloc, h_free};
     PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &h);
     g.installed = 1;
     pthread_atfork(at_prepare, NULL, at_child);
@@ -424,8 +378,22 @@ int ppc_region_worker_start(void)
         return -1;
     }
     install();
-    g.alloc = 1;
+    g.lend = 1;
     return 0;
+}
+
+PyObject *ppc_region_bytes(size_t len)
+{
+    if (!g.lend || len > PY_SSIZE_T_MAX - BYTES_HDR - 1)
+        return NULL;
+    uint8_t *m = region_alloc(BYTES_HDR + len + 1);
+    if (!m)
+        return NULL;
+    Py_hash_t h = -1;
+    memcpy(m + BYTES_HDR - sizeof h, &h, sizeof h);
+    m[BYTES_HDR + len] = 0;
+    PyObject_InitVar((PyVarObject *)m, &PyBytes_Type, (Py_ssize_t)len);
+    return (PyObject *)m;
 }
 
 int ppc_region_lendable(PyObject *o, uint64_t *rid, uint32_t *fd)

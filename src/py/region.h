@@ -1,21 +1,24 @@
-/* region.h - big Python objects in shared-memory regions, handed to another
+/* region.h - big bytes objects in shared-memory regions, handed to another
  * process by mapping instead of copying.
  *
- * A worker wraps its object allocator (PyObject_Malloc and the rest, as
- * tracemalloc does): an allocation of PPC_REGION_MIN bytes or more gets a
- * region of its own, a memfd whose pages are allocated at once and which is
- * mapped shared where the object lives. A big bytes result sitting alone in
- * a region is "lent": its hole in the result (vm.h) names the region, and
- * the client maps the region copy-on-write and makes the object its own by
- * writing a fresh header (one page copied). The result's data is never
- * copied into the client, which on a virtual machine, where first touch of
- * fresh memory costs more than the copy, is most of the cost of a big
- * result.
+ * A worker makes the big bytes objects it builds itself (a job's big bytes
+ * argument, a big bytes result copied) in regions: one object alone in a
+ * memfd whose pages are allocated at once, mapped shared. Such a result is
+ * "lent": its hole in the result (vm.h) names the region, and the client
+ * maps the region copy-on-write and makes the object its own by writing a
+ * fresh header (one page copied). The data is never copied into the
+ * client, which on a virtual machine, where first touch of fresh memory
+ * costs more than the copy, is most of the cost of a big result.
  *
- * The client wraps its object allocator too, so that freeing an adopted
- * object unmaps it and tells the worker (RGNRET, via the engine). A worker
- * reuses a region only when its own object is gone and no client maps it;
- * free regions stay in a pool, warm, up to a cap.
+ * Freeing such an object must not reach the allocator, so both sides wrap
+ * the object allocator's realloc and free (as tracemalloc wraps all four;
+ * malloc and calloc stay the wrapped allocator's own): a region is told
+ * apart by its page-aligned address, which pymalloc blocks and glibc chunks
+ * practically never have, then a hash lookup. The client unmaps an adopted
+ * object and tells the worker (RGNRET, via the engine); the worker reuses a
+ * region when its own object is gone and no client maps it; free regions
+ * stay in a pool, warm, up to a cap. Objects the user's code makes are
+ * never put in regions.
  *
  * Fork: a child must see the objects as they were at the fork, which shared
  * pages would break. Before a fork, every live region of ours is turned into
@@ -23,23 +26,24 @@
  * client maps are marked so the worker never reuses them; the child drops
  * its view of the pool and makes no regions.
  *
- * Both wrappers delegate everything that is not a region to the allocator
- * they replaced; a region is recognised by its page-aligned address, which
- * the usual allocators never return, before a hash lookup. The client does
- * not wrap while tracemalloc traces (stopping it would reinstall the
- * allocator it saved and orphan adopted objects): it copies then. Every
- * function here needs the GIL. */
+ * The client does not wrap while tracemalloc traces (stopping it would
+ * reinstall the allocator it saved and orphan adopted objects): it copies
+ * then. Every function here needs the GIL. */
 #ifndef PPC_REGION_H
 #define PPC_REGION_H
 #include <Python.h>
 #include <stdint.h>
 
-#define PPC_REGION_MIN ((size_t)1 << 20)        /* allocations from this size get regions */
+#define PPC_REGION_MIN ((size_t)1 << 20)        /* bytes objects from this size get regions */
 #define PPC_REGION_POOL ((size_t)256 << 20)     /* free regions kept per process, bytes */
 #define PPC_REGION_MAX 512                      /* regions of ours (descriptors) at once */
 
-/* Worker: from now on, big allocations get regions. 0 or -1 (errno). */
+/* Worker: from now on, big objects we make get regions. 0 or -1 (errno). */
 int ppc_region_worker_start(void);
+/* Worker: a new bytes object of len bytes (contents unset) alone in a
+ * region, or NULL without an exception when regions are off or none can be
+ * made (the caller makes an ordinary one). */
+PyObject *ppc_region_bytes(size_t len);
 /* Worker: 1 when o is a bytes object alone at the start of a live region of
  * ours that may be lent (*rid, *fd set), else 0. */
 int ppc_region_lendable(PyObject *o, uint64_t *rid, uint32_t *fd);

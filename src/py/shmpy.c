@@ -323,9 +323,11 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm,
         return NULL;
     /* lent in a region of the owner: mapped, not copied */
     PyObject *b = g.rid && chan ? ppc_region_adopt(chan, vm->pid, g.fd, g.rid, len) : NULL;
-    if (!b) {
-        if (!(b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len)))
-            return NULL;
+    int adopted = b != NULL;
+    /* a worker makes it in a region: lent back if it is the result */
+    if (!b && !(b = ppc_region_bytes(len)) && !(b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len)))
+        return NULL;
+    if (!adopted) {
         char *d = PyBytes_AS_STRING(b);
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)

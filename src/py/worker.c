@@ -574,6 +574,40 @@ static void seg_returned(wstate *w, uint64_t id)
  * written by hand into fb (*fn bytes), into a segment of ours lent to the
  * client (*rseg: buffers reaching 1 MB, or a pickle that large), or a
  * pickle (*pick). 0, or -1 with an error set. */
+/* A big bytes result of the user's (or a 1-tuple of one) copied into a
+ * region, so that the client maps it instead of copying it: the copy is
+ * made here, in parallel with other workers, rather than in the one
+ * client. A new reference: the copy, or res itself. */
+static PyObject *result_to_region(PyObject *res)
+{
+    PyObject *b = PyTuple_CheckExact(res) && PyTuple_GET_SIZE(res) == 1 ? PyTuple_GET_ITEM(res, 0)
+                                                                         : res;
+    uint64_t rid;
+    uint32_t fd;
+    if (!PyBytes_CheckExact(b) || (size_t)PyBytes_GET_SIZE(b) < PPC_REGION_MIN ||
+        ppc_region_lendable(b, &rid, &fd)) {
+        Py_INCREF(res);
+        return res;
+    }
+    size_t len = (size_t)PyBytes_GET_SIZE(b);
+    PyObject *c = ppc_region_bytes(len);
+    if (!c) {
+        Py_INCREF(res);
+        return res;
+    }
+    Py_BEGIN_ALLOW_THREADS ppc_fill_fresh(PyBytes_AS_STRING(c), len, PyBytes_AS_STRING(b), 0, 0, 0);
+    Py_END_ALLOW_THREADS if (b == res)
+        return c;
+    PyObject *t = PyTuple_New(1);
+    if (!t) {
+        Py_DECREF(c);
+        Py_INCREF(res);
+        return res;
+    }
+    PyTuple_SET_ITEM(t, 0, c);
+    return t;
+}
+
 static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
                          ppc_shm_seg **rseg, PyObject **pick)
 {
@@ -585,7 +619,10 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
     if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
         /* big bytes stay where they are when the client can read them here */
         PyObject *pins = w->vm_results ? PyList_New(0) : NULL;
-        if ((w->vm_results && !pins) || ppc_pickle_into_seg(res, w->proto, s, pins) < 0) {
+        PyObject *out = w->vm_results ? result_to_region(res) : (Py_INCREF(res), res);
+        Py_ssize_t rc = (w->vm_results && !pins) ? -1 : ppc_pickle_into_seg(out, w->proto, s, pins);
+        Py_DECREF(out);
+        if (rc < 0) {
             Py_XDECREF(pins);
             seg_to_pool(w, s);
             return -1;
