@@ -154,12 +154,15 @@ def test_result_is_a_mapping_of_the_workers_region(fresh_server):
     assert r == expect(3 * MB + 5, 1)
     assert type(r) is bytes and len(r) == 3 * MB + 5
     assert regions(s)["adopted"] == before + 1
+    assert regions(s)["wrapped"] == 1  # our free wrapper, while r lives
     line = region_of(r)
     assert line and "memfd:ppc-region" in line, line
     # an ordinary bytes object in every way
     assert hash(r) == hash(bytes(r)) and r[5:9] == expect(3 * MB + 5, 1)[5:9]
     assert (r + b"!")[-1:] == b"!" and r.count(b"\x00") == expect(3 * MB + 5, 1).count(b"\x00")
     del r
+    # no object in a region left: the allocator is what it was
+    assert regions(s)["adopted_live"] == 0 and regions(s)["wrapped"] == 0
 
 
 def test_region_comes_back_and_is_reused(fresh_server, wait_until):
@@ -175,6 +178,8 @@ def test_region_comes_back_and_is_reused(fresh_server, wait_until):
     assert regions(s)["adopted_live"] == live - 1
     # the worker gets the region back and makes the next result in it
     assert wait_until(lambda: s.submit(worker_regions)()["pooled"] >= 1)
+    # nothing of the worker's lives in a region now: its allocator is its own
+    assert s.submit(worker_regions)()["wrapped"] == 0
     r2 = s.submit(make, (n, 3))()
     assert r2 == expect(n, 3)
     w1 = s.submit(worker_regions)()

@@ -72,6 +72,7 @@ PyObject *ppc_region_adopt(ppc_region_chan *c, int pid, uint32_t fd, uint64_t ri
 typedef struct ppc_region_stats {
     uint64_t made, reused, adopted, lent; /* totals */
     uint64_t live, pooled, pool_bytes, adopted_live; /* now */
+    uint64_t wrapped; /* 1 while our realloc/free wrapper is installed */
 } ppc_region_stats;
 void ppc_region_get_stats(ppc_region_stats *s);
 /* The stats as a dict (a new reference), for tests and _data_stats. */
