@@ -104,15 +104,21 @@ def fork_with_arg(big):
     return before, sys.getrefcount(big)
 
 
-def in_region(x):
-    """Whether the bytes object x sits in a region (its mapping's name)."""
-    a = id(x)
+def region_of(obj):
+    """The /proc/self/maps line whose mapping holds obj, or None."""
+    a = id(obj)
     with open("/proc/self/maps") as f:
         for line in f:
-            lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
             if lo <= a < hi:
-                return "memfd:ppc-region" in line
-    return False
+                return line.strip()
+    return None
+
+
+def in_region(x):
+    """Whether the bytes object x sits in a region (its mapping's name)."""
+    line = region_of(x)
+    return bool(line) and "memfd:ppc-region" in line
 
 
 def where(arg):
@@ -134,17 +140,6 @@ def ready(fresh_server, n, **kw):
 
 def regions(s):
     return s._data_stats()["regions"]
-
-
-def region_of(obj):
-    """The /proc/self/maps line whose mapping holds obj, or None."""
-    a = id(obj)
-    with open("/proc/self/maps") as f:
-        for line in f:
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if lo <= a < hi:
-                return line.strip()
-    return None
 
 
 def test_result_is_a_mapping_of_the_workers_region(fresh_server):
