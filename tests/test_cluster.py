@@ -645,3 +645,20 @@ def test_trickling_bytes_do_not_extend_the_handshake(start_ppserver):
     w.close()
     assert cut is not None and 9 <= cut < 14, cut
     assert _legit_job_works(node)
+
+
+def test_node_used_locally_too_keeps_functions_and_jobs_apart(fresh_server):
+    # A Server that both runs jobs of its own and serves remote clients
+    # (_listen): the ids it gives what it relays must not meet the ids of
+    # its own jobs and functions in the workers they share.
+    node = fresh_server(1, secret=SECRET, _listen=("127.0.0.1", 0))
+    port = node._server_info()[0]
+    assert [node.submit(J.divide, (6, k))() for k in (1, 2, 3)] == [6.0, 3.0, 2.0]
+    s = fresh_server(0, ppservers=("127.0.0.1:%d" % port,), secret=SECRET)
+    assert wait_until(lambda: s.get_active_nodes().get("127.0.0.1:%d" % port), timeout=20)
+    # the client's first function and jobs get the node's first relay ids
+    assert [s.submit(J.square_pid, (k,))()[0] for k in range(5)] == [0, 1, 4, 9, 16]
+    mine = [node.submit(J.divide, (12, k)) for k in (1, 2, 3)]
+    theirs = [s.submit(J.square_pid, (k,)) for k in range(3)]
+    assert [j() for j in mine] == [12.0, 6.0, 4.0]
+    assert [j()[0] for j in theirs] == [0, 1, 4]

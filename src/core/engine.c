@@ -454,7 +454,9 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     }
     e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
     e->created_ms = ppc_now_ms();
-    e->next_blob_id = 1;
+    /* a ppserver's ids for what it relays to its workers: apart from the
+     * ids its own Server gives its local jobs and functions (from 1) */
+    e->next_blob_id = (uint64_t)1 << 62;
     e->want_workers = o->nworkers;
     e->ncpus = o->nworkers;
     ppc_shm_pool_init(&e->shm, o->shm_pool_bytes ? o->shm_pool_bytes : (size_t)1 << 30);
