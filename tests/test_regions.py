@@ -334,6 +334,21 @@ def test_no_regions(run_python, how):
     assert res.stdout.strip() == "ok"
 
 
+def test_ppserver_workers_make_no_regions(fresh_server, wait_until):
+    # a ppserver copies its workers' results for its clients: regions there
+    # would be a copy for nothing
+    secret = "regions-test-secret"
+    node = ready(fresh_server, 1, secret=secret, _listen=("127.0.0.1", 0))
+    port = node._server_info()[0]
+    s = fresh_server(0, ppservers=("127.0.0.1:%d" % port,), secret=secret)
+    assert wait_until(lambda: s.get_active_nodes().get("127.0.0.1:%d" % port), timeout=20)
+    n = 2 * MB
+    assert s.submit(make, (n, 40))() == expect(n, 40)
+    assert s.submit(echo, (expect(n, 41),))() == expect(n, 41)
+    st = s.submit(worker_regions)()
+    assert st["made"] == 0 and st["wrapped"] == 0, st
+
+
 def test_results_outlive_the_server(fresh_server):
     s = ready(fresh_server, 1)
     r = s.submit(make, (2 * MB, 14))()

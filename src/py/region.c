@@ -406,11 +406,10 @@ static int tracing(void)
 
 /* ------------------------------------------------------------ API */
 
-int ppc_region_worker_start(void)
+void ppc_region_worker_start(void)
 {
     setup();
     g.lend = 1;
-    return 0;
 }
 
 PyObject *ppc_region_bytes(size_t len)

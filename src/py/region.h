@@ -38,8 +38,8 @@
 #define PPC_REGION_POOL ((size_t)256 << 20)     /* free regions kept per process, bytes */
 #define PPC_REGION_MAX 512                      /* regions of ours (descriptors) at once */
 
-/* Worker: from now on, big objects we make get regions. 0 or -1 (errno). */
-int ppc_region_worker_start(void);
+/* Worker: from now on, big bytes objects we make get regions. */
+void ppc_region_worker_start(void);
 /* Worker: a new bytes object of len bytes (contents unset) alone in a
  * region, or NULL without an exception when regions are off or none can be
  * made (the caller makes an ordinary one). */

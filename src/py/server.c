@@ -103,7 +103,7 @@ static int check_ppservers(PyObject *t)
     return 0;
 }
 
-static PyObject *build_init(ppc_Server *self)
+static PyObject *build_init(ppc_Server *self, int serving)
 {
     /* What every worker needs before its first job: the client's import
      * path, working directory and pickle protocol. */
@@ -117,9 +117,12 @@ static PyObject *build_init(ppc_Server *self)
         return NULL;
     /* lend: results may stay in the worker's segments until taken; not with
      * restart=True, where each worker retires after one job (a retired
-     * worker with results lent would have to linger until they are taken) */
-    PyObject *d = Py_BuildValue("{sOsOsisisi}", "path", path ? path : Py_None, "cwd", cwd,
-                                "proto", self->proto, "shm", self->shm, "lend", !self->restart);
+     * worker with results lent would have to linger until they are taken).
+     * regions: big bytes made in regions for us to map (region.h); not for a
+     * ppserver, which copies its workers' results for its clients anyway. */
+    PyObject *d = Py_BuildValue("{sOsOsisisisi}", "path", path ? path : Py_None, "cwd", cwd,
+                                "proto", self->proto, "shm", self->shm, "lend", !self->restart,
+                                "regions", !self->restart && !serving);
     Py_DECREF(cwd);
     if (!d)
         return NULL;
@@ -472,7 +475,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *argv = worker_command();
     if (!argv)
         return -1;
-    PyObject *init = build_init(self);
+    PyObject *init = build_init(self, listen != Py_None);
     if (!init) {
         Py_DECREF(argv);
         return -1;

@@ -43,6 +43,7 @@ typedef struct {
     /* large data (shm.h) */
     int shm;            /* INIT: segments allowed */
     int lend;           /* INIT: results may wait in our segments until taken */
+    int regions;        /* INIT: the client maps big bytes results (region.h) */
     int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
     PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
     ppc_shm_pool rpool; /* our free result segments */
@@ -412,6 +413,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     w->shm = shm && PyObject_IsTrue(shm) == 1;
     PyObject *lend = PyDict_GetItemString(d, "lend");
     w->lend = !lend || PyObject_IsTrue(lend) == 1;
+    PyObject *regions = PyDict_GetItemString(d, "regions");
+    w->regions = w->lend && (!regions || PyObject_IsTrue(regions) == 1);
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -726,16 +729,15 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
     return 1;
 }
 
-/* The client can read our memory: results may leave holes, and big objects
- * may live in regions the client maps (region.h) when results may wait in
- * our segments (not with restart=True) and PPC_REGIONS is not 0. */
+/* The client can read our memory: results may leave holes, and big bytes
+ * we make may live in regions the client maps (region.h) when it wants
+ * them (INIT: not a ppserver, not restart=True) and PPC_REGIONS is not 0. */
 static void vm_ok(wstate *w)
 {
     w->vm_results = !w->vm_refuse;
     const char *e = getenv("PPC_REGIONS");
-    if (w->vm_results && w->lend && w->shm && !(e && !strcmp(e, "0")) &&
-        ppc_region_worker_start() < 0)
-        PyErr_Clear();
+    if (w->vm_results && w->regions && w->shm && !(e && !strcmp(e, "0")))
+        ppc_region_worker_start();
 }
 
 static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
