@@ -290,12 +290,8 @@ static void *engine_main(void *arg)
             e->nshmret = e->capshmret = 0;
         }
         pthread_mutex_unlock(&e->mu);
-        for (size_t i = 0; i < nrets && e->pool; i++) {
-            if (rets[i].type == PPC_F_SHMRET)
-                ppc_pool_shm_return(e->pool, rets[i].pid, rets[i].id);
-            else
-                ppc_pool_note(e->pool, rets[i].pid, rets[i].type, rets[i].aux, rets[i].id);
-        }
+        for (size_t i = 0; i < nrets && e->pool; i++)
+            ppc_pool_note(e->pool, rets[i].pid, rets[i].type, rets[i].aux, rets[i].id);
         free(rets);
 
         e->batch = evs;

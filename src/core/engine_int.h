@@ -201,8 +201,8 @@ void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
 int64_t ppc_now_ms(void);
 
 /* pool.c: large data */
-void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id);
-/* Any other frame without payload for local worker pid, if it is alive. */
+/* A frame without payload for local worker pid, if it is alive (SHMRET also
+ * counts its lent segments down). */
 void ppc_pool_note(ppc_pool *p, int pid, uint8_t type, uint8_t aux, uint64_t id);
 /* The job no longer needs its argument segment: back to the pool, or
  * destroyed (pinned: a worker still uses it); workers forget dropped ones. */

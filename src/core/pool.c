@@ -535,26 +535,18 @@ void ppc_pool_args_done(ppc_pool *p, ppc_job *j, int pinned)
     broadcast_drop(p, dropped, nd);
 }
 
-void ppc_pool_shm_return(ppc_pool *p, int pid, uint64_t seg_id)
-{
-    for (ppc_worker *w = p->workers; w; w = w->next) {
-        if ((int)w->pid == pid && w->fd_w >= 0) {
-            ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, seg_id, NULL, 0, NULL, 0);
-            if (w->lent > 0)
-                w->lent--;
-            /* a retired worker stays until the client has read its results */
-            if (w->retiring && w->inflight == 0 && w->lent == 0)
-                close_write(p, w);
-            return;
-        }
-    }
-}
-
 void ppc_pool_note(ppc_pool *p, int pid, uint8_t type, uint8_t aux, uint64_t id)
 {
     for (ppc_worker *w = p->workers; w; w = w->next) {
         if ((int)w->pid == pid && w->fd_w >= 0) {
             ppc_frame_put(&w->out, type, 0, aux, 0, id, NULL, 0, NULL, 0);
+            if (type != PPC_F_SHMRET)
+                return;
+            if (w->lent > 0)
+                w->lent--;
+            /* a retired worker stays until the client has read its results */
+            if (w->retiring && w->inflight == 0 && w->lent == 0)
+                close_write(p, w);
             return;
         }
     }

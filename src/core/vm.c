@@ -129,6 +129,7 @@ static int read_unpinned(int pid, uint8_t *d, uint64_t addr, size_t len)
 
 #define PM_PRESENT (1ull << 63)
 #define PM_SWAPPED (1ull << 62)
+#define PM_EXCLUSIVE (1ull << 56) /* page mapped by this process only */
 #define PM_PFN_MASK ((1ull << 55) - 1)
 #define SAME_MIN ((size_t)1 << 16) /* below this, reading the owner is as cheap */
 #define PM_CHUNK 512u              /* pagemap entries read at once */
@@ -240,8 +241,8 @@ int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned)
 
 int ppc_vm_maybe_shared(const void *p, size_t len)
 {
-    long ps = sysconf(_SC_PAGESIZE);
-    if (ps <= 0 || len == 0)
+    size_t ps = page_size();
+    if (len == 0)
         return 1;
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -256,9 +257,8 @@ int ppc_vm_maybe_shared(const void *p, size_t len)
             shared = 1;
             break;
         }
-        /* bit 63: present; bit 56: exclusively mapped */
-        if ((e >> 63) & 1)
-            shared = !((e >> 56) & 1);
+        if (e & PM_PRESENT)
+            shared = !(e & PM_EXCLUSIVE);
     }
     close(fd);
     return shared;
@@ -270,8 +270,7 @@ int ppc_vm_maybe_shared(const void *p, size_t len)
 
 int ppc_fill_fresh(void *dst, size_t len, const void *local, int pid, uint64_t addr, int unpinned)
 {
-    long ps = sysconf(_SC_PAGESIZE);
-    uintptr_t pg = ps > 0 ? (uintptr_t)ps : 4096;
+    uintptr_t pg = page_size();
     uintptr_t lo = ((uintptr_t)dst + pg - 1) & ~(pg - 1), hi = ((uintptr_t)dst + len) & ~(pg - 1);
     if (hi > lo)
         madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
