@@ -50,7 +50,9 @@ static struct {
     size_t pool_bytes, npool;
     int nown;              /* regions of ours, in use or pooled */
     uint64_t next_rid;
-    ppc_region_stats st;
+    struct {
+        uint64_t made, reused, adopted, lent, adopted_live;
+    } st;
 } g;
 
 static size_t bucket(const void *p)
@@ -548,24 +550,14 @@ PyObject *ppc_region_adopt(ppc_region_chan *c, int pid, uint32_t fd, uint64_t ri
     return o;
 }
 
-void ppc_region_get_stats(ppc_region_stats *s)
-{
-    *s = g.st;
-    s->pooled = g.npool;
-    s->pool_bytes = g.pool_bytes;
-    s->live = (uint64_t)g.nown - g.npool;
-    s->wrapped = (uint64_t)g.installed;
-}
-
 PyObject *ppc_region_stats_dict(void)
 {
-    ppc_region_stats s;
-    ppc_region_get_stats(&s);
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "wrapped", (unsigned long long)s.wrapped, "made",
-                         (unsigned long long)s.made, "reused",
-                         (unsigned long long)s.reused, "adopted", (unsigned long long)s.adopted,
-                         "lent", (unsigned long long)s.lent, "live", (unsigned long long)s.live,
-                         "pooled", (unsigned long long)s.pooled, "pool_bytes",
-                         (unsigned long long)s.pool_bytes, "adopted_live",
-                         (unsigned long long)s.adopted_live);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "wrapped", (unsigned long long)g.installed,
+                         "made", (unsigned long long)g.st.made, "reused",
+                         (unsigned long long)g.st.reused, "adopted",
+                         (unsigned long long)g.st.adopted, "lent", (unsigned long long)g.st.lent,
+                         "live", (unsigned long long)(g.nown - (int)g.npool), "pooled",
+                         (unsigned long long)g.npool, "pool_bytes",
+                         (unsigned long long)g.pool_bytes, "adopted_live",
+                         (unsigned long long)g.st.adopted_live);
 }

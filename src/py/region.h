@@ -69,13 +69,10 @@ void ppc_region_chan_close(ppc_region_chan *c);
  * when that cannot be done (the caller copies instead). */
 PyObject *ppc_region_adopt(ppc_region_chan *c, int pid, uint32_t fd, uint64_t rid, size_t len);
 
-typedef struct ppc_region_stats {
-    uint64_t made, reused, adopted, lent; /* totals */
-    uint64_t live, pooled, pool_bytes, adopted_live; /* now */
-    uint64_t wrapped; /* 1 while our realloc/free wrapper is installed */
-} ppc_region_stats;
-void ppc_region_get_stats(ppc_region_stats *s);
-/* The stats as a dict (a new reference), for tests and _data_stats. */
+/* This process's region counters as a dict (a new reference), for tests and
+ * _data_stats: totals made, reused, adopted, lent; now live, pooled,
+ * pool_bytes, adopted_live, and wrapped (1 while our realloc/free wrapper
+ * is installed). */
 PyObject *ppc_region_stats_dict(void);
 
 #endif
