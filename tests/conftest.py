@@ -6,7 +6,9 @@ Everything here uses real worker processes: no mocks. Provides
   * ``run_python``: run a script file (or ``python -c`` code) in a child
     interpreter that imports the same ``pp`` as this process (``child_env``
     is the environment it uses);
-  * ``wait_until``: poll a condition with a generous deadline.
+  * ``wait_until``: poll a condition with a generous deadline;
+  * ``kill_workers_mid_job``: SIGKILL a server's workers under a running
+    job and check that the job fails with WorkerError.
 Every test without its own ``timeout`` marker gets one (60 s), so a hang
 fails the test instead of stalling the run.
 
@@ -73,6 +75,16 @@ def _wait_until(pred, timeout=10.0, interval=0.01):
 @pytest.fixture
 def wait_until():
     return _wait_until
+
+
+def kill_workers_mid_job(server, job, after):
+    """SIGKILL every worker of server after `after` seconds; the job they
+    were running must fail with pp.WorkerError, as in pp."""
+    time.sleep(after)
+    for pid in server._worker_pids():
+        os.kill(pid, 9)
+    with pytest.raises(pp.WorkerError):
+        job()
 
 
 def child_env():

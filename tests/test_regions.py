@@ -39,9 +39,7 @@ def make(n, seed):
     return (block * (n // len(block) + 1))[:n]
 
 
-def expect(n, seed):
-    block = hashlib.sha256(str(seed).encode()).digest() * 32
-    return (block * (n // len(block) + 1))[:n]
+expect = make  # the same bytes, made here
 
 
 def pair(n, seed):

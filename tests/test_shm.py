@@ -12,6 +12,7 @@ import time
 import pytest
 
 import pp
+from conftest import kill_workers_mid_job
 
 np = pytest.importorskip("numpy")
 
@@ -142,12 +143,7 @@ def test_result_taken_later_from_another_thread(fresh_server):
 def test_worker_killed_mid_job_with_large_arg(fresh_server):
     s = fresh_server(1)
     big = os.urandom(8 * MB)
-    j = s.submit(sleepy, (big, 30))
-    time.sleep(1.0)
-    for pid in s._worker_pids():
-        os.kill(pid, signal.SIGKILL)
-    with pytest.raises(pp.WorkerError):
-        j()
+    kill_workers_mid_job(s, s.submit(sleepy, (big, 30)), 1.0)
     assert s.submit(sleepy, (big, 0))() == len(big)
 
 

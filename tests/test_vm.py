@@ -19,6 +19,7 @@ import time
 import pytest
 
 import pp
+from conftest import kill_workers_mid_job
 
 MB = 1 << 20
 
@@ -138,12 +139,7 @@ def test_job_dropped_before_its_worker_read_the_bytes(fresh_server, tmp_path):
 def test_worker_killed_mid_job(fresh_server):
     s = fresh_server(1)
     payload = os.urandom(6 * MB)
-    j = s.submit(sleepy, (payload, 1.5))
-    time.sleep(0.5)
-    for pid in s._worker_pids():
-        os.kill(pid, 9)
-    with pytest.raises(pp.WorkerError):
-        j()  # a local worker's death fails its job, as in pp
+    kill_workers_mid_job(s, s.submit(sleepy, (payload, 1.5)), 0.5)
     assert stats(s)["held"] == 0
     assert s.submit(echo, (payload,))() == payload  # the replacement reads them
 
