@@ -397,8 +397,53 @@ out:
     return res;
 }
 
+/* One opcode of the scan below: keep the stack of strings and the memo,
+ * collect __main__ names. 0, or -1 with an error set. */
+static int scan_op(const char *op, PyObject *arg, PyObject *stack, PyObject *memo, PyObject *names)
+{
+    if (strstr(op, "UNICODE") && PyUnicode_Check(arg))
+        return PyList_Append(stack, arg);
+    if (!strcmp(op, "MEMOIZE")) {
+        Py_ssize_t n = PyList_GET_SIZE(stack);
+        PyObject *k = PyLong_FromSsize_t(PyDict_GET_SIZE(memo));
+        int rc = k ? PyDict_SetItem(memo, k, n ? PyList_GET_ITEM(stack, n - 1) : Py_None) : -1;
+        Py_XDECREF(k);
+        return rc;
+    }
+    if (strstr(op, "GET") && PyLong_Check(arg)) {
+        PyObject *v = PyDict_GetItemWithError(memo, arg);
+        if (!v && PyErr_Occurred())
+            return -1;
+        return PyList_Append(stack, v ? v : Py_None);
+    }
+    if (!strcmp(op, "STACK_GLOBAL")) {
+        Py_ssize_t n = PyList_GET_SIZE(stack);
+        if (n < 2)
+            return 0;
+        PyObject *m = PyList_GET_ITEM(stack, n - 2), *nm = PyList_GET_ITEM(stack, n - 1);
+        if (PyUnicode_Check(m) && PyUnicode_Check(nm) &&
+            PyUnicode_CompareWithASCIIString(m, "__main__") == 0)
+            return PySet_Add(names, nm);
+        return 0;
+    }
+    if ((!strcmp(op, "GLOBAL") || !strcmp(op, "INST")) && PyUnicode_Check(arg)) {
+        /* protocols 0-3: "module name" in one argument */
+        const char *a = PyUnicode_AsUTF8(arg);
+        if (!a)
+            return -1;
+        if (strncmp(a, "__main__ ", 9))
+            return 0;
+        PyObject *nm = PyUnicode_FromString(a + 9);
+        int rc = nm ? PySet_Add(names, nm) : -1;
+        Py_XDECREF(nm); /* the set holds its own reference */
+        return rc;
+    }
+    return 0;
+}
+
 /* Names of __main__ globals a pickle refers to (memo-aware scan of the
- * opcodes). Only called when the bytes contain "__main__". */
+ * opcodes), as a sorted tuple. Only called when the bytes contain
+ * "__main__". */
 static PyObject *main_refs(PyObject *pick)
 {
     PyObject *genops = ppc_import_attr("pickletools", "genops");
@@ -409,65 +454,31 @@ static PyObject *main_refs(PyObject *pick)
     if (!it)
         return NULL;
     PyObject *names = PySet_New(NULL), *stack = PyList_New(0), *memo = PyDict_New();
-    PyObject *item = NULL;
+    PyObject *item, *res = NULL;
     if (!names || !stack || !memo)
-        goto fail;
+        goto out;
     while ((item = PyIter_Next(it))) {
-        PyObject *op = PyTuple_GET_ITEM(item, 0), *arg = PyTuple_GET_ITEM(item, 1);
-        PyObject *opname = PyObject_GetAttrString(op, "name");
-        if (!opname)
-            goto fail;
-        const char *on = PyUnicode_AsUTF8(opname);
-        if (!on) {
-            Py_DECREF(opname);
-            goto fail;
-        }
-        if (strstr(on, "UNICODE") && PyUnicode_Check(arg)) {
-            PyList_Append(stack, arg);
-        } else if (!strcmp(on, "MEMOIZE")) {
-            PyObject *k = PyLong_FromSsize_t(PyDict_GET_SIZE(memo));
-            Py_ssize_t n = PyList_GET_SIZE(stack);
-            if (k)
-                PyDict_SetItem(memo, k, n ? PyList_GET_ITEM(stack, n - 1) : Py_None);
-            Py_XDECREF(k);
-        } else if (strstr(on, "GET") && PyLong_Check(arg)) {
-            PyObject *v = PyDict_GetItem(memo, arg);
-            PyList_Append(stack, v ? v : Py_None);
-        } else if (!strcmp(on, "STACK_GLOBAL")) {
-            Py_ssize_t n = PyList_GET_SIZE(stack);
-            if (n >= 2) {
-                PyObject *m = PyList_GET_ITEM(stack, n - 2), *nm = PyList_GET_ITEM(stack, n - 1);
-                if (PyUnicode_Check(m) && PyUnicode_Check(nm) &&
-                    PyUnicode_CompareWithASCIIString(m, "__main__") == 0)
-                    PySet_Add(names, nm);
-            }
-        } else if ((!strcmp(on, "GLOBAL") || !strcmp(on, "INST")) && PyUnicode_Check(arg)) {
-            const char *a = PyUnicode_AsUTF8(arg);
-            if (a && !strncmp(a, "__main__ ", 9))
-                PySet_Add(names, PyUnicode_FromString(a + 9));
-        }
-        Py_DECREF(opname);
+        /* item: (opcode, arg, position) */
+        PyObject *opname = PyObject_GetAttrString(PyTuple_GET_ITEM(item, 0), "name");
+        const char *op = opname ? PyUnicode_AsUTF8(opname) : NULL;
+        int rc = op ? scan_op(op, PyTuple_GET_ITEM(item, 1), stack, memo, names) : -1;
+        Py_XDECREF(opname);
         Py_DECREF(item);
+        if (rc < 0)
+            goto out;
     }
     if (PyErr_Occurred())
-        goto fail;
-    Py_DECREF(it);
-    Py_DECREF(stack);
-    Py_DECREF(memo);
+        goto out;
     PyObject *lst = PySequence_List(names);
-    Py_DECREF(names);
-    if (lst && PyList_Sort(lst) < 0)
-        Py_CLEAR(lst);
-    PyObject *t = lst ? PyList_AsTuple(lst) : NULL;
+    if (lst && PyList_Sort(lst) == 0)
+        res = PyList_AsTuple(lst);
     Py_XDECREF(lst);
-    return t;
-fail:
-    Py_XDECREF(item);
+out:
     Py_DECREF(it);
     Py_XDECREF(names);
     Py_XDECREF(stack);
     Py_XDECREF(memo);
-    return NULL;
+    return res;
 }
 
 /* Names used by a code object and the code objects nested in it. */
@@ -490,6 +501,40 @@ static int code_names(PyObject *code, PyObject *out)
 out:
     Py_XDECREF(names);
     Py_XDECREF(consts);
+    return rc;
+}
+
+/* One name a function of autoimport uses: a module of globals becomes an
+ * import statement, a function or class a dependency (whose own names are
+ * looked at next). 0, or -1 with an error set. */
+static int autoimport_name(PyObject *globals, PyObject *n, PyObject *seen, PyObject *deps,
+                           PyObject *mods, PyObject *todo)
+{
+    PyObject *v = PyDict_GetItemWithError(globals, n);
+    if (!v)
+        return PyErr_Occurred() ? -1 : 0;
+    int c = PySet_Contains(seen, n);
+    if (c != 0)
+        return c < 0 ? -1 : 0;
+    if (PySet_Add(seen, n) < 0)
+        return -1;
+    if (PyFunction_Check(v) || PyType_Check(v))
+        return PyList_Append(deps, v) < 0 || PyList_Append(todo, v) < 0 ? -1 : 0;
+    if (!PyModule_Check(v))
+        return 0;
+    PyObject *mn = PyModule_GetNameObject(v);
+    if (!mn) {
+        /* a module without a name: nothing to import */
+        if (!PyErr_ExceptionMatches(PyExc_SystemError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *stmt = PyUnicode_Compare(mn, n) == 0 ? PyUnicode_FromFormat("import %U", mn)
+                                                   : PyUnicode_FromFormat("import %U as %U", mn, n);
+    int rc = stmt ? PyList_Append(mods, stmt) : -1;
+    Py_XDECREF(stmt);
+    Py_DECREF(mn);
     return rc;
 }
 
@@ -531,28 +576,10 @@ static int autoimport(PyObject *func, PyObject *globals, PyObject *deps, PyObjec
         PyObject *it = r == 0 ? PyObject_GetIter(names) : NULL;
         PyObject *n;
         while (it && (n = PyIter_Next(it))) {
-            PyObject *v = PyDict_GetItemWithError(globals, n);
-            if (v && PySet_Contains(seen, n) == 0) {
-                PySet_Add(seen, n);
-                if (PyModule_Check(v)) {
-                    PyObject *mn = PyModule_GetNameObject(v);
-                    PyObject *stmt = NULL;
-                    if (mn)
-                        stmt = PyUnicode_Compare(mn, n) == 0
-                                   ? PyUnicode_FromFormat("import %U", mn)
-                                   : PyUnicode_FromFormat("import %U as %U", mn, n);
-                    if (!mn && PyErr_ExceptionMatches(PyExc_SystemError))
-                        PyErr_Clear();
-                    if (stmt)
-                        PyList_Append(mods, stmt);
-                    Py_XDECREF(stmt);
-                    Py_XDECREF(mn);
-                } else if (PyFunction_Check(v) || PyType_Check(v)) {
-                    PyList_Append(deps, v);
-                    PyList_Append(todo, v);
-                }
-            }
+            int step = autoimport_name(globals, n, seen, deps, mods, todo);
             Py_DECREF(n);
+            if (step < 0)
+                break;
         }
         Py_XDECREF(it);
         Py_DECREF(names);
@@ -592,9 +619,10 @@ static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
             PyErr_Clear();
             continue;
         }
-        if (PyFunction_Check(o) || PyType_Check(o))
-            PyList_Append(deps, o);
+        int rc = PyFunction_Check(o) || PyType_Check(o) ? PyList_Append(deps, o) : 0;
         Py_DECREF(o);
+        if (rc < 0)
+            goto out;
     }
     /* each dependency once, in order */
     seen = PySet_New(NULL);
