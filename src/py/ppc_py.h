@@ -86,10 +86,24 @@ void ppc_server_sweep_pins(ppc_Server *s, int all);
 /* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
 
-/* ship.c: the function blob for a call, cached per server. Returns a new
- * reference to a capsule holding a ppc_blob, or NULL with an error. */
+/* shipcache.c: the function blob for a call, cached per server. Returns a
+ * new reference to a capsule holding a ppc_blob, or NULL with an error. */
 PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
                         PyObject *globals, const char *args_pickle, size_t n);
+
+/* ship.c: the function-shipping format (layout in its top comment).
+ * Encode a call's function into blob bytes; globals is a dict or None,
+ * main_names a tuple of names of __main__ (or NULL) whose objects travel
+ * as deps; *vol set when the blob holds state, *same_py when it holds code
+ * objects. New reference, or NULL with an error. */
+PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
+                          PyObject *globals, PyObject *main_names, int proto, int *vol,
+                          int *same_py);
+/* Names of __main__ objects a pickle refers to, as a sorted tuple. */
+PyObject *ppc_ship_main_names(const char *pickle, size_t n);
+/* In a worker: run a blob's imports and deps in the namespace ns; new
+ * reference to the job's function, or NULL with an error. */
+PyObject *ppc_ship_install(PyObject *ns, const uint8_t *blob, size_t n);
 
 /* shmpy.c: large data through shared-memory segments */
 #include "../core/shm.h"

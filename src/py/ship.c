@@ -1,51 +1,79 @@
-/* ship.c - function shipping on the client: turn (func, depfuncs, modules,
- * globals) into one function blob, cached per server so each distinct
- * combination is encoded once and sent once per worker. A blob that holds
- * state (closure values, defaults, a pickled callable) is encoded at every
- * submit, so jobs see the values of their submit time, and deduplicated by
- * content, so unchanged state is still sent once per worker.
+/* ship.c - the function-shipping format: a job's function, with its
+ * depfuncs, modules and the names globals=globals() brings, encoded once
+ * into a blob on the client (ppc_ship_encode) and made a callable again in
+ * a worker (ppc_ship_install). Both extension modules compile this file;
+ * which blob a submit uses (the per-submit cache) is shipcache.c's.
  *
- * Each function travels in the cheapest form that works, per DESIGN.md:
- *   ("ref",  name, module, qualname)      importable: module + name
- *   ("src",  name, top, qualname, source, filename, firstline)
- *                                         defined in __main__ with source
- *   ("code", name, marshal, defaults, kwdefaults, closure, qualname)
- *                                         lambdas, closures, no source
- *   ("obj",  name, pickle)                any other picklable callable
- * The blob is pickle((modules, deps, main)). Classes defined in __main__
- * that the pickled arguments refer to travel as extra deps, so instances
- * of user classes arrive with their definitions. */
+ * A blob is pickle((modules, deps, main)):
+ *   modules  tuple of str, run in the worker's __main__ in order: "name"
+ *            (imported), or a statement "import x [as y]" / "from x import y";
+ *   deps     tuple of specs, each bound in __main__ under its name;
+ *   main     the spec of the job's function.
+ * A spec is a tuple naming its form first; each function or class travels
+ * in the cheapest form that works:
+ *   ("ref", name, module, qualname)
+ *       importable (builtins, functions of modules): the worker imports
+ *       module and follows the dotted qualname;
+ *   ("src", name, top, qualname, source, filename, firstline)
+ *       a function or class of __main__ with source, methods through their
+ *       class: source defines the top-level object `top`; the worker pads it
+ *       with firstline - 1 newlines (tracebacks show the client's line
+ *       numbers), runs it in __main__ and follows qualname from `top`;
+ *   ("code", name, marshal, defaults, kwdefaults, closure, qualname, fns)
+ *       lambdas, closures, decorated functions, functions without source
+ *       (REPL, python -c): marshal.dumps of the code object; closure is None
+ *       or the tuple of the cells' values. Cells holding functions (nested,
+ *       decorated, recursive local functions) hold None there and travel in
+ *       fns, ((cell index, spec), ...) or None; inside fns, ("back", k) is
+ *       the k-th of the functions being built around it (recursion);
+ *   ("obj", name, pickle)
+ *       any other picklable callable (an instance, a partial).
+ * A blob with "code" specs loads only in the client's Python version
+ * (marshal): its flag PPC_BLOB_SAME_PY keeps it off other nodes. A blob
+ * with state (closure values, defaults, fns, an "obj" pickle) must be
+ * encoded at each submit. Classes of __main__ that a job's arguments refer
+ * to (ppc_ship_main_names) travel as deps, so instances of user classes
+ * arrive with their definitions. */
 #include "ppc_py.h"
 #include <string.h>
 
 
-static PyObject *mod_main(void)
-{
-    PyObject *modules = PySys_GetObject("modules");
-    return modules ? PyDict_GetItemString(modules, "__main__") : NULL; /* borrowed */
-}
-
-/* getattr along a dotted path; new reference or NULL (no error set). */
-static PyObject *resolve(PyObject *root, PyObject *qualname)
+/* getattr along the dotted qualname from root, skipping its first `skip`
+ * parts; new reference, or NULL with an error set. */
+static PyObject *walk(PyObject *root, PyObject *qualname, Py_ssize_t skip)
 {
     PyObject *dot = PyUnicode_FromString(".");
     PyObject *parts = dot ? PyUnicode_Split(qualname, dot, -1) : NULL;
     Py_XDECREF(dot);
-    if (!parts) {
-        PyErr_Clear();
+    if (!parts)
         return NULL;
-    }
     PyObject *cur = root;
     Py_INCREF(cur);
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(parts) && cur; i++) {
+    for (Py_ssize_t i = skip; i < PyList_GET_SIZE(parts) && cur; i++) {
         PyObject *nx = PyObject_GetAttr(cur, PyList_GET_ITEM(parts, i));
         Py_DECREF(cur);
         cur = nx;
     }
     Py_DECREF(parts);
-    if (!cur)
-        PyErr_Clear();
     return cur;
+}
+
+/* ------------------------------------------------------------ encoding */
+
+/* The module __main__ (borrowed), or NULL. */
+static PyObject *mod_main(void)
+{
+    PyObject *modules = PySys_GetObject("modules");
+    return modules ? PyDict_GetItemString(modules, "__main__") : NULL;
+}
+
+/* walk from root, or NULL without an error. */
+static PyObject *resolve(PyObject *root, PyObject *qualname)
+{
+    PyObject *o = walk(root, qualname, 0);
+    if (!o)
+        PyErr_Clear();
+    return o;
 }
 
 static PyObject *attr_or_none(PyObject *o, const char *name)
@@ -225,7 +253,8 @@ static PyObject *source_spec(PyObject *obj, PyObject *name, PyObject *qn)
     }
     /* plain functions straight from the file; classes (and what that
      * declines) through inspect */
-    PyObject *fs = PyFunction_Check(topobj) ? fast_source(topobj, top) : (Py_INCREF(Py_None), Py_None);
+    PyObject *fs = PyFunction_Check(topobj) ? fast_source(topobj, top)
+                                            : (Py_INCREF(Py_None), Py_None);
     if (fs == Py_None) {
         Py_DECREF(fs);
         fs = inspect_source(topobj);
@@ -263,6 +292,8 @@ static Py_ssize_t stack_index(PyObject *stack, PyObject *f)
     return -1;
 }
 
+/* ("code", ...) for a function; stack: the functions being encoded around
+ * it, so that a closure referring back to one of them becomes ("back", k). */
 static PyObject *code_spec(PyObject *f, PyObject *name, PyObject *qn, int proto, PyObject *stack)
 {
     PyObject *marshal_dumps = ppc_import_attr("marshal", "dumps");
@@ -441,16 +472,16 @@ static int scan_op(const char *op, PyObject *arg, PyObject *stack, PyObject *mem
     return 0;
 }
 
-/* Names of __main__ globals a pickle refers to (memo-aware scan of the
- * opcodes), as a sorted tuple. Only called when the bytes contain
- * "__main__". */
-static PyObject *main_refs(PyObject *pick)
+/* Names of __main__ objects a pickle refers to (a memo-aware scan of its
+ * opcodes), as a sorted tuple. The caller looks for "__main__" in the bytes
+ * first. */
+PyObject *ppc_ship_main_names(const char *pickle, size_t n)
 {
     PyObject *genops = ppc_import_attr("pickletools", "genops");
-    if (!genops)
-        return NULL;
-    PyObject *it = PyObject_CallOneArg(genops, pick);
-    Py_DECREF(genops);
+    PyObject *pick = genops ? PyBytes_FromStringAndSize(pickle, (Py_ssize_t)n) : NULL;
+    PyObject *it = pick ? PyObject_CallOneArg(genops, pick) : NULL;
+    Py_XDECREF(genops);
+    Py_XDECREF(pick);
     if (!it)
         return NULL;
     PyObject *names = PySet_New(NULL), *stack = PyList_New(0), *memo = PyDict_New();
@@ -593,9 +624,10 @@ out:
     return rc;
 }
 
-/* The blob bytes of one submit's function; *vol set when they hold state. */
-static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                        PyObject *globals, PyObject *refs, int *vol, int *code)
+/* The blob of a call's function (ppc_py.h). */
+PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
+                          PyObject *globals, PyObject *main_names, int proto, int *vol,
+                          int *same_py)
 {
     PyObject *deps = PySequence_List(depfuncs);
     PyObject *mods = PySequence_List(modules);
@@ -606,8 +638,8 @@ static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
     if (globals != Py_None && autoimport(func, globals, deps, mods) < 0)
         goto out;
     PyObject *main = mod_main();
-    for (Py_ssize_t i = 0; refs && main && i < PyTuple_GET_SIZE(refs); i++) {
-        PyObject *n = PyTuple_GET_ITEM(refs, i);
+    for (Py_ssize_t i = 0; main_names && main && i < PyTuple_GET_SIZE(main_names); i++) {
+        PyObject *n = PyTuple_GET_ITEM(main_names, i);
         PyObject *dot = PyUnicode_FromString(".");
         PyObject *parts = dot ? PyUnicode_Split(n, dot, 1) : NULL;
         Py_XDECREF(dot);
@@ -643,28 +675,28 @@ static PyObject *encode(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
         Py_XDECREF(key);
         if (c < 0)
             goto out;
-        PyObject *sp = fspec(d, s->proto, stack);
+        PyObject *sp = fspec(d, proto, stack);
         if (!sp || PyList_Append(specs, sp) < 0) {
             Py_XDECREF(sp);
             goto out;
         }
         Py_DECREF(sp);
     }
-    mainspec = fspec(func, s->proto, stack);
+    mainspec = fspec(func, proto, stack);
     if (!mainspec)
         goto out;
     *vol = spec_volatile(mainspec);
     /* code objects only load in the same Python version */
-    *code = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
+    *same_py = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); i++) {
         PyObject *sp = PyList_GET_ITEM(specs, i);
         *vol |= spec_volatile(sp);
-        *code |= PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(sp, 0), "code") == 0;
+        *same_py |= PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(sp, 0), "code") == 0;
     }
     PyObject *t = Py_BuildValue("(NNO)", PyList_AsTuple(mods), PyList_AsTuple(specs), mainspec);
     if (!t)
         goto out;
-    blob = PyObject_CallFunction(G.pickle_dumps, "Oi", t, s->proto);
+    blob = PyObject_CallFunction(G.pickle_dumps, "Oi", t, proto);
     Py_DECREF(t);
 out:
     Py_XDECREF(seen);
@@ -676,108 +708,240 @@ out:
     return blob;
 }
 
-static void blob_capsule_free(PyObject *cap)
+
+/* ------------------------------------------------------------ decoding */
+
+static PyObject *malformed(const char *what)
 {
-    ppc_blob_decref(PyCapsule_GetPointer(cap, "ppc_blob"));
+    PyErr_Format(PyExc_ValueError, "malformed function blob: %s", what);
+    return NULL;
 }
 
-/* A new function id for the bytes, in a capsule. */
-static PyObject *make_cap(ppc_Server *s, PyObject *blob, int code)
+/* Run source in the namespace ns. 0, or -1 with an error set. */
+static int exec_source(PyObject *ns, PyObject *src, PyObject *filename)
 {
-    ppc_blob *b = ppc_blob_new(s->next_fid++, PyBytes_AS_STRING(blob), (size_t)PyBytes_GET_SIZE(blob));
-    if (!b)
-        return PyErr_NoMemory();
-    if (code)
-        b->flags |= PPC_BLOB_SAME_PY;
-    PyObject *cap = PyCapsule_New(b, "ppc_blob", blob_capsule_free);
-    if (!cap)
-        ppc_blob_decref(b);
-    return cap;
+    const char *text = PyUnicode_AsUTF8(src);
+    PyObject *code = text ? Py_CompileStringObject(text, filename, Py_file_input, NULL, -1) : NULL;
+    if (!code)
+        return -1;
+    PyObject *r = PyEval_EvalCode(code, ns, ns);
+    Py_DECREF(code);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
-/* Blobs holding state are kept by content, at most this many. */
-#define VOLATILE_MAX 256
+static PyObject *materialize(PyObject *ns, PyObject *spec, PyObject *stack);
 
-/* Encode and find the blob: by content for blobs holding state; *vol says
- * which. */
-static PyObject *encode_cap(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                            PyObject *globals, PyObject *refs, int *vol)
+/* ("src", name, top, qualname, source, filename, firstline) */
+static PyObject *from_src(PyObject *ns, PyObject *spec)
 {
-    int code = 0;
-    *vol = 0;
-    PyObject *blob = encode(s, func, depfuncs, modules, globals, refs, vol, &code);
-    if (!blob)
+    PyObject *top = PyTuple_GET_ITEM(spec, 2), *qn = PyTuple_GET_ITEM(spec, 3);
+    PyObject *src = PyTuple_GET_ITEM(spec, 4), *file = PyTuple_GET_ITEM(spec, 5);
+    if (!PyUnicode_Check(top) || !PyUnicode_Check(qn) || !PyUnicode_Check(src) ||
+        !PyUnicode_Check(file) || !PyLong_Check(PyTuple_GET_ITEM(spec, 6)))
+        return malformed("src spec");
+    long line = PyLong_AsLong(PyTuple_GET_ITEM(spec, 6));
+    if (line == -1 && PyErr_Occurred())
         return NULL;
-    if (!*vol) {
-        PyObject *cap = make_cap(s, blob, code);
-        Py_DECREF(blob);
-        return cap;
-    }
-    PyObject *cap = PyDict_GetItemWithError(s->fn_volatile, blob);
-    if (cap) {
-        Py_INCREF(cap);
-    } else if (!PyErr_Occurred()) {
-        if (PyDict_GET_SIZE(s->fn_volatile) >= VOLATILE_MAX)
-            PyDict_Clear(s->fn_volatile); /* queued jobs keep their blobs alive */
-        cap = make_cap(s, blob, code);
-        if (cap && PyDict_SetItem(s->fn_volatile, blob, cap) < 0)
-            Py_CLEAR(cap);
-    }
-    Py_DECREF(blob);
-    return cap;
-}
-
-PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
-                        PyObject *globals, const char *data, size_t n)
-{
-    PyObject *refs = NULL;
-    PyObject *gflag = globals == Py_None ? Py_False : Py_True;
-    if (memmem(data, n, "__main__", 8)) {
-        PyObject *pick = PyBytes_FromStringAndSize(data, (Py_ssize_t)n);
-        refs = pick ? main_refs(pick) : NULL;
-        Py_XDECREF(pick);
-        if (!refs)
-            return NULL;
-    } else if (s->last_cap && s->last_key[0] == func && s->last_key[1] == depfuncs &&
-               s->last_key[2] == modules && s->last_key[3] == gflag) {
-        /* the same call as last time: no key to build, no dict lookup */
-        Py_INCREF(s->last_cap);
-        return s->last_cap;
-    }
-    PyObject *key = Py_BuildValue("(OOOOO)", func, depfuncs, modules, gflag,
-                                  refs ? refs : Py_None);
-    if (!key) {
-        Py_XDECREF(refs);
+    if (line < 1 || line > 10000000)
+        line = 1;
+    /* pad so that line numbers in tracebacks match the client's file */
+    PyObject *pad = PyUnicode_New(line - 1, 127);
+    if (!pad)
+        return NULL;
+    for (long i = 0; i < line - 1; i++)
+        PyUnicode_WRITE(PyUnicode_KIND(pad), PyUnicode_DATA(pad), i, '\n');
+    PyObject *full = PyUnicode_Concat(pad, src);
+    Py_DECREF(pad);
+    int rc = full ? exec_source(ns, full, file) : -1;
+    Py_XDECREF(full);
+    if (rc < 0)
+        return NULL;
+    PyObject *o = PyDict_GetItemWithError(ns, top);
+    if (!o) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_NameError, "shipped source did not define %R", top);
         return NULL;
     }
-    int vol = 1;
-    PyObject *cap = PyDict_GetItemWithError(s->fn_cache, key);
-    if (cap == Py_None) {
-        /* holds state: encoded again, found by content */
-        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
-    } else if (cap) {
-        vol = 0;
-        Py_INCREF(cap);
-    } else if (!PyErr_Occurred()) {
-        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
-        if (cap && PyDict_SetItem(s->fn_cache, key, vol ? Py_None : cap) < 0)
-            Py_CLEAR(cap);
-    } else if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-        /* unhashable part (e.g. a callable instance): encode every time */
-        PyErr_Clear();
-        cap = encode_cap(s, func, depfuncs, modules, globals, refs, &vol);
-        vol = 1;
+    return walk(o, qn, 1);
+}
+
+/* Closure cells that hold functions: fns is ((index, spec), ...) or None;
+ * f is pushed on stack while they are built, for ("back", k). */
+static int fill_cells(PyObject *ns, PyObject *f, PyObject *cells, PyObject *fns, PyObject *stack)
+{
+    if (fns == Py_None)
+        return 0;
+    if (!PyTuple_Check(fns)) {
+        malformed("closure functions");
+        return -1;
     }
-    Py_DECREF(key);
-    if (cap && !refs && !vol) {
-        PyObject *k[4] = {func, depfuncs, modules, gflag};
-        for (int i = 0; i < 4; i++) {
-            Py_INCREF(k[i]);
-            Py_XSETREF(s->last_key[i], k[i]);
+    if (PyList_Append(stack, f) < 0)
+        return -1;
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(fns); i++) {
+        PyObject *slot = PyTuple_GET_ITEM(fns, i);
+        Py_ssize_t at;
+        PyObject *sub;
+        if (!PyTuple_Check(slot) || !PyArg_ParseTuple(slot, "nO!", &at, &PyTuple_Type, &sub) ||
+            at < 0 || at >= PyTuple_GET_SIZE(cells)) {
+            if (!PyErr_Occurred())
+                malformed("closure function slot");
+            rc = -1;
+            break;
         }
-        Py_INCREF(cap);
-        Py_XSETREF(s->last_cap, cap);
+        PyObject *o = materialize(ns, sub, stack);
+        rc = o ? PyCell_Set(PyTuple_GET_ITEM(cells, at), o) : -1;
+        Py_XDECREF(o);
     }
-    Py_XDECREF(refs);
-    return cap;
+    PyList_SetSlice(stack, PyList_GET_SIZE(stack) - 1, PyList_GET_SIZE(stack), NULL);
+    return rc;
+}
+
+/* The closure of a function made from code: a cell per value. */
+static int set_closure(PyObject *ns, PyObject *f, PyObject *code, PyObject *vals, PyObject *fns,
+                       PyObject *stack)
+{
+    /* a closure of the wrong size would make the interpreter read past it */
+    PyObject *free = PyObject_GetAttrString(code, "co_freevars");
+    if (!free)
+        return -1;
+    Py_ssize_t nfree = PyTuple_Check(free) ? PyTuple_GET_SIZE(free) : -1;
+    Py_DECREF(free);
+    if ((vals == Py_None && nfree != 0) ||
+        (vals != Py_None && (!PyTuple_Check(vals) || PyTuple_GET_SIZE(vals) != nfree))) {
+        malformed("closure does not fit the code");
+        return -1;
+    }
+    if (vals == Py_None)
+        return 0;
+    PyObject *cells = PyTuple_New(nfree);
+    for (Py_ssize_t i = 0; cells && i < nfree; i++) {
+        PyObject *c = PyCell_New(PyTuple_GET_ITEM(vals, i));
+        if (!c)
+            Py_CLEAR(cells);
+        else
+            PyTuple_SET_ITEM(cells, i, c);
+    }
+    int rc = cells ? PyFunction_SetClosure(f, cells) : -1;
+    if (rc == 0)
+        rc = fill_cells(ns, f, cells, fns, stack);
+    Py_XDECREF(cells);
+    return rc;
+}
+
+/* ("code", name, marshal, defaults, kwdefaults, closure, qualname, fns) */
+static PyObject *from_code(PyObject *ns, PyObject *spec, PyObject *stack)
+{
+    PyObject *defaults = PyTuple_GET_ITEM(spec, 3), *kwd = PyTuple_GET_ITEM(spec, 4);
+    PyObject *qn = PyTuple_GET_ITEM(spec, 6);
+    if (!PyUnicode_Check(qn))
+        return malformed("code spec");
+    PyObject *loads = ppc_import_attr("marshal", "loads");
+    PyObject *code = loads ? PyObject_CallOneArg(loads, PyTuple_GET_ITEM(spec, 2)) : NULL;
+    Py_XDECREF(loads);
+    if (!code)
+        return NULL;
+    if (!PyCode_Check(code)) {
+        Py_DECREF(code);
+        return malformed("shipped code is not a code object");
+    }
+    PyObject *f = PyFunction_NewWithQualName(code, ns, qn);
+    if (f && ((defaults != Py_None && PyFunction_SetDefaults(f, defaults) < 0) ||
+              (kwd != Py_None && PyFunction_SetKwDefaults(f, kwd) < 0) ||
+              set_closure(ns, f, code, PyTuple_GET_ITEM(spec, 5), PyTuple_GET_ITEM(spec, 7),
+                          stack) < 0))
+        Py_CLEAR(f);
+    Py_DECREF(code);
+    return f;
+}
+
+/* The object one spec stands for. stack: the functions being built, for
+ * closures that refer back to them. New reference, or NULL with an error. */
+static PyObject *materialize(PyObject *ns, PyObject *spec, PyObject *stack)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 2 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(spec, 0)))
+        return malformed("spec");
+    const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(spec, 0));
+    Py_ssize_t n = PyTuple_GET_SIZE(spec);
+    if (!kind)
+        return NULL;
+    if (!strcmp(kind, "ref") && n == 4) {
+        PyObject *m = PyImport_Import(PyTuple_GET_ITEM(spec, 2));
+        PyObject *o = m ? walk(m, PyTuple_GET_ITEM(spec, 3), 0) : NULL;
+        Py_XDECREF(m);
+        return o;
+    }
+    if (!strcmp(kind, "src") && n == 7)
+        return from_src(ns, spec);
+    if (!strcmp(kind, "code") && n == 8)
+        return from_code(ns, spec, stack);
+    if (!strcmp(kind, "obj") && n == 3)
+        return PyObject_CallOneArg(G.pickle_loads, PyTuple_GET_ITEM(spec, 2));
+    if (!strcmp(kind, "back") && n == 2) {
+        Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 1));
+        if (k < 0 || k >= PyList_GET_SIZE(stack))
+            return PyErr_Occurred() ? NULL : malformed("function back-reference");
+        PyObject *o = PyList_GET_ITEM(stack, k);
+        Py_INCREF(o);
+        return o;
+    }
+    PyErr_Format(PyExc_ValueError, "malformed function blob: unknown spec %R",
+                 PyTuple_GET_ITEM(spec, 0));
+    return NULL;
+}
+
+/* One entry of modules: "name" or an import statement, run in ns. */
+static int import_module(PyObject *ns, PyObject *m)
+{
+    const char *ms = PyUnicode_AsUTF8(m);
+    if (!ms)
+        return -1;
+    while (*ms == ' ')
+        ms++;
+    PyObject *stmt = !strncmp(ms, "import ", 7) || !strncmp(ms, "from ", 5)
+                         ? (Py_INCREF(m), m)
+                         : PyUnicode_FromFormat("import %U", m);
+    PyObject *fname = PyUnicode_FromString("<pp modules>");
+    int rc = stmt && fname ? exec_source(ns, stmt, fname) : -1;
+    Py_XDECREF(stmt);
+    Py_XDECREF(fname);
+    return rc;
+}
+
+/* A blob made a callable again, in a worker (ppc_py.h). */
+PyObject *ppc_ship_install(PyObject *ns, const uint8_t *blob, size_t n)
+{
+    PyObject *mv = PyMemoryView_FromMemory((char *)blob, (Py_ssize_t)n, PyBUF_READ);
+    PyObject *t = mv ? PyObject_CallOneArg(G.pickle_loads, mv) : NULL;
+    Py_XDECREF(mv);
+    if (!t)
+        return NULL;
+    PyObject *mods, *deps, *main, *stack = NULL, *f = NULL;
+    if (!PyArg_ParseTuple(t, "O!O!O:blob", &PyTuple_Type, &mods, &PyTuple_Type, &deps, &main))
+        goto out;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mods); i++) {
+        PyObject *m = PyTuple_GET_ITEM(mods, i);
+        if (PyUnicode_Check(m) && import_module(ns, m) < 0)
+            goto out;
+    }
+    stack = PyList_New(0);
+    if (!stack)
+        goto out;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(deps); i++) {
+        PyObject *spec = PyTuple_GET_ITEM(deps, i);
+        PyObject *o = materialize(ns, spec, stack);
+        int rc = o ? PyDict_SetItem(ns, PyTuple_GET_ITEM(spec, 1), o) : -1;
+        Py_XDECREF(o);
+        if (rc < 0)
+            goto out;
+    }
+    f = materialize(ns, main, stack);
+out:
+    Py_XDECREF(stack);
+    Py_DECREF(t);
+    return f;
 }
