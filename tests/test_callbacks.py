@@ -7,7 +7,8 @@ file that a later job waits for); wait() and wait(group) return only after
 the callbacks of the awaited jobs ran; job() of a job with a callback
 still returns the result; a callback that raises is logged on the "pp"
 logger and the server keeps working; bound methods as callbacks (pp's
-classic example); a job whose function raises does not call its callback.
+classic example); a job whose function raises does not call its callback;
+job() or wait() inside a callback raises RuntimeError instead of hanging.
 """
 import logging
 import subprocess
@@ -238,10 +239,11 @@ def test_many_callbacks(server):
     assert count[0] == 2000
 
 
-# A callback that blocks on the server (job() of a job that has a callback
-# of its own, or wait()) must not deadlock the one callback thread: DESIGN.md
-# says the library never hangs silently. Run in a child so a hang cannot
-# leave this process's servers stuck.
+# A callback that would block on the server forever (job() of a job that
+# has a callback of its own, or wait()) gets a RuntimeError instead of
+# deadlocking the one callback thread: DESIGN.md says the library never
+# hangs silently. Run in a child so a hang cannot leave this process's
+# servers stuck.
 
 def _run_no_hang(run_python, source):
     try:
@@ -251,7 +253,10 @@ def _run_no_hang(run_python, source):
 
 
 @pytest.mark.timeout(30)
-def test_job_result_inside_callback_does_not_hang(run_python, ok):
+def test_job_result_inside_callback_raises(run_python, ok):
+    # Inside a callback, job() of a pending job that has a callback of its
+    # own could never return (its callback needs this thread): it raises
+    # RuntimeError at once. The inner job's callback still runs afterwards.
     out = ok(_run_no_hang(run_python, """
         import pp
         s = pp.Server(2)
@@ -262,18 +267,27 @@ def test_job_result_inside_callback_does_not_hang(run_python, ok):
             try:
                 res.append(("outer", r, inner()))
             except Exception as e:
-                res.append(("error", type(e).__name__))
+                res.append(("raised", type(e).__name__, str(e)))
 
         s.submit(pow, (2, 2), callback=cb)
         s.wait()
-        print(sorted(res))
+        for r in res:
+            print(repr(r))
         s.destroy()
     """))
-    assert "('outer', 4, 32)" in out or "error" in out
+    assert out.splitlines() == [
+        repr(("raised", "RuntimeError",
+              "a job with a callback was waited for from a callback: callbacks run on one "
+              "thread, so its callback could never run; wait from another thread or submit it "
+              "without a callback")),
+        repr(("inner", 32)),
+    ]
 
 
 @pytest.mark.timeout(30)
-def test_wait_inside_callback_does_not_hang(run_python, ok):
+def test_wait_inside_callback_raises(run_python, ok):
+    # wait() inside a callback would wait for that callback's own job: it
+    # raises RuntimeError at once, and the server goes on.
     out = ok(_run_no_hang(run_python, """
         import pp
         s = pp.Server(2)
@@ -284,11 +298,18 @@ def test_wait_inside_callback_does_not_hang(run_python, ok):
                 s.wait()
                 res.append("waited")
             except Exception as e:
-                res.append("error " + type(e).__name__)
+                res.append(("raised", type(e).__name__, str(e)))
 
         s.submit(pow, (2, 2), callback=cb)
         s.wait()
-        print(res)
+        res.append(s.submit(pow, (3, 2))())
+        for r in res:
+            print(repr(r))
         s.destroy()
     """))
-    assert "waited" in out or "error" in out
+    assert out.splitlines() == [
+        repr(("raised", "RuntimeError",
+              "wait() called from a callback would wait for itself: callbacks run on one "
+              "thread, and the jobs being waited for need it; wait from another thread")),
+        "9",
+    ]
