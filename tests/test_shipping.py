@@ -1,19 +1,23 @@
 """Function shipping: how a job's function, its helpers and its arguments
 reach the worker (DESIGN.md "Function shipping").
 
-Covers the three forms, each through real workers:
+Covers the four forms of src/py/ship.c, each through real workers:
   * by reference: builtins (min, pow), stdlib functions (math.sin,
     os.path.join), functions and bound methods of an importable module
     (tests/helpers_mod.py);
   * by source: functions, classes and methods defined in a ``__main__``
     script (run as a child interpreter, since pytest's own __main__ is not
     a script), including tracebacks that point at the script's lines;
-  * by code object: lambdas, closures, functions defined in ``python -c``;
+  * by code object: lambdas, closures, decorated functions, functions
+    defined in ``python -c``;
+  * pickled: callable instances and partials, with their state of each
+    submit;
 and depfuncs, modules given as "math" / "import x" / "from x import y",
 globals=globals() auto-import (module aliases and helper functions), bound
 methods (self travels), instances of user classes as arguments and
-results, and what a job prints appearing on the client's stdout when its
-result is taken.
+results (the scan of their pickles for __main__ names leaks nothing), and
+what a job prints appearing on the client's stdout when its result is
+taken.
 """
 import math
 import operator
