@@ -19,9 +19,12 @@ results (the scan of their pickles for __main__ names leaks nothing), and
 what a job prints appearing on the client's stdout when its result is
 taken.
 """
+import marshal
 import math
 import operator
+import os
 import os.path
+import struct
 
 import pytest
 
@@ -536,3 +539,84 @@ def test_main_names_scan_does_not_leak(run_python, ok):
     results, grown = out.split()
     assert results == "{'Px'}"
     assert int(grown) < 100000, "%s bytes kept by 300 submits" % grown
+
+
+# --------------------------------------------------------------- malformed blobs
+
+def _frame(ftype, fid, payload, aux=0):
+    # frame.h: u64 len, u64 id, u8 type, u8 flags, u16 aux, u32 extra, payload
+    return struct.pack("<QQBBHI", len(payload), fid, ftype, 0, aux, 0) + payload
+
+
+def _read_frame(f):
+    hdr = f.read(24)
+    assert len(hdr) == 24, "the worker closed its pipe (it died)"
+    n, fid, ftype, _, _, _ = struct.unpack("<QQBBHI", hdr)
+    return ftype, fid, f.read(n)
+
+
+def test_malformed_blobs_fail_their_jobs_and_the_worker_keeps_serving(tmp_path):
+    # A worker is given blobs no client makes (a ppserver's worker runs
+    # blobs of any authenticated client): each one must fail the jobs of
+    # that function with a clear error, never crash the worker. A code
+    # object with free variables and no closure (or a closure of the wrong
+    # size) would make the interpreter read past the closure.
+    import pickle
+    import subprocess
+    import sys
+
+    import pp
+
+    INIT, FUNC, JOB, RESULT = 1, 2, 3, 4
+
+    def make(n):
+        return lambda: n
+
+    code = marshal.dumps(make(1).__code__)  # one free variable
+    blobs = {
+        10: ((), (), ("code", "f", code, None, None, None, "f", None)),
+        11: ((), (), ("code", "f", code, None, None, (1, 2), "f", None)),
+        12: ((), (), ("src", "f", "f", "f", b"def f(): pass", "x.py", 1)),
+        13: ((), (), ("nonsense", "f")),
+        14: ((), ("not a spec",), ("ref", "abs", "builtins", "abs")),
+        15: ("not a blob",),
+        16: ((), (), ("code", "f", code, None, None, (41,), "f", None)),  # a good one
+    }
+    messages = {
+        10: b"closure does not fit the code",
+        11: b"closure does not fit the code",
+        12: b"malformed function blob: src spec",
+        13: b"malformed function blob: unknown spec 'nonsense'",
+        14: b"malformed function blob: spec",
+        15: b"blob",
+    }
+    ppdir = os.path.dirname(os.path.abspath(pp.__file__))
+    to_w, w_in = os.pipe()
+    w_out, from_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-s", "-c",
+         "import sys;sys.path.insert(0,sys.argv[1]);import _ppcw;"
+         "_ppcw.worker_main(int(sys.argv[2]),int(sys.argv[3]))", ppdir, str(to_w), str(from_w)],
+        pass_fds=(to_w, from_w))
+    os.close(to_w)
+    os.close(from_w)
+    try:
+        with os.fdopen(w_in, "wb") as out, os.fdopen(w_out, "rb") as inp:
+            init = {"path": sys.path, "cwd": str(tmp_path), "proto": 4}
+            out.write(_frame(INIT, 0, pickle.dumps(init)))
+            out.flush()
+            assert _read_frame(inp)[0] == INIT
+            for fid, blob in blobs.items():
+                out.write(_frame(FUNC, fid, pickle.dumps(blob)))
+                out.write(_frame(JOB, 100 + fid, struct.pack("<Q", fid) + pickle.dumps(())))
+            out.flush()
+            for fid in blobs:
+                ftype, jid, payload = _read_frame(inp)
+                assert (ftype, jid) == (RESULT, 100 + fid)
+                if fid in messages:
+                    assert messages[fid] in payload, (fid, payload)
+                else:
+                    assert b"malformed" not in payload and b"Error" not in payload, payload
+    finally:
+        proc.kill()
+        proc.wait()
