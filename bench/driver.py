@@ -1,7 +1,7 @@
 # bench/driver.py - orchestrates the benchmark (make bench / bench/run.sh):
-# picks the interpreter of each implementation (serial and mp: the project
-# venv's python; ppft: bench/.venv-ppft; ppc: the project venv at the repo
-# root), runs every measurement of bench/cases/ in a fresh subprocess of its
+# picks the interpreter of each implementation (serial, mp, ppe and the limit
+# rows: the project venv's python; ppft: bench/.venv-ppft; ray:
+# bench/.venv-ray; ppc: the project venv at the repo root), runs every measurement of bench/cases/ in a fresh subprocess of its
 # own session, rounds interleaved over the implementations, with a timeout,
 # then prints medians/ratios/targets and writes the report (docs/benchmarks.md
 # on a full run, bench/results/ otherwise) and the throughput plot.
@@ -80,6 +80,16 @@ INFO = ("import sys, platform; print(platform.python_version())\n"
         "try:\n import numpy; print('numpy', numpy.__version__)\nexcept Exception: print('numpy -')\n")
 
 
+def venv_failure(name):
+    """Why bench/.venv-NAME is missing: the last line of run.sh's pip log."""
+    try:
+        with open(os.path.join(RESULTS, "venv-%s.log" % name), errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip() and "WARNING: Location" not in ln]
+        return lines[-1][:160] if lines else "no log"
+    except OSError:
+        return "not built; run bench/run.sh"
+
+
 def resolve_interpreters():
     """Returns {impl: {"py":..., "env":..., "ok": bool, "why": str, ...}}."""
     base_env = clean_env()
@@ -90,8 +100,19 @@ def resolve_interpreters():
     have_ppc_venv = os.path.exists(ppc_py)
     base_py = ppc_py if have_ppc_venv else sys.executable
     interp = {}
-    for impl in ("serial", "mp", "bare", "bare_shm"):
+    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm"):
         interp[impl] = dict(py=base_py, env=base_env, ok=True, why="")
+    # Ray: its own venv (bench/run.sh builds it); usage statistics off
+    ray_py = os.path.join(BENCH, ".venv-ray", "bin", "python")
+    ray_env = dict(base_env, RAY_USAGE_STATS_ENABLED="0")
+    if os.path.exists(ray_py):
+        ok, out = probe(ray_py, "import ray, numpy; print(ray.__version__)", ray_env)
+        interp["ray"] = dict(py=ray_py, env=ray_env, ok=ok,
+                             why="" if ok else "n/a (ray not importable: %s)" % out[:160],
+                             version=out if ok else None)
+    else:
+        interp["ray"] = dict(py=ray_py, env=ray_env, ok=False,
+                             why="n/a (bench/.venv-ray could not be built: %s)" % venv_failure("ray"))
     # ppft
     if os.path.exists(ppft_py):
         ok, out = probe(ppft_py, "import pp, ppft; print(ppft.__version__)", base_env)
@@ -118,6 +139,9 @@ def resolve_interpreters():
         interp["ppc"] = dict(py=ppc_py, env=env, ok=ok,
                              why="" if ok else "n/a (pp not importable in .venv: %s)" % out[:160],
                              version=out if ok else None)
+    # ppc a second time with cross-process reads refused (PPC_VM=0 turns
+    # the path that reads the client's memory from a worker off)
+    interp["ppc_novm"] = dict(interp["ppc"], env=dict(interp["ppc"]["env"], PPC_VM="0"))
     for impl, d in interp.items():
         ok, out = probe(d["py"], INFO, base_env) if os.path.exists(d["py"]) else (False, "")
         lines = out.splitlines() if ok else []
@@ -732,7 +756,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
 
     interp = resolve_interpreters()
-    for impl in ("serial", "mp", "ppft", "ppc"):
+    for impl in ("serial", "mp", "ppft", "ray", "ppc"):
         it = interp[impl]
         sys.stderr.write("%-6s %s%s\n" % (impl, it["py"], "" if it["ok"] else "  -> " + it["why"]))
     facts = machine_facts(interp)
