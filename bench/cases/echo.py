@@ -1,76 +1,216 @@
 # bench/cases/echo.py - case 3: 4 x 64 MB payloads echoed through workers
 # (def echo(x): return x). --case echo_bytes uses bytes objects, echo_numpy
-# float64 arrays. 4 jobs submitted, then all results taken; reported as
-# payload MB moved one way per second (4 * 64 MB / time). The serial column
-# is the in-process pickle round trip (dumps+loads, protocol 5) of the same
-# payloads: a reference for the serialization cost alone, nothing is moved.
-# --impl bare is the machine's limit for any design that copies: an echo
-# creates two new objects per payload (the argument in a worker, the result
-# in the client), so bare has N forked processes (N = CPUs) fill 2 x 4 fresh
-# 64 MB areas between them (anonymous memory, pages faulted in with one
-# madvise, then a memcpy from a payload), with no framework, and reports
-# 4 x 64 MB / that time. --impl bare_shm is the same for a design that
-# never copies a result into the client (the client would map the worker's
-# shared memory): 4 fresh shared-memory (memfd) areas filled.
+# float64 arrays. After the pool is made and warmed, 4 jobs are submitted,
+# then all results taken; reported as payload MB moved one way per second
+# (4 * 64 MB / time from first submit to last result).
+#
+# Implementations: mp (multiprocessing.Pool.apply_async), ppe
+# (concurrent.futures.ProcessPoolExecutor.submit), ray (a local single-node
+# Ray started by ray.init(num_cpus=nproc) before the clock, as its users
+# do: each payload ray.put into its shared-memory object store, then
+# echo.remote(ref), results by ray.get), ppft and ppc (pp.Server.submit),
+# ppc_novm (ppc with PPC_VM=0 in the environment: the run a kernel that
+# refuses cross-process reads gets). serial is the in-process pickle round
+# trip (dumps+loads, protocol 5) of the same payloads: the serialization
+# cost alone, nothing moves.
+#
+# Limit rows: bare processes (forked, no framework) doing only the fills of
+# fresh memory that any design must do for this data; the fork shares the
+# payloads, which stands for reading them from the other process. A fill
+# is a fresh mapping, its pages faulted in with one madvise, then a memcpy.
+#   echo_bytes --impl limit: results copied once, cross-process reads
+#     allowed: each worker fills its argument once (read from the client's
+#     memory), the client fills each result once (read from the worker's).
+#   echo_bytes --impl limit_novm: reads refused: the client fills a shared
+#     segment with the argument, the worker fills its argument from it and
+#     writes the result back into that segment (already populated: a memcpy
+#     only), the client fills the result from the segment.
+#   echo_numpy --impl limit: the argument's pages filled once, in the
+#     receiver (a worker, into a fresh memfd segment), and nothing for the
+#     result: the client maps that segment copy-on-write (fd passed over a
+#     unix socket) and wraps it as an array.
 import mmap
 import os
 import pickle
+import socket
 
 import common
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+RAY_STORE_MB = int(os.environ.get("BENCH_RAY_STORE_MB", "2048"))
 
 
-def fill_fresh(src, shared=False):
-    if shared:
-        fd = os.memfd_create("bench")
-        os.ftruncate(fd, len(src))
-        m = mmap.mmap(fd, len(src))
-        os.close(fd)
-    else:
-        m = mmap.mmap(-1, len(src))
+def raw(p):
+    """The payload's bytes as a flat buffer (bytes, or a numpy array's data)."""
+    return p if isinstance(p, bytes) else memoryview(p).cast("B")
+
+
+def populate(m):
     try:
         m.madvise(MADV_POPULATE_WRITE)
-    except OSError:
+    except (OSError, ValueError):
         pass  # an older kernel: the copy faults the pages in
+
+
+def fill_private(src):
+    """A fresh private mapping holding a copy of src (one fill)."""
+    m = mmap.mmap(-1, len(src))
+    populate(m)
     m[:] = src
     return m
 
 
-def bare(payloads, nproc, shared=False):
-    """2 fresh copies of every payload (1 into shared memory when shared),
-    shared out between nproc forked processes; returns the time from a
-    common start signal to the last process done filling (forks and exits
-    are not counted)."""
-    work = [p for p in payloads for _ in range(1 if shared else 2)]
-    go_r, go_w = os.pipe()
-    done_r, done_w = os.pipe()
+def fill_segment(src):
+    """A fresh shared-memory (memfd) segment holding a copy of src (one
+    fill); returns (fd, mapping)."""
+    fd = os.memfd_create("bench-seg")
+    os.ftruncate(fd, len(src))
+    m = mmap.mmap(fd, len(src))
+    populate(m)
+    m[:] = src
+    return fd, m
+
+
+def fork_workers(nproc, body):
+    """Fork nproc children running body(k) (k = 0..nproc-1); each exits 0 if
+    body returns, 1 on any exception."""
     kids = []
     for k in range(nproc):
         pid = os.fork()
         if pid == 0:
             ok = False
             try:
-                os.read(go_r, 1)
-                keep = [fill_fresh(work[i], shared) for i in range(k, len(work), nproc)]
-                ok = all(m[:16] == work[k + nproc * j][:16] for j, m in enumerate(keep))
-                os.write(done_w, b"y" if ok else b"n")
+                body(k)
+                ok = True
             finally:
                 os._exit(0 if ok else 1)
         kids.append(pid)
-    time_ok = True
+    return kids
+
+
+def reap(kids):
+    bad = 0
+    for pid in kids:
+        _, st = os.waitpid(pid, 0)
+        bad += st != 0
+    if bad:
+        raise RuntimeError("%d limit worker(s) failed" % bad)
+
+
+def limit_bytes(payloads, nproc):
+    """Cross-process reads allowed, results copied once (see top comment).
+    Returns (seconds, results)."""
+    n = len(payloads)
+    go_r, go_w = os.pipe()
+    end_r, end_w = os.pipe()
+    done_r, done_w = os.pipe()
+
+    def worker(k):
+        os.read(go_r, 1)
+        keep = []
+        for i in range(k, n, nproc):
+            keep.append(fill_private(payloads[i]))   # the argument, in the worker
+            os.write(done_w, bytes([i]))
+        os.read(end_r, 1)                             # live until the client is done
+
+    kids = fork_workers(nproc, worker)
     t0 = common.now()
     os.write(go_w, b"g" * nproc)
-    for _ in range(nproc):
-        time_ok = os.read(done_r, 1) == b"y" and time_ok
+    out = [None] * n
+    for _ in range(n):
+        i = os.read(done_r, 1)[0]
+        out[i] = fill_private(payloads[i])            # the result, in the client
     t = common.now() - t0
-    for pid in kids:
-        os.waitpid(pid, 0)
-    for fd in (go_r, go_w, done_r, done_w):
+    os.write(end_w, b"e" * nproc)
+    reap(kids)
+    for fd in (go_r, go_w, end_r, end_w, done_r, done_w):
         os.close(fd)
-    if not time_ok:
-        raise RuntimeError("a bare filler failed")
-    return t
+    return t, out
+
+
+def limit_bytes_novm(payloads, nproc):
+    """Cross-process reads refused (see top comment). Returns (seconds,
+    results)."""
+    n = len(payloads)
+    segs = []
+    for p in payloads:                                # made empty before the clock
+        fd = os.memfd_create("bench-seg")
+        os.ftruncate(fd, len(p))
+        segs.append(fd)
+    to_w = [os.pipe() for _ in range(nproc)]
+    done_r, done_w = os.pipe()
+
+    def worker(k):
+        while True:
+            i = os.read(to_w[k][0], 1)[0]
+            if i == 255:
+                return
+            m = mmap.mmap(segs[i], len(payloads[i]))
+            arg = fill_private(m)                     # the argument, from the segment
+            m[:] = arg                                # the result, back into it
+            os.write(done_w, bytes([i]))
+
+    kids = fork_workers(nproc, worker)
+    t0 = common.now()
+    maps = []
+    for i, p in enumerate(payloads):
+        m = mmap.mmap(segs[i], len(p))
+        populate(m)
+        m[:] = p                                      # the argument, by the client
+        maps.append(m)
+        os.write(to_w[i % nproc][1], bytes([i]))
+    out = [None] * n
+    for _ in range(n):
+        i = os.read(done_r, 1)[0]
+        out[i] = fill_private(maps[i])                # the result, in the client
+    t = common.now() - t0
+    for r, w in to_w:
+        os.write(w, b"\xff")
+    reap(kids)
+    for fd in segs + [done_r, done_w] + [x for pr in to_w for x in pr]:
+        os.close(fd)
+    return t, out
+
+
+def limit_numpy(payloads, nproc):
+    """One fill per payload, in a worker; results mapped (see top comment).
+    Returns (seconds, results: writable arrays over copy-on-write maps)."""
+    import numpy as np
+    n = len(payloads)
+    go_r, go_w = os.pipe()
+    end_r, end_w = os.pipe()
+    csock, wsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def worker(k):
+        csock.close()
+        os.read(go_r, 1)
+        keep = []
+        for i in range(k, n, nproc):
+            fd, m = fill_segment(raw(payloads[i]))    # the argument, in the worker
+            socket.send_fds(wsock, [bytes([i])], [fd])
+            keep.append((fd, m))
+        os.read(end_r, 1)                             # live until the client is done
+
+    kids = fork_workers(nproc, worker)
+    wsock.close()
+    t0 = common.now()
+    os.write(go_w, b"g" * nproc)
+    out = [None] * n
+    for _ in range(n):
+        msg, fds, _, _ = socket.recv_fds(csock, 16, 1)
+        i = msg[0]
+        p = payloads[i]
+        m = mmap.mmap(fds[0], p.nbytes, flags=mmap.MAP_PRIVATE,
+                      prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(fds[0])
+        out[i] = np.frombuffer(m, dtype=p.dtype).reshape(p.shape)   # the result
+    t = common.now() - t0
+    os.write(end_w, b"e" * nproc)
+    reap(kids)
+    for fd in (go_r, go_w, end_r, end_w):
+        os.close(fd)
+    csock.close()
+    return t, out
 
 
 def echo(x):
@@ -86,7 +226,7 @@ def make_payloads(kind, n, size):
 
 def same(kind, a, b):
     if kind == "echo_bytes":
-        return a == b
+        return a == b if isinstance(b, bytes) else (len(b) == len(a) and b[:] == a)
     import numpy as np
     return isinstance(b, np.ndarray) and b.dtype == a.dtype and np.array_equal(a, b)
 
@@ -95,13 +235,18 @@ def main(args):
     impl, kind = args.impl, args.case
     n = 4
     mb = 8 if args.quick else 64
+    nproc = common.ncpus()
     common.PHASE[0] = "make payloads"
     payloads = make_payloads(kind, n, mb * 1024 * 1024)
     extra = {}
-    if impl in ("bare", "bare_shm"):
+    if impl in ("limit", "limit_novm"):
         common.PHASE[0] = "run"
-        t = bare(payloads, common.ncpus(), shared=impl == "bare_shm")
-        out = payloads
+        if kind == "echo_numpy":
+            if impl != "limit":
+                raise ValueError("echo_numpy has no %s row" % impl)
+            t, out = limit_numpy(payloads, nproc)
+        else:
+            t, out = (limit_bytes if impl == "limit" else limit_bytes_novm)(payloads, nproc)
     elif impl == "serial":
         common.PHASE[0] = "run"
         t0 = common.now()
@@ -116,6 +261,30 @@ def main(args):
         t0 = common.now()
         jobs = [pool.apply_async(echo, (p,)) for p in payloads]
         out = [j.get() for j in jobs]
+        t = common.now() - t0
+    elif impl == "ppe":
+        from concurrent.futures import ProcessPoolExecutor
+        common.PHASE[0] = "pool"
+        ex = ProcessPoolExecutor()
+        # it starts its processes on demand: warm all of them
+        [f.result() for f in [ex.submit(echo, i) for i in range(nproc)]]
+        common.PHASE[0] = "run"
+        t0 = common.now()
+        jobs = [ex.submit(echo, p) for p in payloads]
+        out = [j.result() for j in jobs]
+        t = common.now() - t0
+    elif impl == "ray":
+        import ray
+        common.PHASE[0] = "ray.init"
+        ray.init(num_cpus=nproc, object_store_memory=RAY_STORE_MB * 2**20,
+                 include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        echo_r = ray.remote(echo)
+        ray.get([echo_r.remote(i) for i in range(nproc)])
+        extra["ray_version"] = ray.__version__
+        common.PHASE[0] = "run"
+        t0 = common.now()
+        refs = [echo_r.remote(ray.put(p)) for p in payloads]
+        out = ray.get(refs)
         t = common.now() - t0
     else:
         pp = common.import_pp(impl)
