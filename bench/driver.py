@@ -564,28 +564,26 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
 
     mp_n, pc_n, ry_n = med("echo_numpy", "mp"), med("echo_numpy", "ppc"), med("echo_numpy", "ray")
     li_n, nv_n = med("echo_numpy", "limit"), med("echo_numpy", "ppc_novm")
-    if pc_n is None or mp_n is None or ry_n is None:
-        miss = why("echo_numpy") if pc_n is None else \
-            "n/a (%s: %s)" % (("ray", why("echo_numpy", "ray")) if ry_n is None
-                              else ("mp", why("echo_numpy", "mp")))
-    else:
-        miss = None
+    miss = why("echo_numpy") if pc_n is None else None
+    peer = next(("%s: %s" % (i, why("echo_numpy", i)) for i, v in (("ray", ry_n), ("mp", mp_n))
+                 if v is None), None)
     t_rows.append((
         "3a. 4 x %s MB numpy echo: faster than Ray, >= 4x multiprocessing" % mb,
         "-" if pc_n is None else
         "%s MB/s: %s Ray (%s), %s mp (%s); limit %s MB/s (ppc at %s); reads refused "
         "(PPC_VM=0) %s MB/s" % (mbs(pc_n), fx(ratio(pc_n, ry_n)), mbs(ry_n), fx(ratio(pc_n, mp_n)),
                                  mbs(mp_n), mbs(li_n), pct(pc_n, li_n), mbs(nv_n)),
+        "n/a (%s)" % peer if peer and not miss else
         verdict(miss is None and pc_n > ry_n and pc_n / mp_n >= 4, miss)))
     mp_e, pc_e, nv_e = med("echo_bytes", "mp"), med("echo_bytes", "ppc"), med("echo_bytes", "ppc_novm")
     li_e, ln_e = med("echo_bytes", "limit"), med("echo_bytes", "limit_novm")
     reads = facts.get("vm_reads", "?")
     if not reads.startswith("allowed"):
         miss = "n/a (this kernel refuses cross-process reads: %s)" % reads
-    elif pc_e is None or mp_e is None:
-        miss = why("echo_bytes") if pc_e is None else why("echo_bytes", "mp")
+    elif pc_e is None:
+        miss = why("echo_bytes")
     else:
-        miss = None
+        miss = None if mp_e is not None else "mp: " + why("echo_bytes", "mp")
     t_rows.append((
         "3b. 4 x %s MB bytes echo >= 5x multiprocessing where cross-process reads are allowed; "
         "refused beside it" % mb,
@@ -594,6 +592,7 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
         "(limit %s MB/s, ppc at %s)" % (
             mbs(pc_e), mbs(mp_e), fx(ratio(pc_e, mp_e), 1), mbs(li_e), pct(pc_e, li_e),
             mbs(nv_e), fx(ratio(nv_e, mp_e), 1), mbs(ln_e), pct(nv_e, ln_e)),
+        "n/a (%s)" % miss if miss and not miss.startswith("n/a") and pc_e is not None else
         verdict(miss is None and pc_e / mp_e >= 5, miss)))
     parts, oks, miss = [], [], None
     for cid in ("sum_primes", "mandelbrot"):
@@ -690,26 +689,26 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
         "ProcessPoolExecutor().submit` (both fork), ray = a local single-node Ray "
         "(`ray.init(num_cpus=%s, object_store_memory=2 GiB)`, started once before the clock as "
         "its users do; not `local_mode`, which would run jobs in the client), each payload "
-        "`ray.put`, then `echo.remote(ref)`, results by `ray.get`; ppc_novm = ppc with "
+        "`ray.put`, then `echo.remote(ref)`, results by `ray.get` (read-only arrays over its store); ppc_novm = ppc with "
         "`PPC_VM=0` in the environment, the path a kernel that refuses cross-process reads "
         "(Yama ptrace_scope 1-3) gets. serial = in-process `pickle.loads(pickle.dumps(x, 5))`: "
         "the serialization cost alone, nothing moves. " % (mb, facts["nproc"]))
     limit_note = {
         "echo_bytes":
-            "limit rows: %s bare forked processes (no framework) doing only the fills of fresh "
-            "memory any design must do for bytes results copied once (a fill: fresh mapping, "
-            "pages faulted in with one madvise, then memcpy). limit = cross-process reads "
-            "allowed: each worker fills its argument once, the client fills each result once "
-            "(2 fills per payload, the client's serial). limit_novm = reads refused: the client "
-            "fills a shared segment with the argument, the worker fills its argument from it and "
-            "copies the result back into that segment, the client fills the result from it "
-            "(3 fills and a copy per payload, 2 of the fills in the client)." % facts["nproc"],
+            "limit rows: the fills of fresh memory any design must do for bytes results copied "
+            "once, no framework, spread evenly over %s forked processes (at best a design "
+            "spreads them over every core; a fill: fresh mapping, pages faulted in with one "
+            "madvise, then memcpy). limit = cross-process reads allowed: 2 fills per payload "
+            "(the worker's argument, the client's result). limit_novm = reads refused: 3 fills "
+            "and a copy per payload (the client's argument into a shared segment, the worker's "
+            "argument from it, the worker's result back into that populated segment, the "
+            "client's result from it)." % facts["nproc"],
         "echo_numpy":
-            "limit row: %s bare forked processes (no framework) doing only the fill of fresh "
-            "memory any design must do when an array result is a mapped view: each worker "
-            "fills a fresh memfd segment with the argument (one fill per payload, in the "
-            "receiver), passes its fd to the client over a unix socket, and the client maps it "
-            "copy-on-write as a writable array (no fill for the result)." % facts["nproc"]}
+            "limit row: the one fill of fresh memory any design must do when an array result "
+            "is a mapped view, no framework: %s forked processes each fill a fresh memfd "
+            "segment with an argument (one fill per payload, in the receiver), pass its fd to "
+            "the client over a unix socket, and the client maps it copy-on-write as a writable "
+            "array (no fill for the result)." % facts["nproc"]}
     for cid, what in (("echo_numpy", "numpy float64 arrays"), ("echo_bytes", "bytes")):
         impls = next((c["impls"] for c in cases if c["id"] == cid), [])
         table(cid, "3%s. Echo 4 x %s MB %s (MB/s, higher is better)" % (

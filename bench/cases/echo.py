@@ -15,20 +15,24 @@
 # cost alone, nothing moves.
 #
 # Limit rows: bare processes (forked, no framework) doing only the fills of
-# fresh memory that any design must do for this data; the fork shares the
-# payloads, which stands for reading them from the other process. A fill
-# is a fresh mapping, its pages faulted in with one madvise, then a memcpy.
+# fresh memory that any design must do for this data, spread evenly over N
+# = nproc processes (at best a design spreads them over every core: a
+# client may copy with threads, or a worker write into it); payload i is
+# handled by process i mod N. The fork shares the payloads, which stands
+# for reading them from the other process. A fill is a fresh mapping, its
+# pages faulted in with one madvise, then a memcpy. Timed from a common
+# start signal to the last process done (forks and exits not counted).
 #   echo_bytes --impl limit: results copied once, cross-process reads
-#     allowed: each worker fills its argument once (read from the client's
-#     memory), the client fills each result once (read from the worker's).
-#   echo_bytes --impl limit_novm: reads refused: the client fills a shared
-#     segment with the argument, the worker fills its argument from it and
-#     writes the result back into that segment (already populated: a memcpy
-#     only), the client fills the result from the segment.
-#   echo_numpy --impl limit: the argument's pages filled once, in the
-#     receiver (a worker, into a fresh memfd segment), and nothing for the
-#     result: the client maps that segment copy-on-write (fd passed over a
-#     unix socket) and wraps it as an array.
+#     allowed: 2 fills per payload, the worker's argument (read from the
+#     client's memory) and the client's result (read from the worker's).
+#   echo_bytes --impl limit_novm: reads refused: 3 fills and a copy per
+#     payload: the client's argument into a shared segment, the worker's
+#     argument from it, the worker's result back into that segment
+#     (already populated: a memcpy only), the client's result from it.
+#   echo_numpy --impl limit: 1 fill per payload, the argument's pages in
+#     the receiver (a worker, into a fresh memfd segment), and nothing for
+#     the result: the client maps that segment copy-on-write (fd passed
+#     over a unix socket) and wraps it as a writable array.
 import mmap
 import os
 import pickle
@@ -97,79 +101,47 @@ def reap(kids):
         raise RuntimeError("%d limit worker(s) failed" % bad)
 
 
-def limit_bytes(payloads, nproc):
-    """Cross-process reads allowed, results copied once (see top comment).
-    Returns (seconds, results)."""
+def limit_bytes(payloads, nproc, refused):
+    """The fills of a bytes echo whose results are copied once (see the top
+    comment), payload i in process i mod nproc. Returns (seconds, a check
+    that every copy holds the payload)."""
     n = len(payloads)
     go_r, go_w = os.pipe()
-    end_r, end_w = os.pipe()
     done_r, done_w = os.pipe()
+
+    def chain(p):
+        if not refused:
+            arg = fill_private(p)          # the worker's argument
+            res = fill_private(arg)        # the client's result
+            return [arg, res]
+        fd, seg = fill_segment(p)          # the client's argument, into shared memory
+        os.close(fd)
+        arg = fill_private(seg)            # the worker's argument, from the segment
+        seg[:] = arg                       # its result, back into the segment
+        res = fill_private(seg)            # the client's result, from the segment
+        return [seg, arg, res]
 
     def worker(k):
         os.read(go_r, 1)
-        keep = []
+        ok = True
         for i in range(k, n, nproc):
-            keep.append(fill_private(payloads[i]))   # the argument, in the worker
-            os.write(done_w, bytes([i]))
-        os.read(end_r, 1)                             # live until the client is done
+            p = payloads[i]
+            ok = all(m[:16] == p[:16] and m[-16:] == p[-16:] for m in chain(p)) and ok
+        os.write(done_w, b"y" if ok else b"n")
 
     kids = fork_workers(nproc, worker)
     t0 = common.now()
     os.write(go_w, b"g" * nproc)
-    out = [None] * n
-    for _ in range(n):
-        i = os.read(done_r, 1)[0]
-        out[i] = fill_private(payloads[i])            # the result, in the client
+    ok = True
+    for _ in range(nproc):
+        ok = os.read(done_r, 1) == b"y" and ok
     t = common.now() - t0
-    os.write(end_w, b"e" * nproc)
     reap(kids)
-    for fd in (go_r, go_w, end_r, end_w, done_r, done_w):
+    for fd in (go_r, go_w, done_r, done_w):
         os.close(fd)
-    return t, out
-
-
-def limit_bytes_novm(payloads, nproc):
-    """Cross-process reads refused (see top comment). Returns (seconds,
-    results)."""
-    n = len(payloads)
-    segs = []
-    for p in payloads:                                # made empty before the clock
-        fd = os.memfd_create("bench-seg")
-        os.ftruncate(fd, len(p))
-        segs.append(fd)
-    to_w = [os.pipe() for _ in range(nproc)]
-    done_r, done_w = os.pipe()
-
-    def worker(k):
-        while True:
-            i = os.read(to_w[k][0], 1)[0]
-            if i == 255:
-                return
-            m = mmap.mmap(segs[i], len(payloads[i]))
-            arg = fill_private(m)                     # the argument, from the segment
-            m[:] = arg                                # the result, back into it
-            os.write(done_w, bytes([i]))
-
-    kids = fork_workers(nproc, worker)
-    t0 = common.now()
-    maps = []
-    for i, p in enumerate(payloads):
-        m = mmap.mmap(segs[i], len(p))
-        populate(m)
-        m[:] = p                                      # the argument, by the client
-        maps.append(m)
-        os.write(to_w[i % nproc][1], bytes([i]))
-    out = [None] * n
-    for _ in range(n):
-        i = os.read(done_r, 1)[0]
-        out[i] = fill_private(maps[i])                # the result, in the client
-    t = common.now() - t0
-    for r, w in to_w:
-        os.write(w, b"\xff")
-    reap(kids)
-    for fd in segs + [done_r, done_w] + [x for pr in to_w for x in pr]:
-        os.close(fd)
-    return t, out
+    if not ok:
+        raise RuntimeError("a limit process copied wrong bytes")
+    return t
 
 
 def limit_numpy(payloads, nproc):
@@ -226,7 +198,7 @@ def make_payloads(kind, n, size):
 
 def same(kind, a, b):
     if kind == "echo_bytes":
-        return a == b if isinstance(b, bytes) else (len(b) == len(a) and b[:] == a)
+        return a == b
     import numpy as np
     return isinstance(b, np.ndarray) and b.dtype == a.dtype and np.array_equal(a, b)
 
@@ -246,7 +218,8 @@ def main(args):
                 raise ValueError("echo_numpy has no %s row" % impl)
             t, out = limit_numpy(payloads, nproc)
         else:
-            t, out = (limit_bytes if impl == "limit" else limit_bytes_novm)(payloads, nproc)
+            t = limit_bytes(payloads, nproc, refused=impl == "limit_novm")
+            out = payloads                  # checked in the limit processes
     elif impl == "serial":
         common.PHASE[0] = "run"
         t0 = common.now()
