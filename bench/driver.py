@@ -511,8 +511,9 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     w("- Raw samples: `bench/results/latest.json`; logs of failed measurements: "
       "`bench/results/logs/`.")
     w("")
-    w("Run it: `make bench` (full run, about 10 minutes on 2 cores; rewrites this file and "
-      "`docs/benchmark_throughput.png`), `bash bench/run.sh --quick` (smoke run, about a minute; "
+    w("Run it: `make bench` (full run, about 15 minutes on 2 cores, the first one longer while "
+      "it builds the peers' venvs; rewrites this file and "
+      "`docs/benchmark_throughput.png`), `bash bench/run.sh --quick` (smoke run, about two minutes; "
       "report in `bench/results/`), `bash bench/run.sh --only CASE` with CASE one of isprime, "
       "startup, echo, coarse, memory, curve, remote (or a single case id such as echo_numpy).")
     w("")
