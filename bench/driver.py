@@ -1,8 +1,9 @@
 # bench/driver.py - orchestrates the benchmark (make bench / bench/run.sh):
-# picks the interpreter of each implementation (serial and mp: the project
-# venv's python; ppft: bench/.venv-ppft; ppc: the project venv at the repo
-# root), runs every measurement of bench/cases/ in a fresh subprocess of its
-# own session, rounds interleaved over the implementations, with a timeout,
+# picks the interpreter of each implementation (serial, mp, ppe and the limit
+# rows: the project venv's python; ppft: bench/.venv-ppft; ray:
+# bench/.venv-ray; ppc: the project venv at the repo root), runs every
+# measurement of bench/cases/ in a fresh subprocess of its own session,
+# rounds interleaved over the implementations, with a timeout,
 # then prints medians/ratios/targets and writes the report (docs/benchmarks.md
 # on a full run, bench/results/ otherwise) and the throughput plot.
 # Standard library only; the plot is drawn by bench/plot.py in a venv that
@@ -39,8 +40,10 @@ def build_cases():
     c = [
         dict(id="isprime", group="isprime", script="isprime.py", impls=ALL),
         dict(id="startup", group="startup", script="startup.py", impls=["mp", "ppft", "ppc"]),
-        dict(id="echo_bytes", group="echo", script="echo.py", impls=["bare", "bare_shm"] + ALL),
-        dict(id="echo_numpy", group="echo", script="echo.py", impls=ALL),
+        dict(id="echo_numpy", group="echo", script="echo.py",
+             impls=["limit", "serial", "mp", "ppe", "ppft", "ray", "ppc", "ppc_novm"]),
+        dict(id="echo_bytes", group="echo", script="echo.py",
+             impls=["limit", "limit_novm", "serial", "mp", "ppe", "ppft", "ray", "ppc", "ppc_novm"]),
         dict(id="sum_primes", group="coarse", script="coarse.py", impls=["bare"] + ALL),
         dict(id="mandelbrot", group="coarse", script="coarse.py", impls=["bare"] + ALL),
         dict(id="mem_pending", group="memory", script="memory.py", impls=["mp", "ppft", "ppc"]),
@@ -80,6 +83,16 @@ INFO = ("import sys, platform; print(platform.python_version())\n"
         "try:\n import numpy; print('numpy', numpy.__version__)\nexcept Exception: print('numpy -')\n")
 
 
+def venv_failure(name):
+    """Why bench/.venv-NAME is missing: the last line of run.sh's pip log."""
+    try:
+        with open(os.path.join(RESULTS, "venv-%s.log" % name), errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip() and "WARNING: Location" not in ln]
+        return lines[-1][:160] if lines else "no log"
+    except OSError:
+        return "not built; run bench/run.sh"
+
+
 def resolve_interpreters():
     """Returns {impl: {"py":..., "env":..., "ok": bool, "why": str, ...}}."""
     base_env = clean_env()
@@ -90,8 +103,19 @@ def resolve_interpreters():
     have_ppc_venv = os.path.exists(ppc_py)
     base_py = ppc_py if have_ppc_venv else sys.executable
     interp = {}
-    for impl in ("serial", "mp", "bare", "bare_shm"):
+    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm"):
         interp[impl] = dict(py=base_py, env=base_env, ok=True, why="")
+    # Ray: its own venv (bench/run.sh builds it); usage statistics off
+    ray_py = os.path.join(BENCH, ".venv-ray", "bin", "python")
+    ray_env = dict(base_env, RAY_USAGE_STATS_ENABLED="0")
+    if os.path.exists(ray_py):
+        ok, out = probe(ray_py, "import ray, numpy; print(ray.__version__)", ray_env)
+        interp["ray"] = dict(py=ray_py, env=ray_env, ok=ok,
+                             why="" if ok else "n/a (ray not importable: %s)" % out[:160],
+                             version=out if ok else None)
+    else:
+        interp["ray"] = dict(py=ray_py, env=ray_env, ok=False,
+                             why="n/a (bench/.venv-ray could not be built: %s)" % venv_failure("ray"))
     # ppft
     if os.path.exists(ppft_py):
         ok, out = probe(ppft_py, "import pp, ppft; print(ppft.__version__)", base_env)
@@ -118,6 +142,9 @@ def resolve_interpreters():
         interp["ppc"] = dict(py=ppc_py, env=env, ok=ok,
                              why="" if ok else "n/a (pp not importable in .venv: %s)" % out[:160],
                              version=out if ok else None)
+    # ppc a second time with cross-process reads refused (PPC_VM=0 turns
+    # the path that reads the client's memory from a worker off)
+    interp["ppc_novm"] = dict(interp["ppc"], env=dict(interp["ppc"]["env"], PPC_VM="0"))
     for impl, d in interp.items():
         ok, out = probe(d["py"], INFO, base_env) if os.path.exists(d["py"]) else (False, "")
         lines = out.splitlines() if ok else []
@@ -362,6 +389,21 @@ def loadavg():
         return None
 
 
+def vm_reads():
+    """Whether this kernel lets a worker read its client's memory
+    (process_vm_readv), as Yama's ptrace_scope decides it."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = f.read().strip()
+    except OSError:
+        return "allowed (no Yama ptrace_scope)"
+    if scope == "0":
+        return "allowed (Yama ptrace_scope 0)"
+    if scope in ("1", "2") and os.geteuid() == 0:
+        return "allowed (Yama ptrace_scope %s, but run as root)" % scope
+    return "refused (Yama ptrace_scope %s)" % scope
+
+
 def machine_facts(interp):
     cpu = "?"
     try:
@@ -379,10 +421,12 @@ def machine_facts(interp):
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release(),
+            "vm_reads": vm_reads(),
             "load_start": loadavg(),
             "python_serial_mp": interp["mp"]["python"],
             "python_ppft": interp["ppft"]["python"], "python_ppc": interp["ppc"]["python"],
             "numpy": interp["mp"]["numpy"], "ppft": interp["ppft"].get("version") or "-",
+            "ray": interp["ray"].get("version") or interp["ray"]["why"],
             "ppc": interp["ppc"].get("version") or interp["ppc"]["why"]}
 
 
@@ -392,6 +436,11 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     def med(cid, impl):
         sm = S.get(cid, {}).get(impl)
         return sm["med"] if sm and sm["n"] else None
+
+    def field(cid, impl, key):
+        """Median of one extra field over the rounds that gave a result."""
+        vals = [x[key] for x in results.get(cid, {}).get(impl, []) if "value" in x and key in x]
+        return statistics.median(vals) if vals else None
 
     def why(cid, impl="ppc"):
         sm = S.get(cid, {}).get(impl)
@@ -423,7 +472,8 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     for k, label in [("nproc", "nproc"), ("cpu", "CPU"), ("mem", "memory"), ("kernel", "kernel"),
                      ("python_serial_mp", "Python (serial, mp, bare)"),
                      ("python_ppft", "Python (ppft venv)"), ("python_ppc", "Python (ppc venv)"),
-                     ("numpy", "numpy"), ("ppft", "ppft"), ("ppc", "ppc (pp package)"),
+                     ("numpy", "numpy"), ("ppft", "ppft"), ("ray", "ray"),
+                     ("ppc", "ppc (pp package)"), ("vm_reads", "cross-process reads"),
                      ("load_start", "1-min load average, start"),
                      ("load_end", "1-min load average, end")]:
         w("| %s | %s |" % (label, str(facts.get(k, "?")).replace("|", "/")))
@@ -441,14 +491,19 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     w("- Implementations: **serial** (plain loop in one process), **mp** (`multiprocessing.Pool()`, "
       "`apply_async` one job per input, fork start method), **ppft** (PyPI `ppft`, in its own venv "
       "`bench/.venv-ppft`), **ppc** (this project, the project venv `.venv`). ppft and ppc run the "
-      "very same code: `import pp; job_server = pp.Server(...); job_server.submit(...); job()`.")
+      "very same code: `import pp; job_server = pp.Server(...); job_server.submit(...); job()`. "
+      "The echo cases add **ppe** (`concurrent.futures.ProcessPoolExecutor`), **ray** (PyPI `ray` "
+      "in its own venv `bench/.venv-ray`, a local single-node Ray started by `ray.init()` before "
+      "the clock), **ppc_novm** (ppc with cross-process reads off) and **limit** rows (bare "
+      "processes doing only the unavoidable fills).")
     w("- Every measurement runs in a fresh process of its own session; rounds are interleaved "
       "(round 1: every implementation, round 2: every implementation, ...; the order rotates "
       "each round). A measurement has a %.0f s limit; a failing one shows `error`, a missing "
       "implementation `n/a`, and the bench goes on. An implementation that fails twice (or times "
       "out once) in a case is not run again in that case." % args.timeout)
     w("- Times are from the first submit to the last result, with the pool already created and "
-      "warmed by one job, except for *startup*, which is from the constructor to the first result.")
+      "warmed by one job, except for *startup*, which is from starting a fresh interpreter "
+      "(`python script.py`) to its first result, imports included.")
     if not args.quick:
         w("- ppft's remote case runs 500 jobs (not 10,000: ~45 jobs/s) and only 3 rounds; jobs/s is "
           "extrapolated from those 500.")
@@ -456,8 +511,9 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
     w("- Raw samples: `bench/results/latest.json`; logs of failed measurements: "
       "`bench/results/logs/`.")
     w("")
-    w("Run it: `make bench` (full run, about 10 minutes on 2 cores; rewrites this file and "
-      "`docs/benchmark_throughput.png`), `bash bench/run.sh --quick` (smoke run, about a minute; "
+    w("Run it: `make bench` (full run, about 15 minutes on 2 cores, the first one longer while "
+      "it builds the peers' venvs; rewrites this file and "
+      "`docs/benchmark_throughput.png`), `bash bench/run.sh --quick` (smoke run, about two minutes; "
       "report in `bench/results/`), `bash bench/run.sh --only CASE` with CASE one of isprime, "
       "startup, echo, coarse, memory, curve, remote (or a single case id such as echo_numpy).")
     w("")
@@ -481,26 +537,64 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
                        "%.1fx faster than mp; %.1fx serial time" % (a, b),
                        verdict(a >= 20 and b <= 5, None)))
     mp_s, pc_s = med("startup", "mp"), med("startup", "ppc")
-    t_rows.append(("2. first result >= 2x sooner than multiprocessing.Pool()",
-                   "-" if pc_s is None else "%s vs %s: %.2fx sooner" % (
-                       fmt(pc_s, "s"), fmt(mp_s, "s"), mp_s / pc_s),
-                   verdict(pc_s is not None and mp_s / pc_s >= 2,
-                           None if pc_s is not None else why("startup"))))
-    mp_e, pc_e = med("echo_bytes", "mp"), med("echo_bytes", "ppc")
-    mp_n, pc_n = med("echo_numpy", "mp"), med("echo_numpy", "ppc")
-    extra_np = "" if pc_n is None or not mp_n else "; numpy variant %.1fx (informative)" % (pc_n / mp_n)
-    ba_e, bs_e = med("echo_bytes", "bare"), med("echo_bytes", "bare_shm")
-    extra_lim = "" if ba_e is None or not mp_e else (
-        "; limit of any copying design (bare) %.0f MB/s = %.1fx mp, ppc at %.0f%% of it" % (
-            ba_e, ba_e / mp_e, 100.0 * (pc_e or 0) / ba_e))
-    if bs_e is not None and mp_e:
-        extra_lim += "; of a design copying only into workers' shared memory (bare_shm) " \
-                     "%.0f MB/s = %.1fx mp" % (bs_e, bs_e / mp_e)
-    t_rows.append(("3. 4 x %s MB bytes echo >= 10x mp throughput" % ("8" if args.quick else "64"),
-                   "-" if pc_e is None else "%.0f vs %.0f MB/s: %.1fx%s%s" % (
-                       pc_e, mp_e, pc_e / mp_e, extra_np, extra_lim),
-                   verdict(pc_e is not None and pc_e / mp_e >= 10,
-                           None if pc_e is not None else why("echo_bytes"))))
+    mp_l, pc_l = field("startup", "mp", "launch_s"), field("startup", "ppc", "launch_s")
+    t_rows.append((
+        "2. interpreter start to first result >= 2x sooner than multiprocessing.Pool(), "
+        "imports included",
+        "-" if pc_s is None or mp_s is None else
+        "%s vs %s: %s sooner (import pp %s, multiprocessing %s); from process launch "
+        "(Python's own start-up included, the same for both): %s vs %s = %s" % (
+            fmt(pc_s, "s"), fmt(mp_s, "s"), fx(ratio(mp_s, pc_s)),
+            fmt(field("startup", "ppc", "import_s"), "s"),
+            fmt(field("startup", "mp", "import_s"), "s"),
+            fmt(pc_l, "s"), fmt(mp_l, "s"), fx(ratio(mp_l, pc_l))),
+        verdict(pc_s is not None and mp_s is not None and mp_s / pc_s >= 2,
+                None if pc_s is not None and mp_s is not None else
+                why("startup", "ppc" if pc_s is None else "mp"))))
+    pi = field("startup", "ppc", "import_s")
+    t_rows.append(("2b. `import pp` <= 10 ms", "-" if pi is None else fmt(pi, "s"),
+                   verdict(pi is not None and pi <= 0.010,
+                           None if pi is not None else why("startup"))))
+    mb = "8" if args.quick else "64"
+
+    def mbs(v):
+        return "-" if v is None else "%.0f" % v
+
+    def pct(a, b):
+        return "-" if a is None or not b else "%.0f%%" % (100.0 * a / b)
+
+    mp_n, pc_n, ry_n = med("echo_numpy", "mp"), med("echo_numpy", "ppc"), med("echo_numpy", "ray")
+    li_n, nv_n = med("echo_numpy", "limit"), med("echo_numpy", "ppc_novm")
+    miss = why("echo_numpy") if pc_n is None else None
+    peer = next(("%s: %s" % (i, why("echo_numpy", i)) for i, v in (("ray", ry_n), ("mp", mp_n))
+                 if v is None), None)
+    t_rows.append((
+        "3a. 4 x %s MB numpy echo: faster than Ray, >= 4x multiprocessing" % mb,
+        "-" if pc_n is None else
+        "%s MB/s: %s Ray (%s), %s mp (%s); limit %s MB/s (ppc at %s); reads refused "
+        "(PPC_VM=0) %s MB/s" % (mbs(pc_n), fx(ratio(pc_n, ry_n)), mbs(ry_n), fx(ratio(pc_n, mp_n)),
+                                 mbs(mp_n), mbs(li_n), pct(pc_n, li_n), mbs(nv_n)),
+        "n/a (%s)" % peer if peer and not miss else
+        verdict(miss is None and pc_n > ry_n and pc_n / mp_n >= 4, miss)))
+    mp_e, pc_e, nv_e = med("echo_bytes", "mp"), med("echo_bytes", "ppc"), med("echo_bytes", "ppc_novm")
+    li_e, ln_e = med("echo_bytes", "limit"), med("echo_bytes", "limit_novm")
+    reads = facts.get("vm_reads", "?")
+    if not reads.startswith("allowed"):
+        miss = "n/a (this kernel refuses cross-process reads: %s)" % reads
+    elif pc_e is None:
+        miss = why("echo_bytes")
+    else:
+        miss = None if mp_e is not None else "mp: " + why("echo_bytes", "mp")
+    t_rows.append((
+        "3b. 4 x %s MB bytes echo >= 5x multiprocessing where cross-process reads are allowed; "
+        "refused beside it" % mb,
+        "-" if pc_e is None else
+        "%s vs %s MB/s: %s (limit %s MB/s, ppc at %s); reads refused (PPC_VM=0): %s MB/s = %s mp "
+        "(limit %s MB/s, ppc at %s)" % (
+            mbs(pc_e), mbs(mp_e), fx(ratio(pc_e, mp_e), 1), mbs(li_e), pct(pc_e, li_e),
+            mbs(nv_e), fx(ratio(nv_e, mp_e), 1), mbs(ln_e), pct(nv_e, ln_e)),
+        "n/a (%s)" % miss if miss and not miss.startswith("n/a") and pc_e is not None else
+        verdict(miss is None and pc_e / mp_e >= 5, miss)))
     parts, oks, miss = [], [], None
     for cid in ("sum_primes", "mandelbrot"):
         b, p = med(cid, "bare"), med(cid, "ppc")
@@ -574,27 +668,58 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
         w("Ratios: ppc vs multiprocessing: %s faster; ppc vs serial: %s the serial time." % (
             fx(ratio(mp_i, pc_i), 1), fx(ratio(pc_i, se_i), 1)))
         w("")
-    table("startup", "2. Startup: constructor to first result of a trivial job (lower is better)",
-          ["mp", "ppft", "ppc"],
-          ratio_col=("x sooner than mp", lambda i: fx(ratio(mp_s, med("startup", i)))))
-    mbytes = "8" if args.quick else "64"
-    for cid, what in (("echo_bytes", "bytes"), ("echo_numpy", "numpy float64 arrays")):
-        table(cid, "3. Echo 4 x %s MB %s (MB/s, higher is better)" % (mbytes, what),
-              (["bare", "bare_shm"] if cid == "echo_bytes" else []) + ALL,
-              note="MB/s = payload MB moved one way / time = 4 x %s MB / (first submit to last "
-                   "result); each payload also travels back. serial = in-process "
-                   "`pickle.loads(pickle.dumps(x, 5))` of the same payloads: the serialization "
-                   "cost alone, nothing moves.%s" % (mbytes, "" if cid != "echo_bytes" else
-                   " bare = the limit of any design that copies: an echo makes two new "
-                   "objects per payload (the argument in a worker, the result in the client), "
-                   "so bare has %s forked processes fill 2 x 4 fresh areas of the payload's "
-                   "size between them (pages faulted in with one madvise, then memcpy), "
-                   "no framework; on this VM first touch of fresh memory is the main cost. "
-                   "bare_shm = the same for a design that never copies results into the "
-                   "client (it would map the worker's shared memory): %s processes fill 4 "
-                   "fresh shared-memory (memfd) areas between them." % (facts["nproc"],
-                                                                        facts["nproc"])),
-              ratio_col=("x mp", lambda i, c=cid: fx(ratio(med(c, i), med(c, "mp")))))
+    table("startup", "2. Startup: interpreter start to first result of a trivial job, imports "
+          "included (lower is better)", ["mp", "ppft", "ppc"],
+          note="A fresh interpreter per measurement runs a script: `import multiprocessing` / "
+               "`import pp`, `multiprocessing.Pool()` / `pp.Server()`, one trivial job, its "
+               "result. median = from the script's first line (the interpreter has started) to "
+               "the first result. Beside it, medians of the parts: import, pool made to first "
+               "result, and the whole from launching the process (`python script.py`, Python's "
+               "own start-up and site included, the same for every column).",
+          ratio_col=("x sooner than mp / import / pool to first result / from launch (x mp)",
+                     lambda i: "%s / %s / %s / %s (%s)" % (
+                         fx(ratio(mp_s, med("startup", i))),
+                         fmt(field("startup", i, "import_s"), "s"),
+                         fmt(field("startup", i, "first_result_s"), "s"),
+                         fmt(field("startup", i, "launch_s"), "s"),
+                         fx(ratio(mp_l, field("startup", i, "launch_s"))))))
+    echo_note = (
+        "MB/s = payload MB moved one way / time = 4 x %s MB / (first submit to last result), "
+        "pool made and warmed before the clock; each payload also travels back. "
+        "mp = `multiprocessing.Pool().apply_async`, ppe = `concurrent.futures."
+        "ProcessPoolExecutor().submit` (both fork), ray = a local single-node Ray "
+        "(`ray.init(num_cpus=%s, object_store_memory=2 GiB)`, started once before the clock as "
+        "its users do; not `local_mode`, which would run jobs in the client), each payload "
+        "`ray.put`, then `echo.remote(ref)`, results by `ray.get` (read-only arrays over its store); ppc_novm = ppc with "
+        "`PPC_VM=0` in the environment, the path a kernel that refuses cross-process reads "
+        "(Yama ptrace_scope 1-3) gets. serial = in-process `pickle.loads(pickle.dumps(x, 5))`: "
+        "the serialization cost alone, nothing moves. " % (mb, facts["nproc"]))
+    limit_note = {
+        "echo_bytes":
+            "limit rows: the fills of fresh memory any design must do for bytes results copied "
+            "once, no framework, spread evenly over %s forked processes (at best a design "
+            "spreads them over every core; a fill: fresh mapping, pages faulted in with one "
+            "madvise, then memcpy). limit = cross-process reads allowed: 2 fills per payload "
+            "(the worker's argument, the client's result). limit_novm = reads refused: 3 fills "
+            "and a copy per payload (the client's argument into a shared segment, the worker's "
+            "argument from it, the worker's result back into that populated segment, the "
+            "client's result from it)." % facts["nproc"],
+        "echo_numpy":
+            "limit row: the one fill of fresh memory any design must do when an array result "
+            "is a mapped view, no framework: %s forked processes each fill a fresh memfd "
+            "segment with an argument (one fill per payload, in the receiver), pass its fd to "
+            "the client over a unix socket, and the client maps it copy-on-write as a writable "
+            "array (no fill for the result)." % facts["nproc"]}
+    for cid, what in (("echo_numpy", "numpy float64 arrays"), ("echo_bytes", "bytes")):
+        impls = next((c["impls"] for c in cases if c["id"] == cid), [])
+        table(cid, "3%s. Echo 4 x %s MB %s (MB/s, higher is better)" % (
+              "a" if cid == "echo_numpy" else "b", mb, what), impls,
+              note=(echo_note if cid == "echo_numpy" or "echo_numpy" not in S
+                    else "MB/s and the implementations as in 3a. ") + limit_note[cid],
+              ratio_col=("x mp / x ray / % of limit", lambda i, c=cid: "%s / %s / %s" % (
+                  fx(ratio(med(c, i), med(c, "mp"))), fx(ratio(med(c, i), med(c, "ray"))),
+                  pct(med(c, i), med(c, "limit_novm") if i == "ppc_novm" and
+                      med(c, "limit_novm") is not None else med(c, "limit")))))
     if args.quick:
         coarse_titles = (("sum_primes", "4a. Coarse (quick): seed sum_primes, 8 inputs 20000..20700"),
                          ("mandelbrot", "4b. Coarse (quick): Mandelbrot 200x200, 300 iterations, "
@@ -732,7 +857,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
 
     interp = resolve_interpreters()
-    for impl in ("serial", "mp", "ppft", "ppc"):
+    for impl in ("serial", "mp", "ppft", "ray", "ppc"):
         it = interp[impl]
         sys.stderr.write("%-6s %s%s\n" % (impl, it["py"], "" if it["ok"] else "  -> " + it["why"]))
     facts = machine_facts(interp)

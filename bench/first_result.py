@@ -1,6 +1,9 @@
-"""First result of a new pool: time from the constructor to the first
-result of a trivial job, pp.Server() against multiprocessing.Pool() (fork),
-each in a fresh interpreter (imports excluded), runs interleaved; medians.
+"""First result of a new pool: time from the interpreter's first line to the
+first result of a trivial job, imports included (`import pp` /
+`import multiprocessing`), pp.Server() against multiprocessing.Pool()
+(fork), each in a fresh interpreter (`python -c`), runs interleaved;
+medians. A quick check by hand; `make bench`'s startup case is the
+reference (bench/cases/startup.py).
 
     python bench/first_result.py [runs]
 """
@@ -8,9 +11,9 @@ import statistics
 import subprocess
 import sys
 
-PP = ("import time,pp; t=time.perf_counter(); s=pp.Server(); s.submit(abs,(-1,))(); "
+PP = ("import time; t=time.perf_counter(); import pp; s=pp.Server(); s.submit(abs,(-1,))(); "
       "print(time.perf_counter()-t); s.destroy()")
-MP = ("import time,multiprocessing as m; t=time.perf_counter(); p=m.Pool(); "
+MP = ("import time; t=time.perf_counter(); import multiprocessing as m; p=m.Pool(); "
       "p.apply(abs,(-1,)); print(time.perf_counter()-t); p.terminate()")
 
 

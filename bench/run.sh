@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/run.sh - entry point of `make bench`: builds the benchmark's own
-# environments (bench/.venv-ppft with ppft+numpy+matplotlib; the project's
-# .venv via `make venv`, plus numpy+matplotlib), then runs bench/driver.py.
+# environments (bench/.venv-ppft with ppft+numpy+matplotlib; bench/.venv-ray
+# with ray+numpy; the project's .venv via `make venv`, plus numpy+matplotlib),
+# then runs bench/driver.py. A peer's venv that cannot be built leaves its
+# cells "n/a" with the reason (bench/results/venv-*.log keeps pip's output).
 # Options are passed to the driver: --quick (smoke run), --only CASE, ...
 # Nothing here is needed by `make test`.
 set -u -o pipefail
@@ -15,15 +17,34 @@ PIP_FLAGS=(-q --disable-pip-version-check)
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
-# -- 1. ppft's venv: ppft installs a top-level `pp` too, so it lives alone.
-if ! "$PPFT_VENV/bin/python" -c "import ppft, pp, numpy, matplotlib" >/dev/null 2>&1; then
-    log "creating $PPFT_VENV (ppft, numpy, matplotlib)"
-    rm -rf "$PPFT_VENV"
-    if ! "$PY" -m venv "$PPFT_VENV" ||
-       ! "$PPFT_VENV/bin/python" -m pip install "${PIP_FLAGS[@]}" ppft numpy matplotlib; then
-        log "WARNING: could not build $PPFT_VENV; ppft cells will be n/a"
+mkdir -p "$HERE/results"
+
+# peer_venv DIR CHECK PACKAGES...: (re)build DIR with PACKAGES unless
+# `python -c CHECK` already works there; on failure the driver reports the
+# cells n/a and reads the reason from bench/results/venv-NAME.log.
+peer_venv() {
+    local dir=$1 check=$2; shift 2
+    local name; name=$(basename "$dir"); name=${name#.venv-}
+    local plog="$HERE/results/venv-$name.log"
+    if "$dir/bin/python" -c "$check" >/dev/null 2>&1; then
+        rm -f "$plog"
+        return 0
     fi
-fi
+    log "creating $dir ($*)"
+    rm -rf "$dir"
+    if "$PY" -m venv "$dir" >"$plog" 2>&1 &&
+       "$dir/bin/python" -m pip install "${PIP_FLAGS[@]}" "$@" >>"$plog" 2>&1 &&
+       "$dir/bin/python" -c "$check" >>"$plog" 2>&1; then
+        rm -f "$plog"
+    else
+        log "WARNING: could not build $dir ($name cells will be n/a): see $plog"
+    fi
+}
+
+# -- 1. the peers' venvs: ppft installs a top-level `pp` too, so it lives
+# alone; Ray is large and pins its own dependencies, so it lives alone too.
+peer_venv "$HERE/.venv-ppft" "import ppft, pp, numpy, matplotlib" ppft numpy matplotlib
+peer_venv "$HERE/.venv-ray" "import ray, numpy" ray numpy
 
 # -- 2. the project's venv (ours), plus numpy and matplotlib for the bench.
 if ! make -C "$ROOT" venv >&2; then

@@ -20,7 +20,8 @@ def parse_args(extra=None):
     """--impl and --case for every script, plus the script's own options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
-                    choices=["serial", "mp", "ppft", "ppc", "bare", "bare_shm"])
+                    choices=["serial", "mp", "ppe", "ppft", "ppc", "ppc_novm", "ray",
+                             "bare", "limit", "limit_novm"])
     ap.add_argument("--case", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)
@@ -96,7 +97,7 @@ def import_pp(impl):
     is_ppft = "ppft" in sys.modules or "ppft" in (getattr(pp, "__file__", "") or "")
     if impl == "ppft" and not is_ppft:
         raise RuntimeError("ppft column but pp is not ppft: %s" % pp.__file__)
-    if impl == "ppc" and is_ppft:
+    if impl in ("ppc", "ppc_novm") and is_ppft:
         raise RuntimeError("ppc column imported ppft's pp (%s)" % pp.__file__)
     return pp
 
