@@ -9,7 +9,7 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden
 extra = os.environ.get("PPC_EXTRA_CFLAGS", "").split()
 ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 
-SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmpy.c", "src/py/region.c"]
+SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmpy.c"]
 WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c",
           "src/core/shm.c", "src/core/vm.c"] + SHARED
 

@@ -294,10 +294,9 @@ def test_bytes_read_in_place(srv, monkeypatch):
         monkeypatch.delenv(var)
 
 
-def test_results_mapped_from_worker_regions():
-    # big results in worker regions (region.c): adopted by the client, given
-    # back and reused, kept across a fork of the client and a fork inside a
-    # worker holding an argument in a region
+def test_big_results_and_forks():
+    # big bytes results copied from the workers, kept across a fork of the
+    # client, and a fork inside a worker holding a big argument
     import gc
     import hashlib
     s = pp.Server(1)
@@ -305,10 +304,8 @@ def test_results_mapped_from_worker_regions():
         for _ in range(2):
             s.submit(lambda t: __import__("time").sleep(t), (0.02,))
         s.wait()
-        before = s._data_stats()["regions"]["adopted"]
         rs = [s.submit(lambda n, c: bytes([c]) * n, (2 << 20, i))() for i in range(4)]
         assert [r == bytes([i]) * (2 << 20) for i, r in enumerate(rs)] == [True] * 4
-        assert s._data_stats()["regions"]["adopted"] == before + 4
         del rs[1:]
         gc.collect()
 

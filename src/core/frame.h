@@ -36,12 +36,6 @@ enum ppc_frame_type {
                           read and free for reuse */
     PPC_F_VMOK = 7,    /* client -> worker: the client can read the worker's
                           memory: results may leave holes (vm.h) */
-    PPC_F_RGNKEEP = 8, /* client -> worker: id = a region of the worker the
-                          client now maps (region.h); sent before the SHMRET
-                          of the result that named it */
-    PPC_F_RGNRET = 9,  /* client -> worker: id = a region the client no longer
-                          maps; aux PPC_AUX_RGN_DROP: another process may
-                          still map it, never reuse it */
     PPC_F_HELLO = 16,  /* network handshake frames (see proto.h) */
     PPC_F_CHALLENGE = 17,
     PPC_F_AUTH = 18,
@@ -70,7 +64,6 @@ enum ppc_frame_type {
 #define PPC_AUX_NOSHM 8u
 #define PPC_AUX_VM 16u
 #define PPC_AUX_NOVM 32u
-#define PPC_AUX_RGN_DROP 1u /* RGNRET only */
 
 typedef struct ppc_frame {
     uint64_t len;

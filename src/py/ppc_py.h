@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "../core/engine.h"
-#include "region.h"
 
 /* Result payload kinds (first byte of a worker's result). */
 enum { PPC_R_VALUE = 0, PPC_R_EXCEPTION = 1 };
@@ -54,7 +53,6 @@ typedef struct {
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */
-    ppc_region_chan *regions; /* how adopted results are given back (region.h) */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -114,10 +112,8 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
 int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
  * views become the buffers), or NULL to copy buffers into bytearrays; vm:
- * the blob's holes and whose memory fills them, or NULL; chan: a client's
- * channel when a hole naming a region may be adopted (region.h), or NULL. */
-PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm,
-                         ppc_region_chan *chan);
+ * the blob's holes and whose memory fills them, or NULL. */
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm);
 /* A payload that travelled inline (in the frame): an out-of-band blob when
  * oob, else a pickle, read by hand when fastpickle.c takes it. */
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob);

@@ -171,8 +171,7 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
                   src.pid != (int)r.pid))
         PyErr_SetString(PyExc_ValueError, "malformed hole table in a worker's result");
     else
-        obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL,
-                             self->server->destroyed ? NULL : self->server->regions);
+        obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL);
     ppc_shm_unmap(m, maplen);
     return obj;
 }

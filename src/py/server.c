@@ -22,12 +22,6 @@
 #include <unistd.h>
 
 
-/* Adopted result regions kept or given back: frames for their worker. */
-static void region_note(void *ctx, int pid, uint64_t rid, int keep, int drop)
-{
-    ppc_engine_region_note((ppc_engine *)ctx, pid, rid, keep, drop);
-}
-
 static int detect_ncpus(void)
 {
     cpu_set_t set;
@@ -103,7 +97,7 @@ static int check_ppservers(PyObject *t)
     return 0;
 }
 
-static PyObject *build_init(ppc_Server *self, int serving)
+static PyObject *build_init(ppc_Server *self)
 {
     /* What every worker needs before its first job: the client's import
      * path, working directory and pickle protocol. */
@@ -117,12 +111,9 @@ static PyObject *build_init(ppc_Server *self, int serving)
         return NULL;
     /* lend: results may stay in the worker's segments until taken; not with
      * restart=True, where each worker retires after one job (a retired
-     * worker with results lent would have to linger until they are taken).
-     * regions: big bytes made in regions for us to map (region.h); not for a
-     * ppserver, which copies its workers' results for its clients anyway. */
-    PyObject *d = Py_BuildValue("{sOsOsisisisi}", "path", path ? path : Py_None, "cwd", cwd,
-                                "proto", self->proto, "shm", self->shm, "lend", !self->restart,
-                                "regions", !self->restart && !serving);
+     * worker with results lent would have to linger until they are taken). */
+    PyObject *d = Py_BuildValue("{sOsOsisisi}", "path", path ? path : Py_None, "cwd", cwd,
+                                "proto", self->proto, "shm", self->shm, "lend", !self->restart);
     Py_DECREF(cwd);
     if (!d)
         return NULL;
@@ -475,7 +466,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *argv = worker_command();
     if (!argv)
         return -1;
-    PyObject *init = build_init(self, listen != Py_None);
+    PyObject *init = build_init(self);
     if (!init) {
         Py_DECREF(argv);
         return -1;
@@ -596,11 +587,6 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     }
     self->engine = e;
-    self->regions = ppc_region_chan_new(region_note, e);
-    if (!self->regions) {
-        PyErr_NoMemory();
-        return -1;
-    }
     if (0) {
     fail_early:
         PyMem_Free(cenv);
@@ -706,7 +692,7 @@ static int holes_mention_main(ppc_shm_seg *seg, size_t stream_len)
         return 1;
     size_t at = 0;
     for (uint32_t i = 0; i <= src.ngaps; i++) {
-        ppc_vm_gap g = {stream_len, 0, 0, 0, 0};
+        ppc_vm_gap g = {stream_len, 0, 0};
         if (i < src.ngaps)
             ppc_vm_gap_get(&src, i, &g);
         size_t end = g.off < stream_len ? (size_t)g.off : stream_len;
@@ -1001,18 +987,9 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
 static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
-    PyObject *d = Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
-                                "result_holes", (unsigned long long)self->vm_result_holes, "held",
-                                self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
-    PyObject *r = d ? ppc_region_stats_dict() : NULL; /* this process's, all Servers */
-    if (r) {
-        int rc = PyDict_SetItemString(d, "regions", r);
-        Py_DECREF(r);
-        if (rc == 0)
-            return d;
-    }
-    Py_XDECREF(d);
-    return NULL;
+    return Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
+                         "result_holes", (unsigned long long)self->vm_result_holes, "held",
+                         self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
 }
 
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
@@ -1123,8 +1100,6 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
-    ppc_region_chan_close(self->regions); /* adopted results outlive the workers */
-    self->regions = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
     Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
@@ -1304,8 +1279,6 @@ static int Server_clear(ppc_Server *self)
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
-    ppc_region_chan_close(self->regions);
-    self->regions = NULL;
     if (self->engine) {
         ppc_engine *e = self->engine;
         self->engine = NULL;

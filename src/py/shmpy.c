@@ -118,11 +118,7 @@ static int SegWriter_hole(SegWriter *self, PyObject *arg)
     g->off = self->pos;
     g->len = n;
     g->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(arg);
-    g->rid = 0;
-    g->fd = 0;
-    /* alone in a region of ours: the reader may map it instead (region.h) */
-    if (!ppc_region_lendable(arg, &g->rid, &g->fd) && !self->vmflags &&
-        ppc_vm_maybe_shared(PyBytes_AS_STRING(arg), n))
+    if (!self->vmflags && ppc_vm_maybe_shared(PyBytes_AS_STRING(arg), n))
         self->vmflags = PPC_VM_F_SHARED;
     self->pos += n;
     return 1;
@@ -283,8 +279,7 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg)
  * pages were tried: 3x faster when the host has backed the memory before,
  * 5x slower when it has not, both seen here.) NULL without an exception
  * when the stream is not of that shape. */
-static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm,
-                           ppc_region_chan *chan)
+static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
 {
     size_t i = 0;
     if (n < 8 || p[0] != 0x80 || p[1] < 4)
@@ -300,7 +295,7 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm,
     if (len < PPC_SHM_MIN_BYTES || len > n - at)
         return NULL;
     /* the bytes may be a hole: then they come from the owner's memory */
-    ppc_vm_gap g = {0, 0, 0, 0, 0};
+    ppc_vm_gap g = {0, 0, 0};
     if (vm) {
         if (vm->ngaps != 1)
             return NULL;
@@ -321,23 +316,18 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm,
     }
     if (k + 1 != n || p[k] != '.')
         return NULL;
-    /* lent in a region of the owner: mapped, not copied */
-    PyObject *b = g.rid && chan ? ppc_region_adopt(chan, vm->pid, g.fd, g.rid, len) : NULL;
-    int adopted = b != NULL;
-    /* a worker makes it in a region: lent back if it is the result */
-    if (!b && !(b = ppc_region_bytes(len)) && !(b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len)))
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!b)
         return NULL;
-    if (!adopted) {
-        char *d = PyBytes_AS_STRING(b);
-        int rc;
-        Py_BEGIN_ALLOW_THREADS rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)
-                                       : ppc_fill_fresh(d, len, p + at, 0, 0, 0);
-        Py_END_ALLOW_THREADS if (rc < 0)
-        {
-            PyErr_SetFromErrno(PyExc_OSError);
-            Py_DECREF(b);
-            return NULL;
-        }
+    char *d = PyBytes_AS_STRING(b);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)
+                                   : ppc_fill_fresh(d, len, p + at, 0, 0, 0);
+    Py_END_ALLOW_THREADS if (rc < 0)
+    {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(b);
+        return NULL;
     }
     if (!tuple)
         return b;
@@ -363,13 +353,12 @@ static PyObject *loads_holes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
     if (rc < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else
-        o = ppc_loads_blob(cp, n, NULL, NULL, NULL);
+        o = ppc_loads_blob(cp, n, NULL, NULL);
     PyMem_RawFree(cp);
     return o;
 }
 
-PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm,
-                         ppc_region_chan *chan)
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm)
 {
     size_t sl;
     uint32_t nb;
@@ -378,7 +367,7 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
         return NULL;
     }
     if (nb == 0) {
-        PyObject *b = big_bytes(p, sl, vm, chan);
+        PyObject *b = big_bytes(p, sl, vm);
         if (b || PyErr_Occurred())
             return b;
     }
@@ -436,7 +425,7 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob)
 {
     if (oob)
-        return ppc_loads_blob(p, n, NULL, NULL, NULL);
+        return ppc_loads_blob(p, n, NULL, NULL);
     PyObject *o = ppc_fast_loads(p, n);
     if (o)
         return o;

@@ -43,7 +43,6 @@ typedef struct {
     /* large data (shm.h) */
     int shm;            /* INIT: segments allowed */
     int lend;           /* INIT: results may wait in our segments until taken */
-    int regions;        /* INIT: the client maps big bytes results (region.h) */
     int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
     PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
     ppc_shm_pool rpool; /* our free result segments */
@@ -413,8 +412,6 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     w->shm = shm && PyObject_IsTrue(shm) == 1;
     PyObject *lend = PyDict_GetItemString(d, "lend");
     w->lend = !lend || PyObject_IsTrue(lend) == 1;
-    PyObject *regions = PyDict_GetItemString(d, "regions");
-    w->regions = w->lend && (!regions || PyObject_IsTrue(regions) == 1);
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -577,40 +574,6 @@ static void seg_returned(wstate *w, uint64_t id)
  * written by hand into fb (*fn bytes), into a segment of ours lent to the
  * client (*rseg: buffers reaching 1 MB, or a pickle that large), or a
  * pickle (*pick). 0, or -1 with an error set. */
-/* A big bytes result of the user's (or a 1-tuple of one) copied into a
- * region, so that the client maps it instead of copying it: the copy is
- * made here, in parallel with other workers, rather than in the one
- * client. A new reference: the copy, or res itself. */
-static PyObject *result_to_region(PyObject *res)
-{
-    PyObject *b = PyTuple_CheckExact(res) && PyTuple_GET_SIZE(res) == 1 ? PyTuple_GET_ITEM(res, 0)
-                                                                         : res;
-    uint64_t rid;
-    uint32_t fd;
-    if (!PyBytes_CheckExact(b) || (size_t)PyBytes_GET_SIZE(b) < PPC_REGION_MIN ||
-        ppc_region_lendable(b, &rid, &fd)) {
-        Py_INCREF(res);
-        return res;
-    }
-    size_t len = (size_t)PyBytes_GET_SIZE(b);
-    PyObject *c = ppc_region_bytes(len);
-    if (!c) {
-        Py_INCREF(res);
-        return res;
-    }
-    Py_BEGIN_ALLOW_THREADS ppc_fill_fresh(PyBytes_AS_STRING(c), len, PyBytes_AS_STRING(b), 0, 0, 0);
-    Py_END_ALLOW_THREADS if (b == res)
-        return c;
-    PyObject *t = PyTuple_New(1);
-    if (!t) {
-        Py_DECREF(c);
-        Py_INCREF(res);
-        return res;
-    }
-    PyTuple_SET_ITEM(t, 0, c);
-    return t;
-}
-
 static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
                          ppc_shm_seg **rseg, PyObject **pick)
 {
@@ -622,9 +585,7 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
     if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
         /* big bytes stay where they are when the client can read them here */
         PyObject *pins = w->vm_results ? PyList_New(0) : NULL;
-        PyObject *out = w->vm_results ? result_to_region(res) : (Py_INCREF(res), res);
-        Py_ssize_t rc = (w->vm_results && !pins) ? -1 : ppc_pickle_into_seg(out, w->proto, s, pins);
-        Py_DECREF(out);
+        Py_ssize_t rc = (w->vm_results && !pins) ? -1 : ppc_pickle_into_seg(res, w->proto, s, pins);
         if (rc < 0) {
             Py_XDECREF(pins);
             seg_to_pool(w, s);
@@ -729,15 +690,10 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
     return 1;
 }
 
-/* The client can read our memory: results may leave holes, and big bytes
- * we make may live in regions the client maps (region.h) when it wants
- * them (INIT: not a ppserver, not restart=True) and PPC_REGIONS is not 0. */
+/* The client can read our memory: results may leave holes. */
 static void vm_ok(wstate *w)
 {
     w->vm_results = !w->vm_refuse;
-    const char *e = getenv("PPC_REGIONS");
-    if (w->vm_results && w->regions && w->shm && !(e && !strcmp(e, "0")))
-        ppc_region_worker_start();
 }
 
 static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
@@ -803,7 +759,7 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
             }
             if (hr > 0)
                 args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
-                                      holes ? &src : NULL, NULL);
+                                      holes ? &src : NULL);
         } else {
             args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }
@@ -962,10 +918,6 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
                 seg_returned(&w, f.id);
             else if (f.type == PPC_F_VMOK)
                 vm_ok(&w);
-            else if (f.type == PPC_F_RGNKEEP)
-                ppc_region_keep(f.id);
-            else if (f.type == PPC_F_RGNRET)
-                ppc_region_give_back(f.id, (f.aux & PPC_AUX_RGN_DROP) != 0);
             else if (f.type == PPC_F_FUNC)
                 hr = on_func(&w, f.id, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_INIT)
