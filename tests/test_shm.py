@@ -248,3 +248,155 @@ def test_large_result_of_a_worker_killed_before_it_was_taken(fresh_server):
         j()
     assert "has exited since" in str(ei.value.__cause__)
     assert s.submit(echo, (big,))() == big  # the replacement serves
+
+
+# ---- numpy results: views of the worker's segment, mapped copy-on-write
+
+
+def _private_maps():
+    """Our copy-on-write mappings of workers' result segments."""
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "memfd:ppc" in line and line.split()[1] == "rw-p"]
+
+
+def _mapping_of(addr):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line.strip()
+    return None
+
+
+def fill(n, v):
+    import numpy as np
+    return np.full(n // 8, float(v))
+
+
+def pickle_buffer(n):
+    import pickle
+    return pickle.PickleBuffer(bytearray(b"q" * n))
+
+
+def a_bytearray(n):
+    return bytearray(b"r" * n)
+
+
+def test_numpy_result_is_a_writable_view_of_the_workers_segment(fresh_server):
+    import gc
+    s = fresh_server(1)
+    before = len(_private_maps())
+    r = s.submit(fill, (8 * MB, 3))()
+    line = _mapping_of(r.ctypes.data)
+    assert line and "memfd:ppc" in line and line.split()[1] == "rw-p", line
+    assert r.flags.writeable and float(r.sum()) == 3.0 * r.size
+    r[:] = 1.0  # copy-on-write: ours alone
+    assert float(r.sum()) == float(r.size)
+    base = r.base
+    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+        base = base.base
+    assert base is not None  # kept alive by its base
+    del r, base
+    gc.collect()
+    assert len(_private_maps()) == before  # unmapped with the array
+    # the worker got its segment back and serves from it again
+    for v in range(4):
+        assert float(s.submit(fill, (8 * MB, v))().sum()) == float(v) * MB
+
+
+def test_segment_not_reused_while_the_array_lives(fresh_server):
+    s = fresh_server(1)
+    held = s.submit(fill, (4 * MB, 100))()
+    for v in range(8):  # same size: a reused segment would show through
+        assert float(s.submit(fill, (4 * MB, v))().sum()) == float(v) * (MB // 2)
+    assert held.min() == 100.0 and held.max() == 100.0
+
+
+def test_more_arrays_held_than_a_worker_lends(fresh_server):
+    # a worker lends at most 64 segments; later results travel inline
+    s = fresh_server(1)
+    held = [s.submit(fill, (MB + 64, i))() for i in range(70)]
+    assert [float(a[0]) for a in held] == [float(i) for i in range(70)]
+    assert all(a.flags.writeable for a in held)
+    assert len(_private_maps()) >= 64
+    del held
+    assert float(s.submit(fill, (MB + 64, 99))()[-1]) == 99.0
+
+
+def test_mapped_result_of_a_killed_worker_stays(fresh_server):
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 5))()
+    for pid in s._worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert float(r.sum()) == 5.0 * (MB // 2)
+    r[0] = 1.0
+    assert r[0] == 1.0
+    del r
+    assert float(s.submit(fill, (4 * MB, 6))().sum()) == 6.0 * (MB // 2)
+
+
+def test_mapped_results_outlive_destroy():
+    import gc
+    before_fds, before = _fds(), len(_private_maps())
+    s = pp.Server(1)
+    r = [s.submit(fill, (4 * MB, i))() for i in range(3)]
+    s.destroy()
+    assert [float(a[-1]) for a in r] == [0.0, 1.0, 2.0]
+    del r, s
+    gc.collect()
+    assert len(_private_maps()) == before
+    assert _fds() <= before_fds
+
+
+def test_client_fork_keeps_its_view_of_a_mapped_array(fresh_server):
+    import gc
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 11))()
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            os.read(rd, 1)
+            ok = r.min() == 11.0 and r.max() == 11.0
+        finally:
+            os._exit(0 if ok else 1)
+    # the parent drops its array: the worker must not reuse the segment,
+    # which the child still maps
+    del r
+    gc.collect()
+    for v in range(6):
+        assert float(s.submit(fill, (4 * MB, v))()[0]) == float(v)
+    os.write(wr, b"g")
+    _, st = os.waitpid(pid, 0)
+    os.close(rd)
+    os.close(wr)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "the child's array changed"
+
+
+def test_client_fork_child_and_parent_both_keep_the_array(fresh_server):
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 12))()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if float(r.sum()) == 12.0 * (MB // 2) else 1)
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    for v in range(4):
+        s.submit(fill, (4 * MB, v))()
+    assert float(r.sum()) == 12.0 * (MB // 2)
+
+
+def test_other_out_of_band_buffers(fresh_server):
+    import gc
+    s = fresh_server(1)
+    before = len(_private_maps())
+    m = s.submit(pickle_buffer, (3 * MB,))()
+    assert isinstance(m, memoryview) and len(m) == 3 * MB and bytes(m[:2]) == b"qq"
+    ba = s.submit(a_bytearray, (3 * MB,))()
+    assert type(ba) is bytearray and ba == bytearray(b"r" * (3 * MB))
+    del m
+    gc.collect()
+    assert len(_private_maps()) == before  # the bytearray is a copy of ours
+    assert s.submit(a_bytearray, (3 * MB,))() == ba

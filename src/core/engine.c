@@ -896,7 +896,7 @@ static void worker_note(ppc_engine *e, int pid, uint8_t type, uint8_t aux, uint6
     pthread_mutex_unlock(&e->mu);
 }
 
-void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id, int drop)
 {
-    worker_note(e, pid, PPC_F_SHMRET, 0, seg_id);
+    worker_note(e, pid, PPC_F_SHMRET, drop ? PPC_AUX_SHM_DROP : 0, seg_id);
 }

@@ -53,6 +53,7 @@ typedef struct {
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */
+    struct ppc_retchan *retchan; /* how mapped results go back (shmpy.c), or NULL */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -92,6 +93,18 @@ PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObj
 /* shmpy.c: large data through shared-memory segments */
 #include "../core/shm.h"
 #include "../core/vm.h"
+/* Where a client's mapped result segments are given back: give_back(ctx,
+ * worker pid, segment id, drop) until the Server's destroy() closes it;
+ * then mappings that die only unmap. Counted references under the GIL. */
+typedef struct ppc_retchan {
+    Py_ssize_t refs;
+    void (*give_back)(void *ctx, int pid, uint64_t seg_id, int drop);
+    void *ctx;
+} ppc_retchan;
+/* NULL: out of memory (error set) */
+ppc_retchan *ppc_retchan_new(void (*give_back)(void *, int, uint64_t, int), void *ctx);
+void ppc_retchan_close(ppc_retchan *c); /* the Server's reference */
+
 typedef struct {
     PyObject_HEAD
     void *addr;
@@ -100,9 +113,21 @@ typedef struct {
     uint64_t id;
     int readonly;
     int owned; /* munmap at dealloc */
+    /* a worker's result segment mapped copy-on-write (ppc_shmmap_lent):
+     * given back to the worker when this mapping dies */
+    ppc_retchan *ret;
+    int ret_pid;
+    uint64_t ret_id;
+    long maker;          /* the process that mapped it */
+    unsigned long forks; /* forks of that process before it mapped it */
 } ppc_ShmMap;
 extern PyTypeObject ppc_ShmMapType;
 ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
+/* m maps result segment seg_id of worker pid: when m dies (the last array
+ * or buffer viewing it with it), the segment goes back to the worker
+ * through c, or is dropped (never reused) when this process has forked
+ * since, its child still mapping it; nothing is sent from a child. */
+void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id);
 /* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1.
  * pins: a list, or NULL: big bytes objects are left as holes (vm.h; the
  * table follows the blob, seg->ngaps set) and appended to pins, which the

@@ -120,7 +120,12 @@ static void return_result_seg(ppc_Job *self)
     ppc_shm_ref_get(j->result + j->result_len - PPC_SHM_REF_LEN, &r);
     j->result_aux &= (uint16_t)~PPC_AUX_SHM;
     if (self->server && self->server->engine && !self->server->destroyed)
-        ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id);
+        ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id, 0);
+}
+
+static void give_back(void *engine, int pid, uint64_t seg_id, int drop)
+{
+    ppc_engine_shm_return((ppc_engine *)engine, pid, seg_id, drop);
 }
 
 static int is_worker_pid(ppc_Server *s, int pid)
@@ -133,8 +138,12 @@ static int is_worker_pid(ppc_Server *s, int pid)
     return 0;
 }
 
-/* Map the worker's result segment, unpickle (buffers copied out, holes read
- * from the worker's memory, so the segment can go back at once), unmap. */
+/* Map the worker's result segment and unpickle. Without holes it is mapped
+ * copy-on-write and its out-of-band buffers (numpy arrays' data) become
+ * views of the mapping: writable, never written back, and the segment goes
+ * back to the worker when the mapping dies with the last of them (at once
+ * when the result holds none). With holes (big bytes read from the worker's
+ * memory) everything is copied and the segment goes back at once. */
 static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen, int holes)
 {
     if (alen != PPC_SHM_REF_LEN) {
@@ -156,14 +165,29 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
                      (int)r.pid);
         return NULL;
     }
+    ppc_Server *s = self->server;
+    int lend = !holes && !s->destroyed && s->engine;
+    if (lend && !s->retchan && !(s->retchan = ppc_retchan_new(give_back, s->engine)))
+        return NULL;
     size_t maplen = 0;
     void *m;
     Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len,
-                                                holes ? PPC_MAP_LAZY : 0, &maplen);
+                                                holes ? PPC_MAP_LAZY : lend ? PPC_MAP_PRIVATE : 0,
+                                                &maplen);
     Py_END_ALLOW_THREADS if (!m)
     {
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
+    }
+    if (lend) {
+        ppc_ShmMap *map = ppc_shmmap_new(m, maplen, 0, 1);
+        if (!map)
+            return NULL;
+        ppc_shmmap_lent(map, s->retchan, (int)r.pid, r.id);
+        self->job->result_aux &= (uint16_t)~PPC_AUX_SHM; /* the mapping gives it back */
+        PyObject *obj = ppc_loads_blob(m, (size_t)r.len, (PyObject *)map, NULL);
+        Py_DECREF(map);
+        return obj;
     }
     ppc_vm_src src;
     PyObject *obj = NULL;

@@ -1100,6 +1100,8 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
+    ppc_retchan_close(self->retchan); /* mapped results outlive the workers */
+    self->retchan = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
     Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
@@ -1279,6 +1281,8 @@ static int Server_clear(ppc_Server *self)
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
+    ppc_retchan_close(self->retchan);
+    self->retchan = NULL;
     if (self->engine) {
         ppc_engine *e = self->engine;
         self->engine = NULL;

@@ -15,6 +15,9 @@
 
 #include "../core/shm.h"
 #include "../core/vm.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ ShmMap */
@@ -38,10 +41,67 @@ static void ShmMap_releasebuffer(ppc_ShmMap *self, Py_buffer *view)
     self->exports--;
 }
 
+/* Forks of this process, counted once a result segment was mapped: a
+ * mapping made before a fork is shared with the child, whose view must not
+ * change when the parent gives the segment back (see ppc_shmmap_lent). The
+ * handler only counts. */
+static atomic_ulong forks;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+static void count_fork(void)
+{
+    atomic_fetch_add(&forks, 1);
+}
+static void count_forks_from_now(void)
+{
+    pthread_atfork(NULL, count_fork, NULL);
+}
+
+ppc_retchan *ppc_retchan_new(void (*give_back)(void *, int, uint64_t, int), void *ctx)
+{
+    ppc_retchan *c = malloc(sizeof *c);
+    if (!c) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    c->refs = 1;
+    c->give_back = give_back;
+    c->ctx = ctx;
+    return c;
+}
+
+static void retchan_decref(ppc_retchan *c)
+{
+    if (c && --c->refs == 0)
+        free(c);
+}
+
+void ppc_retchan_close(ppc_retchan *c)
+{
+    if (!c)
+        return;
+    c->give_back = NULL;
+    retchan_decref(c);
+}
+
+void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id)
+{
+    pthread_once(&forks_once, count_forks_from_now);
+    c->refs++;
+    m->ret = c;
+    m->ret_pid = pid;
+    m->ret_id = seg_id;
+    m->maker = (long)getpid();
+    m->forks = atomic_load(&forks);
+}
+
 static void ShmMap_dealloc(ppc_ShmMap *self)
 {
     if (self->addr && self->owned)
         munmap(self->addr, self->len);
+    ppc_retchan *c = self->ret;
+    if (c && c->give_back && (long)getpid() == self->maker)
+        c->give_back(c->ctx, self->ret_pid, self->ret_id, atomic_load(&forks) != self->forks);
+    retchan_decref(c);
     PyObject_Free(self);
 }
 
@@ -73,6 +133,11 @@ ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned)
     m->owned = owned;
     m->exports = 0;
     m->id = 0;
+    m->ret = NULL;
+    m->ret_pid = 0;
+    m->ret_id = 0;
+    m->maker = 0;
+    m->forks = 0;
     return m;
 }
 

@@ -550,7 +550,7 @@ static void seg_lend(wstate *w, ppc_shm_seg *s)
     w->nbusy++;
 }
 
-static void seg_returned(wstate *w, uint64_t id)
+static void seg_returned(wstate *w, uint64_t id, int drop)
 {
     if (w->pins && PyDict_GET_SIZE(w->pins) > 0) {
         /* the client has read the holes: their objects may go */
@@ -564,7 +564,10 @@ static void seg_returned(wstate *w, uint64_t id)
             ppc_shm_seg *s = *sp;
             *sp = s->next;
             w->nbusy--;
-            seg_to_pool(w, s);
+            if (drop)
+                ppc_shm_free(s); /* a fork of the client still maps it */
+            else
+                seg_to_pool(w, s);
             return;
         }
     }
@@ -915,7 +918,7 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
             else if (f.type == PPC_F_SHMDROP)
                 forget_seg(&w, f.id);
             else if (f.type == PPC_F_SHMRET)
-                seg_returned(&w, f.id);
+                seg_returned(&w, f.id, (f.aux & PPC_AUX_SHM_DROP) != 0);
             else if (f.type == PPC_F_VMOK)
                 vm_ok(&w);
             else if (f.type == PPC_F_FUNC)
