@@ -147,9 +147,8 @@ def test_worker_killed_mid_job_with_large_arg(fresh_server):
     assert s.submit(sleepy, (big, 0))() == len(big)
 
 
-def test_fallback_when_proc_open_refused(fresh_server, monkeypatch):
-    monkeypatch.setenv("PPC_TEST_SHM_REFUSE", "1")
-    s = fresh_server(2)
+def test_fallback_when_proc_open_refused(fresh_server):
+    s = fresh_server(2, _test={"shm_refuse": True})
     arrays = [make(3 * MB, i) for i in range(4)]
     jobs = [s.submit(echo, (a,)) for a in arrays]
     for a, j in zip(arrays, jobs):

@@ -610,9 +610,17 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     if (f->type == PPC_F_INIT) {
         w->ready = 1;
         p->start_failures = 0;
+        /* NOVM: the worker cannot read our memory (Yama ptrace_scope 1 or
+         * 2): from now on jobs go with their holes filled here. The usual
+         * case on some distributions, so no warning. */
+        if ((f->aux & PPC_AUX_NOVM) && atomic_exchange(&e->vm_on, 0))
+            ppc_engine_log(e, PPC_LOG_INFO,
+                           "worker %d cannot read this process's memory; large bytes "
+                           "arguments are copied into shared memory",
+                           (int)w->pid);
         /* the reply's id: where the worker keeps PPC_VM_PROBE. If we can
          * read it, the worker may leave holes in its results (vm.h) */
-        if (f->id && ppc_engine_vm_on(e) && !e->opts.vm_no_results &&
+        if (f->id && ppc_engine_shm_on(e) && !e->opts.no_vm && !e->opts.vm_no_results &&
             ppc_vm_probe((int)w->pid, f->id))
             ppc_frame_put(&w->out, PPC_F_VMOK, 0, 0, 0, 0, NULL, 0, NULL, 0);
         return 0;

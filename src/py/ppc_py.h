@@ -50,6 +50,7 @@ typedef struct {
     uint64_t next_fid;
     int proto;
     int shm; /* large arguments and results through shared memory */
+    PyObject *test; /* pp.Server(_test={...}): switches for tests, or NULL */
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */

@@ -97,6 +97,19 @@ static int check_ppservers(PyObject *t)
     return 0;
 }
 
+/* A switch of pp.Server(_test={...}) set to a true value. Known switches:
+ * shm_refuse (workers act as if /proc/<pid>/fd were refused to them),
+ * vm_refuse (workers act as if reading this process were refused),
+ * vm_noprobe (this process acts as if reading its workers were refused). */
+static int test_switch(ppc_Server *self, const char *name)
+{
+    PyObject *v = self->test ? PyDict_GetItemString(self->test, name) : NULL;
+    return v && PyObject_IsTrue(v) == 1;
+}
+
+/* Read by workers at start to learn whether they may read our memory. */
+static const uint64_t client_probe = PPC_VM_PROBE;
+
 static PyObject *build_init(ppc_Server *self)
 {
     /* What every worker needs before its first job: the client's import
@@ -111,9 +124,14 @@ static PyObject *build_init(ppc_Server *self)
         return NULL;
     /* lend: results may stay in the worker's segments until taken; not with
      * restart=True, where each worker retires after one job (a retired
-     * worker with results lent would have to linger until they are taken). */
-    PyObject *d = Py_BuildValue("{sOsOsisisi}", "path", path ? path : Py_None, "cwd", cwd,
-                                "proto", self->proto, "shm", self->shm, "lend", !self->restart);
+     * worker with results lent would have to linger until they are taken).
+     * probe: where PPC_VM_PROBE is in our memory (the worker tries to read
+     * it); test: the switches for workers. */
+    PyObject *d = Py_BuildValue(
+        "{sOsOsisisisKs{sisi}}", "path", path ? path : Py_None, "cwd", cwd, "proto", self->proto,
+        "shm", self->shm, "lend", !self->restart, "probe",
+        (unsigned long long)(uintptr_t)&client_probe, "test", "shm_refuse",
+        test_switch(self, "shm_refuse"), "vm_refuse", test_switch(self, "vm_refuse"));
     Py_DECREF(cwd);
     if (!d)
         return NULL;
@@ -378,9 +396,9 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
-                             "_broadcast", "_shm", NULL};
+                             "_broadcast", "_shm", "_test", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
-    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None;
+    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None, *test = Py_None;
     const char *bcast = NULL;
     PyObject *env = NULL;
     const char **cenv = NULL;
@@ -389,11 +407,19 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizp:Server", kwlist, &ncpus_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpO:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &listen, &liveness_o, &announce, &discover_port,
-                                     &bcast, &shm))
+                                     &bcast, &shm, &test))
         return -1;
+    /* _test: switches that make tests take fallback paths (test_switch) */
+    if (test != Py_None && !PyDict_Check(test)) {
+        PyErr_SetString(PyExc_TypeError, "_test must be a dict");
+        return -1;
+    }
+    if (test != Py_None)
+        Py_INCREF(test);
+    Py_XSETREF(self->test, test != Py_None ? test : NULL);
     int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
     if (ncpus < 0)
         return -1;
@@ -504,8 +530,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     o.restart = restart;
     o.no_shm = !shm;
     o.no_vm = !vm;
-    const char *noprobe = getenv("PPC_TEST_VM_NOPROBE"); /* tests: results copied */
-    o.vm_no_results = noprobe && *noprobe && *noprobe != '0';
+    o.vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
     o.py_major = PY_MAJOR_VERSION;
     o.py_minor = PY_MINOR_VERSION;
     o.listen_port = -1;
@@ -1275,6 +1300,7 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->ppservers);
     Py_CLEAR(self->secret);
     Py_CLEAR(self->vm_held);
+    Py_CLEAR(self->test);
     return 0;
 }
 

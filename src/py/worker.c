@@ -43,15 +43,15 @@ typedef struct {
     /* large data (shm.h) */
     int shm;            /* INIT: segments allowed */
     int lend;           /* INIT: results may wait in our segments until taken */
-    int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
+    int refuse_map;     /* INIT test shm_refuse: act as if /proc/<pid>/fd were refused */
     PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
     ppc_shm_pool rpool; /* our free result segments */
     ppc_shm_seg *busy;  /* result segments the client has not given back */
     int nbusy;
     /* big bytes read across processes (vm.h) */
     int vm_results;     /* VMOK: the client reads holes of our results */
-    int vm_refuse;      /* PPC_TEST_VM_REFUSE: act as if reading the client were refused */
-    int vm_checked;     /* reading the client's memory has worked once */
+    int vm_refuse;      /* INIT test vm_refuse: act as if reading the client were refused */
+    int vm_args;        /* we may read the client's memory (probed at INIT) */
     PyObject *pins;     /* our result segment id -> list of bytes the client reads */
 } wstate;
 
@@ -412,6 +412,23 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     w->shm = shm && PyObject_IsTrue(shm) == 1;
     PyObject *lend = PyDict_GetItemString(d, "lend");
     w->lend = !lend || PyObject_IsTrue(lend) == 1;
+    PyObject *test = PyDict_GetItemString(d, "test");
+    if (test && PyDict_Check(test)) {
+        PyObject *v = PyDict_GetItemString(test, "shm_refuse");
+        w->refuse_map = v && PyObject_IsTrue(v) == 1;
+        v = PyDict_GetItemString(test, "vm_refuse");
+        w->vm_refuse = v && PyObject_IsTrue(v) == 1;
+    }
+    /* Can we read the client's memory (Yama's ptrace_scope 1 forbids a
+     * child to read its parent, 2 forbids everyone)? Asked once, here, so
+     * that no job has to find out; the reply tells the client (NOVM). */
+    PyObject *probe = PyDict_GetItemString(d, "probe");
+    uint64_t paddr = probe ? PyLong_AsUnsignedLongLong(probe) : 0;
+    if (paddr == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        paddr = 0;
+    }
+    w->vm_args = paddr && !w->vm_refuse && ppc_vm_probe((int)getppid(), paddr);
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -433,8 +450,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     PySys_SetObject("stdout", w->capture);
     PySys_SetObject("stderr", w->capture);
     /* id: where the client may read PPC_VM_PROBE to test access to our memory */
-    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, (uint64_t)(uintptr_t)&vm_probe, NULL, 0,
-                       NULL, 0);
+    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, w->vm_args ? 0 : PPC_AUX_NOVM, 0,
+                       (uint64_t)(uintptr_t)&vm_probe, NULL, 0, NULL, 0);
 out:
     Py_DECREF(d);
     return rc;
@@ -674,7 +691,8 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
 
 /* The holes of an argument blob in mapping m: their table, checked, and
  * whether we can read the client at all. 1: src filled; 0: reading the
- * client is refused (the job goes back with its holes filled); -1: error. */
+ * client is refused (the job goes back with its holes filled: only jobs
+ * sent before the client heard so from our INIT reply); -1: error. */
 static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, ppc_vm_src *src)
 {
     if (ppc_vm_table_parse(m->addr, m->len, blob_len, src) < 0 || src->ngaps != holes ||
@@ -682,21 +700,13 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
         PyErr_SetString(PyExc_ValueError, "malformed hole table in the job's arguments");
         return -1;
     }
-    if (w->vm_checked)
-        return 1;
-    ppc_vm_gap g;
-    ppc_vm_gap_get(src, 0, &g);
-    uint8_t b;
-    if (w->vm_refuse || ppc_vm_read(src->pid, &b, g.addr, 1, src->unpinned) < 0)
-        return 0;
-    w->vm_checked = 1;
-    return 1;
+    return w->vm_args;
 }
 
 /* The client can read our memory: results may leave holes. */
 static void vm_ok(wstate *w)
 {
-    w->vm_results = !w->vm_refuse;
+    w->vm_results = 1;
 }
 
 static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
@@ -898,10 +908,6 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
         Py_XDECREF(w.segcache);
         return -1;
     }
-    const char *refuse = getenv("PPC_TEST_SHM_REFUSE");
-    w.refuse_map = refuse && *refuse && *refuse != '0';
-    const char *vref = getenv("PPC_TEST_VM_REFUSE");
-    w.vm_refuse = vref && *vref && *vref != '0';
     ppc_shm_pool_init(&w.rpool, RPOOL_BYTES);
     int ret = -1;
     for (;;) {
