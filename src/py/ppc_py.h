@@ -10,9 +10,7 @@
 #include <string.h>
 
 #include "../core/engine.h"
-
-/* Result payload kinds (first byte of a worker's result). */
-enum { PPC_R_VALUE = 0, PPC_R_EXCEPTION = 1 };
+#include "../core/result.h"
 
 /* Module-wide objects, set up once at import (module.c). */
 typedef struct {
@@ -54,7 +52,7 @@ typedef struct {
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */
-    struct ppc_retchan *retchan; /* how mapped results go back (shmpy.c), or NULL */
+    struct ppc_retchan *retchan; /* how mapped results go back (shmmap.c), or NULL */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -91,9 +89,11 @@ int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_gro
 PyObject *ppc_ship_blob(ppc_Server *s, PyObject *func, PyObject *depfuncs, PyObject *modules,
                         PyObject *globals, const char *args_pickle, size_t n);
 
-/* shmpy.c: large data through shared-memory segments */
+/* Large data through shared-memory segments (shm.h, vm.h) */
 #include "../core/shm.h"
 #include "../core/vm.h"
+
+/* shmmap.c: mappings as Python objects */
 /* Where a client's mapped result segments are given back: give_back(ctx,
  * worker pid, segment id, drop) until the Server's destroy() closes it;
  * then mappings that die only unmap. Counted references under the GIL. */
@@ -129,6 +129,8 @@ ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
  * through c, or is dropped (never reused) when this process has forked
  * since, its child still mapping it; nothing is sent from a child. */
 void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id);
+
+/* segwrite.c: the segment writer */
 /* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1.
  * pins: a list, or NULL: big bytes objects are left as holes (vm.h; the
  * table follows the blob, seg->ngaps set) and appended to pins, which the
@@ -136,6 +138,11 @@ void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id);
 Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObject *pins);
 /* An existing pickle into seg as a blob without buffers. 0 or -1. */
 int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
+/* Bytes in large buffers reachable from o, looking depth levels into
+ * containers: a cheap guess at whether a pickle of o will be large. */
+size_t ppc_big_estimate(PyObject *o, int depth);
+
+/* payload.c: the payload codec */
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
  * views become the buffers), or NULL to copy buffers into bytearrays; vm:
  * the blob's holes and whose memory fills them, or NULL. */
@@ -143,7 +150,6 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
 /* A payload that travelled inline (in the frame): an out-of-band blob when
  * oob, else a pickle, read by hand when fastpickle.c takes it. */
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob);
-size_t ppc_big_estimate(PyObject *o, int depth);
 
 /* worker.c */
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main */

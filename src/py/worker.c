@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "../core/frame.h"
+#include "../core/result.h"
 #include "../core/shm.h"
 #include "../core/vm.h"
 
@@ -671,20 +672,14 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
         plen = data ? len : 0;
         skip = ppc_pickle_frame_skip(pdata, plen);
     }
-    uint8_t pre[13];
-    ppc_put_u64(pre, ns);
-    pre[8] = (uint8_t)kind;
-    ppc_put_u32(pre + 9, (uint32_t)outlen);
-    size_t hdr_at = w->out.len;
-    if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, aux, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
-        ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 || ppc_buf_reserve(&w->out, plen) < 0) {
+    uint8_t *d = ppc_result_put(&w->out, id, aux, ns, (uint8_t)kind, outs, (size_t)outlen,
+                                plen - skip);
+    if (!d) {
         PyErr_NoMemory();
         return -1;
     }
     if (plen)
-        w->out.len += ppc_pickle_copy_unframed(w->out.data + w->out.len, pdata, plen, skip);
-    /* the frame header was written before the variable parts: fix its length */
-    ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen - skip));
+        ppc_pickle_copy_unframed(d, pdata, plen, skip);
     w->pending_results++;
     return 0;
 }
@@ -757,18 +752,18 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
                 if (PyErr_Occurred())
                     return -1;
                 /* cannot map: the client sends this job again inline */
-                uint8_t pre[13] = {0};
-                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOSHM, 0, id, pre,
-                                     sizeof pre, NULL, 0);
+                return ppc_result_put(&w->out, id, PPC_AUX_NOSHM, 0, PPC_R_VALUE, NULL, 0, 0)
+                           ? 0
+                           : -1;
             }
             ppc_vm_src src;
             int hr = holes ? arg_holes(w, argmap, (size_t)r.len, holes, &src) : 1;
             if (hr == 0) {
                 /* cannot read the client: it fills the holes and sends the job again */
                 Py_DECREF(argmap);
-                uint8_t pre[13] = {0};
-                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOVM, 0, id, pre,
-                                     sizeof pre, NULL, 0);
+                return ppc_result_put(&w->out, id, PPC_AUX_NOVM, 0, PPC_R_VALUE, NULL, 0, 0)
+                           ? 0
+                           : -1;
             }
             if (hr > 0)
                 args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
