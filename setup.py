@@ -9,10 +9,10 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden
 extra = os.environ.get("PPC_EXTRA_CFLAGS", "").split()
 ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 
-SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmpy.c", "src/py/region.c",
-          "src/py/ship.c"]
+SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmmap.c", "src/py/segwrite.c",
+          "src/py/payload.c", "src/py/ship.c"]
 WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c",
-          "src/core/shm.c", "src/core/vm.c"] + SHARED
+          "src/core/result.c", "src/core/shm.c", "src/core/vm.c"] + SHARED
 
 setup(
     ext_modules=[

@@ -29,6 +29,7 @@
 #include "auth.h"
 #include "buf.h"
 #include "frame.h"
+#include "result.h"
 #include "shm.h"
 #include "vm.h"
 #include "fuzz_common.h"
@@ -58,7 +59,7 @@ static void mix(uint64_t *d, uint64_t v)
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_RGNRET) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
 }
 
 /* The contract of ppc_frame_parse(head, avail, FUZZ_FRAME_LIMIT, f) -> rc. */
@@ -322,9 +323,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             ppc_vm_gap g;
             ppc_vm_gap_get(&vs, i, &g);
             FUZZ_ASSERT(g.len > 0 && g.off >= end && g.off + g.len <= size / 2);
-            FUZZ_ASSERT(g.rid ? g.fd <= 0x7fffffffu : g.fd == 0);
             end = g.off + g.len;
         }
+    }
+
+    /* The raw input as a job's result body (result.h): what parse accepts
+     * stays inside the input, and a reference it yields is the data. */
+    ppc_result rr;
+    if (ppc_result_parse(data, size, &rr) == 0) {
+        FUZZ_ASSERT(rr.kind <= PPC_R_EXCEPTION);
+        FUZZ_ASSERT(rr.out == data + PPC_RESULT_BODY_HEAD);
+        FUZZ_ASSERT(rr.data == rr.out + rr.outlen && rr.data + rr.datalen == data + size);
+        ppc_shm_ref ref;
+        if (ppc_result_ref(&rr, &ref) == 0)
+            FUZZ_ASSERT(rr.datalen == PPC_SHM_REF_LEN && ref.len > 0);
     }
 
     /* The raw input as a discovery datagram. */

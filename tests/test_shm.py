@@ -1,10 +1,12 @@
 """Large arguments and results through shared memory (src/core/shm.c,
-src/py/shmpy.c): bytes and numpy payloads, nested structures, pinned
+src/py/segwrite.c, payload.c, shmmap.c): bytes and numpy payloads, nested structures, pinned
 arguments, segment reuse with many jobs in flight, a worker killed
 mid-job, a ppserver on loopback, the pipe fallback when /proc/<pid>/fd is
 refused, no fd or mapping left behind after destroy(), and large results
 waiting in workers: restart=True, a shrinking pool, a worker killed before
-its result was taken."""
+its result was taken; numpy results as copy-on-write views of the worker's
+segment (their lifetime, forks, the lending cap), other out-of-band
+buffers. Tests of numpy payloads skip without numpy; the rest run."""
 import os
 import signal
 import time
@@ -14,7 +16,11 @@ import pytest
 import pp
 from conftest import kill_workers_mid_job
 
-np = pytest.importorskip("numpy")
+try:
+    import numpy as np
+except ImportError:  # the bytes paths are tested all the same
+    np = None
+needs_numpy = pytest.mark.skipif(np is None, reason="needs numpy (numpy arrays as payloads)")
 
 MB = 1 << 20
 
@@ -70,6 +76,7 @@ def test_bytes_64mb(fresh_server):
         assert j() == p
 
 
+@needs_numpy
 def test_numpy_64mb_and_writable(fresh_server):
     s = fresh_server(2)
     a = make(64 * MB)
@@ -81,6 +88,7 @@ def test_numpy_64mb_and_writable(fresh_server):
     assert not np.all(c == 7.0)  # the client's array is untouched
 
 
+@needs_numpy
 def test_nested_several_buffers(fresh_server):
     s = fresh_server(2)
     d = {"a": make(8 * MB, 2), "b": [os.urandom(3 * MB), bytearray(os.urandom(2 * MB))],
@@ -94,6 +102,7 @@ def test_nested_several_buffers(fresh_server):
     assert r["small"] == 42
 
 
+@needs_numpy
 def test_results_large_and_small_mixed(fresh_server):
     s = fresh_server(2)
     arrays = [make((i % 3) * 3 * MB + 8, i) for i in range(12)]
@@ -103,6 +112,7 @@ def test_results_large_and_small_mixed(fresh_server):
         assert j2() == int(a.sum())
 
 
+@needs_numpy
 def test_pinned_argument_never_corrupted(fresh_server):
     s = fresh_server(1)
     first = make(4 * MB, 10)
@@ -114,6 +124,7 @@ def test_pinned_argument_never_corrupted(fresh_server):
     assert s.submit(kept_sum)() == pytest.approx(float(first.sum()))
 
 
+@needs_numpy
 def test_many_in_flight_reuse(fresh_server):
     s = fresh_server(2)
     for rnd in range(3):
@@ -123,6 +134,7 @@ def test_many_in_flight_reuse(fresh_server):
             assert np.array_equal(j(), a)
 
 
+@needs_numpy
 def test_result_taken_later_from_another_thread(fresh_server):
     import threading
     s = fresh_server(2)
@@ -147,9 +159,9 @@ def test_worker_killed_mid_job_with_large_arg(fresh_server):
     assert s.submit(sleepy, (big, 0))() == len(big)
 
 
-def test_fallback_when_proc_open_refused(fresh_server, monkeypatch):
-    monkeypatch.setenv("PPC_TEST_SHM_REFUSE", "1")
-    s = fresh_server(2)
+@needs_numpy
+def test_fallback_when_proc_open_refused(fresh_server):
+    s = fresh_server(2, _test={"shm_refuse": True})
     arrays = [make(3 * MB, i) for i in range(4)]
     jobs = [s.submit(echo, (a,)) for a in arrays]
     for a, j in zip(arrays, jobs):
@@ -160,10 +172,14 @@ def test_fallback_when_proc_open_refused(fresh_server, monkeypatch):
 
 def test_shm_off(fresh_server):
     s = fresh_server(1, _shm=False)
-    a = make(3 * MB)
-    assert np.array_equal(s.submit(echo, (a,))(), a)
+    big = os.urandom(3 * MB)
+    assert s.submit(echo, (big,))() == big
+    if np is not None:
+        a = make(3 * MB)
+        assert np.array_equal(s.submit(echo, (a,))(), a)
 
 
+@needs_numpy
 def test_remote_large_args(fresh_server):
     secret = "shm-test-secret"
     node = fresh_server(1, secret=secret, _listen=("127.0.0.1", 0))
@@ -196,7 +212,7 @@ def test_no_fd_or_mapping_leak_after_destroy():
     before_fds, before_maps = _fds(), _memfd_maps()
     for _ in range(2):
         s = pp.Server(2)
-        arrays = [make(4 * MB, i) for i in range(6)]
+        arrays = [make(4 * MB, i) if np is not None else os.urandom(4 * MB) for i in range(6)]
         jobs = [s.submit(echo, (a,)) for a in arrays]
         jobs[0]()
         pending = s.submit(sleepy, (os.urandom(2 * MB), 5))
@@ -248,3 +264,162 @@ def test_large_result_of_a_worker_killed_before_it_was_taken(fresh_server):
         j()
     assert "has exited since" in str(ei.value.__cause__)
     assert s.submit(echo, (big,))() == big  # the replacement serves
+
+
+# ---- numpy results: views of the worker's segment, mapped copy-on-write
+
+
+def _private_maps():
+    """Our copy-on-write mappings of workers' result segments."""
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "memfd:ppc" in line and line.split()[1] == "rw-p"]
+
+
+def _mapping_of(addr):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line.strip()
+    return None
+
+
+def fill(n, v):
+    import numpy as np
+    return np.full(n // 8, float(v))
+
+
+def pickle_buffer(n):
+    import pickle
+    return pickle.PickleBuffer(bytearray(b"q" * n))
+
+
+def a_bytearray(n):
+    return bytearray(b"r" * n)
+
+
+@needs_numpy
+def test_numpy_result_is_a_writable_view_of_the_workers_segment(fresh_server):
+    import gc
+    s = fresh_server(1)
+    before = len(_private_maps())
+    r = s.submit(fill, (8 * MB, 3))()
+    line = _mapping_of(r.ctypes.data)
+    assert line and "memfd:ppc" in line and line.split()[1] == "rw-p", line
+    assert r.flags.writeable and float(r.sum()) == 3.0 * r.size
+    r[:] = 1.0  # copy-on-write: ours alone
+    assert float(r.sum()) == float(r.size)
+    base = r.base
+    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+        base = base.base
+    assert base is not None  # kept alive by its base
+    del r, base
+    gc.collect()
+    assert len(_private_maps()) == before  # unmapped with the array
+    # the worker got its segment back and serves from it again
+    for v in range(4):
+        assert float(s.submit(fill, (8 * MB, v))().sum()) == float(v) * MB
+
+
+@needs_numpy
+def test_segment_not_reused_while_the_array_lives(fresh_server):
+    s = fresh_server(1)
+    held = s.submit(fill, (4 * MB, 100))()
+    for v in range(8):  # same size: a reused segment would show through
+        assert float(s.submit(fill, (4 * MB, v))().sum()) == float(v) * (MB // 2)
+    assert held.min() == 100.0 and held.max() == 100.0
+
+
+@needs_numpy
+def test_more_arrays_held_than_a_worker_lends(fresh_server):
+    # a worker lends at most 64 segments; later results travel inline
+    s = fresh_server(1)
+    held = [s.submit(fill, (MB + 64, i))() for i in range(70)]
+    assert [float(a[0]) for a in held] == [float(i) for i in range(70)]
+    assert all(a.flags.writeable for a in held)
+    assert len(_private_maps()) >= 64
+    del held
+    assert float(s.submit(fill, (MB + 64, 99))()[-1]) == 99.0
+
+
+@needs_numpy
+def test_mapped_result_of_a_killed_worker_stays(fresh_server):
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 5))()
+    for pid in s._worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert float(r.sum()) == 5.0 * (MB // 2)
+    r[0] = 1.0
+    assert r[0] == 1.0
+    del r
+    assert float(s.submit(fill, (4 * MB, 6))().sum()) == 6.0 * (MB // 2)
+
+
+@needs_numpy
+def test_mapped_results_outlive_destroy():
+    import gc
+    before_fds, before = _fds(), len(_private_maps())
+    s = pp.Server(1)
+    r = [s.submit(fill, (4 * MB, i))() for i in range(3)]
+    s.destroy()
+    assert [float(a[-1]) for a in r] == [0.0, 1.0, 2.0]
+    del r, s
+    gc.collect()
+    assert len(_private_maps()) == before
+    assert _fds() <= before_fds
+
+
+@needs_numpy
+def test_client_fork_keeps_its_view_of_a_mapped_array(fresh_server):
+    import gc
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 11))()
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            os.read(rd, 1)
+            ok = r.min() == 11.0 and r.max() == 11.0
+        finally:
+            os._exit(0 if ok else 1)
+    # the parent drops its array: the worker must not reuse the segment,
+    # which the child still maps
+    del r
+    gc.collect()
+    for v in range(6):
+        assert float(s.submit(fill, (4 * MB, v))()[0]) == float(v)
+    os.write(wr, b"g")
+    _, st = os.waitpid(pid, 0)
+    os.close(rd)
+    os.close(wr)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "the child's array changed"
+
+
+@needs_numpy
+def test_client_fork_child_and_parent_both_keep_the_array(fresh_server):
+    s = fresh_server(1)
+    r = s.submit(fill, (4 * MB, 12))()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if float(r.sum()) == 12.0 * (MB // 2) else 1)
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    for v in range(4):
+        s.submit(fill, (4 * MB, v))()
+    assert float(r.sum()) == 12.0 * (MB // 2)
+
+
+def test_other_out_of_band_buffers(fresh_server):
+    import gc
+    s = fresh_server(1)
+    before = len(_private_maps())
+    m = s.submit(pickle_buffer, (3 * MB,))()
+    assert isinstance(m, memoryview) and len(m) == 3 * MB and bytes(m[:2]) == b"qq"
+    ba = s.submit(a_bytearray, (3 * MB,))()
+    assert type(ba) is bytearray and ba == bytearray(b"r" * (3 * MB))
+    del m
+    gc.collect()
+    assert len(_private_maps()) == before  # the bytearray is a copy of ours
+    assert s.submit(a_bytearray, (3 * MB,))() == ba

@@ -896,12 +896,7 @@ static void worker_note(ppc_engine *e, int pid, uint8_t type, uint8_t aux, uint6
     pthread_mutex_unlock(&e->mu);
 }
 
-void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id)
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id, int drop)
 {
-    worker_note(e, pid, PPC_F_SHMRET, 0, seg_id);
-}
-
-void ppc_engine_region_note(ppc_engine *e, int pid, uint64_t rid, int keep, int drop)
-{
-    worker_note(e, pid, keep ? PPC_F_RGNKEEP : PPC_F_RGNRET, drop ? PPC_AUX_RGN_DROP : 0, rid);
+    worker_note(e, pid, PPC_F_SHMRET, drop ? PPC_AUX_SHM_DROP : 0, seg_id);
 }

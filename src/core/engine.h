@@ -95,13 +95,9 @@ ppc_shm_seg *ppc_engine_shm_get(ppc_engine *e, size_t need);
 /* Put back a segment that was never attached to a submitted job. */
 void ppc_engine_shm_put(ppc_engine *e, ppc_shm_seg *s);
 /* A result segment of local worker pid has been read: let the worker reuse
- * it (thread-safe; nothing happens when that worker is gone). */
-void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id);
-/* A region of local worker pid (region.h) is now mapped by this process
- * (keep), or no longer (!keep; drop: a forked child may still map it, so the
- * worker must never reuse it). Queued in order with the segment returns;
- * thread-safe; nothing happens when that worker is gone. */
-void ppc_engine_region_note(ppc_engine *e, int pid, uint64_t rid, int keep, int drop);
+ * it, or (drop: a fork of this process may still map it) free it
+ * (thread-safe; nothing happens when that worker is gone). */
+void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id, int drop);
 /* 1 when local workers may be given segment references. */
 int ppc_engine_shm_on(ppc_engine *e);
 /* 1 when argument segments may have holes that workers fill from this

@@ -154,7 +154,7 @@ struct ppc_engine {
     int nclients;
     int64_t last_client_activity;
     /* frames for local workers from other threads, sent in order: result
-     * segments given back (SHMRET), regions kept or given back (RGN*) */
+     * segments given back (SHMRET) */
     struct ppc_shmret { int pid; uint8_t type; uint8_t aux; uint64_t id; } *shmret;
     size_t nshmret, capshmret;
 

@@ -5,7 +5,7 @@
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_RGNRET) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
 }
 
 int ppc_frame_parse(const uint8_t *data, size_t avail, uint64_t max_len, ppc_frame *f)

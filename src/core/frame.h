@@ -33,15 +33,11 @@ enum ppc_frame_type {
     PPC_F_SHMDROP = 5, /* client -> worker: id = a client segment destroyed:
                           forget its mapping */
     PPC_F_SHMRET = 6,  /* client -> worker: id = the worker's result segment,
-                          read and free for reuse */
+                          read and free for reuse; aux PPC_AUX_SHM_DROP:
+                          another process (a fork of the client) may still
+                          map it: free it, never reuse it */
     PPC_F_VMOK = 7,    /* client -> worker: the client can read the worker's
                           memory: results may leave holes (vm.h) */
-    PPC_F_RGNKEEP = 8, /* client -> worker: id = a region of the worker the
-                          client now maps (region.h); sent before the SHMRET
-                          of the result that named it */
-    PPC_F_RGNRET = 9,  /* client -> worker: id = a region the client no longer
-                          maps; aux PPC_AUX_RGN_DROP: another process may
-                          still map it, never reuse it */
     PPC_F_HELLO = 16,  /* network handshake frames (see proto.h) */
     PPC_F_CHALLENGE = 17,
     PPC_F_AUTH = 18,
@@ -70,7 +66,7 @@ enum ppc_frame_type {
 #define PPC_AUX_NOSHM 8u
 #define PPC_AUX_VM 16u
 #define PPC_AUX_NOVM 32u
-#define PPC_AUX_RGN_DROP 1u /* RGNRET only */
+#define PPC_AUX_SHM_DROP 1u /* SHMRET only */
 
 typedef struct ppc_frame {
     uint64_t len;

@@ -23,6 +23,7 @@
 
 #include "engine_int.h"
 #include "frame.h"
+#include "result.h"
 #include "vm.h"
 
 extern char **environ;
@@ -554,45 +555,40 @@ void ppc_pool_note(ppc_pool *p, int pid, uint8_t type, uint8_t aux, uint64_t id)
 
 /* A worker's result in its segment, for a job of a remote client: copy the
  * blob into the job (an inline OOB blob), holes filled from the worker's
- * memory, and give the segment back. area = u8 kind, u32 outlen, output,
- * shm ref. */
-static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const uint8_t *area, size_t n,
-                         int holes)
+ * memory, and give the segment back. r: the parsed body, its data the
+ * segment reference (checked by on_frame). */
+static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_result *r, int holes)
 {
-    if (n < 5)
+    ppc_shm_ref ref;
+    if (ppc_result_ref(r, &ref) < 0)
         return -1;
-    size_t outlen = ppc_get_u32(area + 1);
-    if (outlen > n - 5 || n - 5 - outlen != PPC_SHM_REF_LEN)
-        return -1;
-    ppc_shm_ref r;
-    ppc_shm_ref_get(area + 5 + outlen, &r);
     /* given back whatever happens below; the frame is only queued, so the
      * worker cannot release the segment (or its holes' objects) before
      * this function has read them */
-    ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, r.id, NULL, 0, NULL, 0);
-    if ((int)r.pid != (int)w->pid || r.len > p->e->opts.max_frame || r.len > SIZE_MAX - n)
+    ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, ref.id, NULL, 0, NULL, 0);
+    if ((int)ref.pid != (int)w->pid || ref.len > p->e->opts.max_frame)
         return -1;
     size_t maplen;
-    uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)r.fd, (size_t)r.len,
+    uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)ref.fd, (size_t)ref.len,
                                   holes ? PPC_MAP_LAZY : 0, &maplen);
     if (!m)
         return -1;
-    size_t total = 5 + outlen + (size_t)r.len;
-    uint8_t *res = malloc(total);
+    uint8_t *res = NULL;
+    size_t total = 0;
+    uint8_t *data = ppc_result_body_new(r->kind, r->out, r->outlen, (size_t)ref.len, &res, &total);
     ppc_vm_src src;
-    if (res) {
-        memcpy(res, area, 5 + outlen);
+    if (data) {
         if (!holes) {
-            memcpy(res + 5 + outlen, m, (size_t)r.len);
-        } else if (ppc_vm_table_parse(m, maplen, (size_t)r.len, &src) < 0 ||
+            memcpy(data, m, (size_t)ref.len);
+        } else if (ppc_vm_table_parse(m, maplen, (size_t)ref.len, &src) < 0 ||
                    src.pid != (int)w->pid ||
-                   ppc_vm_copy_blob(res + 5 + outlen, m, (size_t)r.len, &src) < 0) {
+                   ppc_vm_copy_blob(data, m, (size_t)ref.len, &src) < 0) {
             free(res);
             res = NULL;
         }
     }
     ppc_shm_unmap(m, maplen);
-    if (!res)
+    if (!data || !res)
         return -1;
     free(j->result);
     j->result = res;
@@ -610,14 +606,33 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     if (f->type == PPC_F_INIT) {
         w->ready = 1;
         p->start_failures = 0;
+        /* NOVM: the worker cannot read our memory (Yama ptrace_scope 1 or
+         * 2): from now on jobs go with their holes filled here. The usual
+         * case on some distributions, so no warning. */
+        if ((f->aux & PPC_AUX_NOVM) && atomic_exchange(&e->vm_on, 0))
+            ppc_engine_log(e, PPC_LOG_INFO,
+                           "worker %d cannot read this process's memory; large bytes "
+                           "arguments are copied into shared memory",
+                           (int)w->pid);
         /* the reply's id: where the worker keeps PPC_VM_PROBE. If we can
          * read it, the worker may leave holes in its results (vm.h) */
-        if (f->id && ppc_engine_vm_on(e) && !e->opts.vm_no_results &&
+        if (f->id && ppc_engine_shm_on(e) && !e->opts.no_vm && !e->opts.vm_no_results &&
             ppc_vm_probe((int)w->pid, f->id))
             ppc_frame_put(&w->out, PPC_F_VMOK, 0, 0, 0, 0, NULL, 0, NULL, 0);
         return 0;
     }
-    if (f->type != PPC_F_RESULT || f->len < 8)
+    uint64_t exec_ns;
+    const uint8_t *body;
+    size_t n;
+    ppc_result res;
+    ppc_shm_ref ref;
+    if (f->type != PPC_F_RESULT ||
+        ppc_result_split(f->payload, (size_t)f->len, &exec_ns, &body, &n) < 0)
+        return -1;
+    /* the body is opaque to the engine, except a result in a segment: that
+     * must be one of this worker's own */
+    if ((f->aux & PPC_AUX_SHM) && (ppc_result_parse(body, n, &res) < 0 ||
+                                   ppc_result_ref(&res, &ref) < 0 || (int)ref.pid != (int)w->pid))
         return -1;
     ppc_job *j = w->fl_head;
     if (!j || j->id != f->id)
@@ -641,18 +656,17 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         ppc_engine_requeue_front(e, j);
         return 0;
     }
-    j->exec_ns = ppc_get_u64(f->payload);
-    size_t n = (size_t)f->len - 8;
+    j->exec_ns = exec_ns;
     if (j->args_seg)
         ppc_pool_args_done(p, j, (f->aux & PPC_AUX_PINNED) != 0);
     if ((f->aux & PPC_AUX_SHM) && j->origin) {
         /* ppserver: the client is remote, so the result travels inline */
-        if (result_inline(p, w, j, f->payload + 8, n, (f->aux & PPC_AUX_VM) != 0) < 0)
+        if (result_inline(p, w, j, &res, (f->aux & PPC_AUX_VM) != 0) < 0)
             ppc_job_fail(j, PPC_JOB_EWORKER, "cannot read the worker's result segment");
     } else if (!(j->result = malloc(n ? n : 1))) {
         ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory for the job's result");
     } else {
-        memcpy(j->result, f->payload + 8, n);
+        memcpy(j->result, body, n);
         j->result_len = n;
         j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM | PPC_AUX_VM);
         j->status = PPC_JOB_OK;

@@ -100,7 +100,10 @@ void *ppc_shm_map_peer(int pid, int fd, size_t need, int flags, size_t *maplen)
         return NULL;
     }
     size_t len = (size_t)st.st_size;
-    void *m = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | ((flags & PPC_MAP_LAZY) ? 0 : MAP_POPULATE), f, 0);
+    void *m = (flags & PPC_MAP_PRIVATE)
+                  ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, f, 0)
+                  : mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0),
+                         MAP_SHARED | ((flags & PPC_MAP_LAZY) ? 0 : MAP_POPULATE), f, 0);
     int saved = errno;
     close(f);
     if (m == MAP_FAILED) {

@@ -49,9 +49,13 @@ void ppc_shm_free(ppc_shm_seg *s);
  * need bytes. Returns the mapping (length in *maplen) or NULL with errno
  * set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
  * segments); PPC_MAP_LAZY: no MAP_POPULATE (a segment with holes: faulting
- * them in would allocate pages nobody writes). */
+ * them in would allocate pages nobody writes); PPC_MAP_PRIVATE: mapped
+ * copy-on-write, readable and writable, never populated (a populated
+ * writable private mapping would copy every page): the client's view of a
+ * result segment whose buffers it hands out as arrays. */
 #define PPC_MAP_WRITE 1
 #define PPC_MAP_LAZY 2
+#define PPC_MAP_PRIVATE 4
 void *ppc_shm_map_peer(int pid, int fd, size_t need, int flags, size_t *maplen);
 void ppc_shm_unmap(void *p, size_t len);
 

@@ -26,9 +26,6 @@ void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, 
         ppc_put_u64(e, g[i].off);
         ppc_put_u64(e + 8, g[i].len);
         ppc_put_u64(e + 16, g[i].addr);
-        ppc_put_u64(e + 24, g[i].rid);
-        ppc_put_u32(e + 32, g[i].rid ? g[i].fd : 0);
-        ppc_put_u32(e + 36, 0);
     }
 }
 
@@ -51,11 +48,6 @@ int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_
         uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
         if (len == 0 || off < end || off > blob_len || len > blob_len - off)
             return -1;
-        /* a region's descriptor is a small number; a plain hole has none */
-        uint64_t rid = ppc_get_u64(e + 24);
-        uint32_t fd = ppc_get_u32(e + 32);
-        if (ppc_get_u32(e + 36) != 0 || (rid ? fd > 0x7fffffffu : fd != 0))
-            return -1;
         end = off + len;
     }
     src->pid = (int)pid;
@@ -71,8 +63,6 @@ void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g)
     g->off = ppc_get_u64(e);
     g->len = ppc_get_u64(e + 8);
     g->addr = ppc_get_u64(e + 16);
-    g->rid = ppc_get_u64(e + 24);
-    g->fd = ppc_get_u32(e + 32);
 }
 
 /* process_vm_readv: one copy, the owner's pages pinned while read. */

@@ -17,10 +17,7 @@
  *
  * Table, at ppc_vm_table_at(blob length) in the segment:
  *   u32 magic, u32 ngaps, u32 pid, u32 flags,
- *   ngaps x (u64 off, u64 len, u64 addr, u64 rid, u32 fd, u32 zero)
- * rid, when not 0, says the bytes object of the hole sits alone in a
- * shared-memory region of its owner (region.h), open as descriptor fd: the
- * reader may map the region instead of copying the bytes.
+ *   ngaps x (u64 off, u64 len, u64 addr)
  * flags: PPC_VM_F_SHARED when some of the bytes sit on pages the owner
  * shares copy-on-write (data older than a fork): the reader then reads
  * without pinning (see ppc_vm_read).
@@ -41,10 +38,8 @@
 
 typedef struct ppc_vm_gap {
     uint64_t off, len, addr;
-    uint64_t rid; /* the owner's region holding the object, or 0 */
-    uint32_t fd;  /* that region's descriptor in the owner */
 } ppc_vm_gap;
-#define PPC_VM_ENTRY 40u
+#define PPC_VM_ENTRY 24u
 
 /* A parsed table: where the holes of a blob are and whose memory fills them. */
 typedef struct ppc_vm_src {

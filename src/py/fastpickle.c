@@ -48,7 +48,7 @@
 
 #define MAX_TUPLE 64 /* items of the top-level tuple the encoder takes */
 /* Pickles the encoder writes stay below this: larger data is the business
- * of the large-data path (shared-memory segments, shmpy.c), which must not
+ * of the large-data path (shared-memory segments, segwrite.c), which must not
  * be bypassed by a copy here. */
 #define FAST_MAX (256u * 1024u)
 

@@ -39,18 +39,9 @@ static PyObject *fast_loads_hook(PyObject *mod, PyObject *arg)
     return Py_BuildValue("(N)", o);
 }
 
-/* This module's regions (region.h) in this process: for tests. */
-static PyObject *region_stats(PyObject *mod, PyObject *noargs)
-{
-    (void)mod;
-    (void)noargs;
-    return ppc_region_stats_dict();
-}
-
 static PyMethodDef module_methods[] = {
     {"_fast_dumps", fast_dumps_hook, METH_VARARGS, NULL},
     {"_fast_loads", fast_loads_hook, METH_O, NULL},
-    {"_region_stats", region_stats, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

@@ -10,10 +10,7 @@
 #include <string.h>
 
 #include "../core/engine.h"
-#include "region.h"
-
-/* Result payload kinds (first byte of a worker's result). */
-enum { PPC_R_VALUE = 0, PPC_R_EXCEPTION = 1 };
+#include "../core/result.h"
 
 /* Module-wide objects, set up once at import (module.c). */
 typedef struct {
@@ -51,10 +48,11 @@ typedef struct {
     uint64_t next_fid;
     int proto;
     int shm; /* large arguments and results through shared memory */
+    PyObject *test; /* pp.Server(_test={...}): switches for tests, or NULL */
     PyObject *vm_held; /* list of (capsule(job), pins): bytes of dropped Job
                           objects whose jobs have not finished yet */
     uint64_t vm_arg_holes, vm_result_holes; /* bytes objects left in place */
-    ppc_region_chan *regions; /* how adopted results are given back (region.h) */
+    struct ppc_retchan *retchan; /* how mapped results go back (shmmap.c), or NULL */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
     int raise_exceptions;
@@ -105,9 +103,23 @@ PyObject *ppc_ship_main_names(const char *pickle, size_t n);
  * reference to the job's function, or NULL with an error. */
 PyObject *ppc_ship_install(PyObject *ns, const uint8_t *blob, size_t n);
 
-/* shmpy.c: large data through shared-memory segments */
+/* Large data through shared-memory segments (shm.h, vm.h) */
 #include "../core/shm.h"
 #include "../core/vm.h"
+
+/* shmmap.c: mappings as Python objects */
+/* Where a client's mapped result segments are given back: give_back(ctx,
+ * worker pid, segment id, drop) until the Server's destroy() closes it;
+ * then mappings that die only unmap. Counted references under the GIL. */
+typedef struct ppc_retchan {
+    Py_ssize_t refs;
+    void (*give_back)(void *ctx, int pid, uint64_t seg_id, int drop);
+    void *ctx;
+} ppc_retchan;
+/* NULL: out of memory (error set) */
+ppc_retchan *ppc_retchan_new(void (*give_back)(void *, int, uint64_t, int), void *ctx);
+void ppc_retchan_close(ppc_retchan *c); /* the Server's reference */
+
 typedef struct {
     PyObject_HEAD
     void *addr;
@@ -116,9 +128,23 @@ typedef struct {
     uint64_t id;
     int readonly;
     int owned; /* munmap at dealloc */
+    /* a worker's result segment mapped copy-on-write (ppc_shmmap_lent):
+     * given back to the worker when this mapping dies */
+    ppc_retchan *ret;
+    int ret_pid;
+    uint64_t ret_id;
+    long maker;          /* the process that mapped it */
+    unsigned long forks; /* forks of that process before it mapped it */
 } ppc_ShmMap;
 extern PyTypeObject ppc_ShmMapType;
 ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
+/* m maps result segment seg_id of worker pid: when m dies (the last array
+ * or buffer viewing it with it), the segment goes back to the worker
+ * through c, or is dropped (never reused) when this process has forked
+ * since, its child still mapping it; nothing is sent from a child. */
+void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id);
+
+/* segwrite.c: the segment writer */
 /* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1.
  * pins: a list, or NULL: big bytes objects are left as holes (vm.h; the
  * table follows the blob, seg->ngaps set) and appended to pins, which the
@@ -126,16 +152,18 @@ ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
 Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObject *pins);
 /* An existing pickle into seg as a blob without buffers. 0 or -1. */
 int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg);
+/* Bytes in large buffers reachable from o, looking depth levels into
+ * containers: a cheap guess at whether a pickle of o will be large. */
+size_t ppc_big_estimate(PyObject *o, int depth);
+
+/* payload.c: the payload codec */
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
  * views become the buffers), or NULL to copy buffers into bytearrays; vm:
- * the blob's holes and whose memory fills them, or NULL; chan: a client's
- * channel when a hole naming a region may be adopted (region.h), or NULL. */
-PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm,
-                         ppc_region_chan *chan);
+ * the blob's holes and whose memory fills them, or NULL. */
+PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm);
 /* A payload that travelled inline (in the frame): an out-of-band blob when
  * oob, else a pickle, read by hand when fastpickle.c takes it. */
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob);
-size_t ppc_big_estimate(PyObject *o, int depth);
 
 /* worker.c */
 PyObject *ppc_worker_main(PyObject *mod, PyObject *args); /* _ppcw.worker_main */

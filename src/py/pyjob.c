@@ -113,14 +113,19 @@ static PyObject *rebuild_exception(PyObject *payload)
 static void return_result_seg(ppc_Job *self)
 {
     ppc_job *j = self->job;
-    if (!j || j->status != PPC_JOB_OK || !(j->result_aux & PPC_AUX_SHM) || !j->result ||
-        j->result_len < 5 + PPC_SHM_REF_LEN)
-        return;
+    ppc_result res;
     ppc_shm_ref r;
-    ppc_shm_ref_get(j->result + j->result_len - PPC_SHM_REF_LEN, &r);
+    if (!j || j->status != PPC_JOB_OK || !(j->result_aux & PPC_AUX_SHM) ||
+        ppc_result_parse(j->result, j->result_len, &res) < 0 || ppc_result_ref(&res, &r) < 0)
+        return;
     j->result_aux &= (uint16_t)~PPC_AUX_SHM;
     if (self->server && self->server->engine && !self->server->destroyed)
-        ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id);
+        ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id, 0);
+}
+
+static void give_back(void *engine, int pid, uint64_t seg_id, int drop)
+{
+    ppc_engine_shm_return((ppc_engine *)engine, pid, seg_id, drop);
 }
 
 static int is_worker_pid(ppc_Server *s, int pid)
@@ -133,17 +138,16 @@ static int is_worker_pid(ppc_Server *s, int pid)
     return 0;
 }
 
-/* Map the worker's result segment, unpickle (buffers copied out, holes read
- * from the worker's memory, so the segment can go back at once), unmap. */
-static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen, int holes)
+/* Map the worker's result segment and unpickle. Without holes it is mapped
+ * copy-on-write and its out-of-band buffers (numpy arrays' data) become
+ * views of the mapping: writable, never written back, and the segment goes
+ * back to the worker when the mapping dies with the last of them (at once
+ * when the result holds none). With holes (big bytes read from the worker's
+ * memory) everything is copied and the segment goes back at once. */
+static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes)
 {
-    if (alen != PPC_SHM_REF_LEN) {
-        PyErr_SetString(PyExc_ValueError, "malformed shared-memory result reference");
-        return NULL;
-    }
     ppc_shm_ref r;
-    ppc_shm_ref_get(area, &r);
-    if (r.len > ((uint64_t)1 << 40)) {
+    if (ppc_result_ref(res, &r) < 0 || r.len > ((uint64_t)1 << 40)) {
         PyErr_SetString(PyExc_ValueError, "malformed shared-memory result reference");
         return NULL;
     }
@@ -156,14 +160,29 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
                      (int)r.pid);
         return NULL;
     }
+    ppc_Server *s = self->server;
+    int lend = !holes && !s->destroyed && s->engine;
+    if (lend && !s->retchan && !(s->retchan = ppc_retchan_new(give_back, s->engine)))
+        return NULL;
     size_t maplen = 0;
     void *m;
     Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len,
-                                                holes ? PPC_MAP_LAZY : 0, &maplen);
+                                                holes ? PPC_MAP_LAZY : lend ? PPC_MAP_PRIVATE : 0,
+                                                &maplen);
     Py_END_ALLOW_THREADS if (!m)
     {
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
+    }
+    if (lend) {
+        ppc_ShmMap *map = ppc_shmmap_new(m, maplen, 0, 1);
+        if (!map)
+            return NULL;
+        ppc_shmmap_lent(map, s->retchan, (int)r.pid, r.id);
+        self->job->result_aux &= (uint16_t)~PPC_AUX_SHM; /* the mapping gives it back */
+        PyObject *obj = ppc_loads_blob(m, (size_t)r.len, (PyObject *)map, NULL);
+        Py_DECREF(map);
+        return obj;
     }
     ppc_vm_src src;
     PyObject *obj = NULL;
@@ -171,8 +190,7 @@ static PyObject *load_shm_result(ppc_Job *self, const uint8_t *area, size_t alen
                   src.pid != (int)r.pid))
         PyErr_SetString(PyExc_ValueError, "malformed hole table in a worker's result");
     else
-        obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL,
-                             self->server->destroyed ? NULL : self->server->regions);
+        obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL);
     ppc_shm_unmap(m, maplen);
     return obj;
 }
@@ -192,32 +210,23 @@ int ppc_job_unpack(ppc_Job *self)
         self->unpacked = 1;
         return 0;
     }
-    const uint8_t *p = j->result;
-    size_t n = j->result_len;
-    if (!p || n < 5) {
-        self->exc = PyObject_CallFunction(G.WorkerError, "s", "truncated result from worker");
-        self->unpacked = self->exc != NULL;
-        return self->exc ? 0 : -1;
-    }
-    int kind = p[0];
-    size_t outlen = (size_t)p[1] | (size_t)p[2] << 8 | (size_t)p[3] << 16 | (size_t)p[4] << 24;
-    if (outlen > n - 5) {
+    ppc_result res;
+    if (ppc_result_parse(j->result, j->result_len, &res) < 0) {
         self->exc = PyObject_CallFunction(G.WorkerError, "s", "malformed result from worker");
         self->unpacked = self->exc != NULL;
         return self->exc ? 0 : -1;
     }
-    if (outlen && print_output((const char *)p + 5, outlen) < 0)
+    int kind = res.kind;
+    if (res.outlen && print_output((const char *)res.out, res.outlen) < 0)
         return -1;
-    const uint8_t *area = p + 5 + outlen;
-    size_t alen = n - 5 - outlen;
     PyObject *obj = NULL;
     if (j->result_aux & PPC_AUX_SHM) {
-        obj = load_shm_result(self, area, alen, (j->result_aux & PPC_AUX_VM) != 0);
+        obj = load_shm_result(self, &res, (j->result_aux & PPC_AUX_VM) != 0);
         if (obj && (j->result_aux & PPC_AUX_VM))
             self->server->vm_result_holes++;
         return_result_seg(self);
     } else {
-        obj = ppc_loads_inline(area, alen, j->result_aux & PPC_AUX_OOB);
+        obj = ppc_loads_inline(res.data, res.datalen, j->result_aux & PPC_AUX_OOB);
     }
     if (!obj) {
         /* the result cannot be rebuilt here: report it as the job's error */

@@ -22,12 +22,6 @@
 #include <unistd.h>
 
 
-/* Adopted result regions kept or given back: frames for their worker. */
-static void region_note(void *ctx, int pid, uint64_t rid, int keep, int drop)
-{
-    ppc_engine_region_note((ppc_engine *)ctx, pid, rid, keep, drop);
-}
-
 static int detect_ncpus(void)
 {
     cpu_set_t set;
@@ -103,7 +97,20 @@ static int check_ppservers(PyObject *t)
     return 0;
 }
 
-static PyObject *build_init(ppc_Server *self, int serving)
+/* A switch of pp.Server(_test={...}) set to a true value. Known switches:
+ * shm_refuse (workers act as if /proc/<pid>/fd were refused to them),
+ * vm_refuse (workers act as if reading this process were refused),
+ * vm_noprobe (this process acts as if reading its workers were refused). */
+static int test_switch(ppc_Server *self, const char *name)
+{
+    PyObject *v = self->test ? PyDict_GetItemString(self->test, name) : NULL;
+    return v && PyObject_IsTrue(v) == 1;
+}
+
+/* Read by workers at start to learn whether they may read our memory. */
+static const uint64_t client_probe = PPC_VM_PROBE;
+
+static PyObject *build_init(ppc_Server *self)
 {
     /* What every worker needs before its first job: the client's import
      * path, working directory and pickle protocol. */
@@ -118,11 +125,13 @@ static PyObject *build_init(ppc_Server *self, int serving)
     /* lend: results may stay in the worker's segments until taken; not with
      * restart=True, where each worker retires after one job (a retired
      * worker with results lent would have to linger until they are taken).
-     * regions: big bytes made in regions for us to map (region.h); not for a
-     * ppserver, which copies its workers' results for its clients anyway. */
-    PyObject *d = Py_BuildValue("{sOsOsisisisi}", "path", path ? path : Py_None, "cwd", cwd,
-                                "proto", self->proto, "shm", self->shm, "lend", !self->restart,
-                                "regions", !self->restart && !serving);
+     * probe: where PPC_VM_PROBE is in our memory (the worker tries to read
+     * it); test: the switches for workers. */
+    PyObject *d = Py_BuildValue(
+        "{sOsOsisisisKs{sisi}}", "path", path ? path : Py_None, "cwd", cwd, "proto", self->proto,
+        "shm", self->shm, "lend", !self->restart, "probe",
+        (unsigned long long)(uintptr_t)&client_probe, "test", "shm_refuse",
+        test_switch(self, "shm_refuse"), "vm_refuse", test_switch(self, "vm_refuse"));
     Py_DECREF(cwd);
     if (!d)
         return NULL;
@@ -387,9 +396,9 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
-                             "_broadcast", "_shm", NULL};
+                             "_broadcast", "_shm", "_test", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
-    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None;
+    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None, *test = Py_None;
     const char *bcast = NULL;
     PyObject *env = NULL;
     const char **cenv = NULL;
@@ -398,11 +407,19 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizp:Server", kwlist, &ncpus_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpO:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &listen, &liveness_o, &announce, &discover_port,
-                                     &bcast, &shm))
+                                     &bcast, &shm, &test))
         return -1;
+    /* _test: switches that make tests take fallback paths (test_switch) */
+    if (test != Py_None && !PyDict_Check(test)) {
+        PyErr_SetString(PyExc_TypeError, "_test must be a dict");
+        return -1;
+    }
+    if (test != Py_None)
+        Py_INCREF(test);
+    Py_XSETREF(self->test, test != Py_None ? test : NULL);
     int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
     if (ncpus < 0)
         return -1;
@@ -475,7 +492,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *argv = worker_command();
     if (!argv)
         return -1;
-    PyObject *init = build_init(self, listen != Py_None);
+    PyObject *init = build_init(self);
     if (!init) {
         Py_DECREF(argv);
         return -1;
@@ -513,8 +530,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     o.restart = restart;
     o.no_shm = !shm;
     o.no_vm = !vm;
-    const char *noprobe = getenv("PPC_TEST_VM_NOPROBE"); /* tests: results copied */
-    o.vm_no_results = noprobe && *noprobe && *noprobe != '0';
+    o.vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
     o.py_major = PY_MAJOR_VERSION;
     o.py_minor = PY_MINOR_VERSION;
     o.listen_port = -1;
@@ -596,11 +612,6 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     }
     self->engine = e;
-    self->regions = ppc_region_chan_new(region_note, e);
-    if (!self->regions) {
-        PyErr_NoMemory();
-        return -1;
-    }
     if (0) {
     fail_early:
         PyMem_Free(cenv);
@@ -706,7 +717,7 @@ static int holes_mention_main(ppc_shm_seg *seg, size_t stream_len)
         return 1;
     size_t at = 0;
     for (uint32_t i = 0; i <= src.ngaps; i++) {
-        ppc_vm_gap g = {stream_len, 0, 0, 0, 0};
+        ppc_vm_gap g = {stream_len, 0, 0};
         if (i < src.ngaps)
             ppc_vm_gap_get(&src, i, &g);
         size_t end = g.off < stream_len ? (size_t)g.off : stream_len;
@@ -1001,18 +1012,9 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
 static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
-    PyObject *d = Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
-                                "result_holes", (unsigned long long)self->vm_result_holes, "held",
-                                self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
-    PyObject *r = d ? ppc_region_stats_dict() : NULL; /* this process's, all Servers */
-    if (r) {
-        int rc = PyDict_SetItemString(d, "regions", r);
-        Py_DECREF(r);
-        if (rc == 0)
-            return d;
-    }
-    Py_XDECREF(d);
-    return NULL;
+    return Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
+                         "result_holes", (unsigned long long)self->vm_result_holes, "held",
+                         self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
 }
 
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
@@ -1123,8 +1125,8 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
-    ppc_region_chan_close(self->regions); /* adopted results outlive the workers */
-    self->regions = NULL;
+    ppc_retchan_close(self->retchan); /* mapped results outlive the workers */
+    self->retchan = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
     Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
@@ -1298,14 +1300,15 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->ppservers);
     Py_CLEAR(self->secret);
     Py_CLEAR(self->vm_held);
+    Py_CLEAR(self->test);
     return 0;
 }
 
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
-    ppc_region_chan_close(self->regions);
-    self->regions = NULL;
+    ppc_retchan_close(self->retchan);
+    self->retchan = NULL;
     if (self->engine) {
         ppc_engine *e = self->engine;
         self->engine = NULL;

@@ -3,19 +3,10 @@
  * worker starts fast (no engine, no libcrypto). */
 #include "ppc_py.h"
 
-/* This module's regions (region.h) in this process: for tests. */
-static PyObject *region_stats(PyObject *mod, PyObject *noargs)
-{
-    (void)mod;
-    (void)noargs;
-    return ppc_region_stats_dict();
-}
-
 static PyMethodDef wmodule_methods[] = {
     {"worker_main", ppc_worker_main, METH_VARARGS,
      "worker_main(fd_in, fd_out)\n--\n\nRun the worker loop on the given pipe descriptors "
      "until the client closes them. Used by worker processes only."},
-    {"_region_stats", region_stats, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef wmodule_def = {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "../core/frame.h"
+#include "../core/result.h"
 #include "../core/shm.h"
 #include "../core/vm.h"
 
@@ -43,16 +44,15 @@ typedef struct {
     /* large data (shm.h) */
     int shm;            /* INIT: segments allowed */
     int lend;           /* INIT: results may wait in our segments until taken */
-    int regions;        /* INIT: the client maps big bytes results (region.h) */
-    int refuse_map;     /* PPC_TEST_SHM_REFUSE: act as if /proc/<pid>/fd were refused */
+    int refuse_map;     /* INIT test shm_refuse: act as if /proc/<pid>/fd were refused */
     PyObject *segcache; /* client segment id -> ShmMap, least recently used first */
     ppc_shm_pool rpool; /* our free result segments */
     ppc_shm_seg *busy;  /* result segments the client has not given back */
     int nbusy;
     /* big bytes read across processes (vm.h) */
     int vm_results;     /* VMOK: the client reads holes of our results */
-    int vm_refuse;      /* PPC_TEST_VM_REFUSE: act as if reading the client were refused */
-    int vm_checked;     /* reading the client's memory has worked once */
+    int vm_refuse;      /* INIT test vm_refuse: act as if reading the client were refused */
+    int vm_args;        /* we may read the client's memory (probed at INIT) */
     PyObject *pins;     /* our result segment id -> list of bytes the client reads */
 } wstate;
 
@@ -169,8 +169,23 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     w->shm = shm && PyObject_IsTrue(shm) == 1;
     PyObject *lend = PyDict_GetItemString(d, "lend");
     w->lend = !lend || PyObject_IsTrue(lend) == 1;
-    PyObject *regions = PyDict_GetItemString(d, "regions");
-    w->regions = w->lend && (!regions || PyObject_IsTrue(regions) == 1);
+    PyObject *test = PyDict_GetItemString(d, "test");
+    if (test && PyDict_Check(test)) {
+        PyObject *v = PyDict_GetItemString(test, "shm_refuse");
+        w->refuse_map = v && PyObject_IsTrue(v) == 1;
+        v = PyDict_GetItemString(test, "vm_refuse");
+        w->vm_refuse = v && PyObject_IsTrue(v) == 1;
+    }
+    /* Can we read the client's memory (Yama's ptrace_scope 1 forbids a
+     * child to read its parent, 2 forbids everyone)? Asked once, here, so
+     * that no job has to find out; the reply tells the client (NOVM). */
+    PyObject *probe = PyDict_GetItemString(d, "probe");
+    uint64_t paddr = probe ? PyLong_AsUnsignedLongLong(probe) : 0;
+    if (paddr == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        paddr = 0;
+    }
+    w->vm_args = paddr && !w->vm_refuse && ppc_vm_probe((int)getppid(), paddr);
     PyObject *syspath = PyList_New(0);
     if (!syspath)
         goto out;
@@ -192,8 +207,8 @@ static int on_init(wstate *w, const uint8_t *p, size_t n)
     PySys_SetObject("stdout", w->capture);
     PySys_SetObject("stderr", w->capture);
     /* id: where the client may read PPC_VM_PROBE to test access to our memory */
-    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, 0, 0, (uint64_t)(uintptr_t)&vm_probe, NULL, 0,
-                       NULL, 0);
+    rc = ppc_frame_put(&w->out, PPC_F_INIT, 0, w->vm_args ? 0 : PPC_AUX_NOVM, 0,
+                       (uint64_t)(uintptr_t)&vm_probe, NULL, 0, NULL, 0);
 out:
     Py_DECREF(d);
     return rc;
@@ -309,7 +324,7 @@ static void seg_lend(wstate *w, ppc_shm_seg *s)
     w->nbusy++;
 }
 
-static void seg_returned(wstate *w, uint64_t id)
+static void seg_returned(wstate *w, uint64_t id, int drop)
 {
     if (w->pins && PyDict_GET_SIZE(w->pins) > 0) {
         /* the client has read the holes: their objects may go */
@@ -323,7 +338,10 @@ static void seg_returned(wstate *w, uint64_t id)
             ppc_shm_seg *s = *sp;
             *sp = s->next;
             w->nbusy--;
-            seg_to_pool(w, s);
+            if (drop)
+                ppc_shm_free(s); /* a fork of the client still maps it */
+            else
+                seg_to_pool(w, s);
             return;
         }
     }
@@ -333,40 +351,6 @@ static void seg_returned(wstate *w, uint64_t id)
  * written by hand into fb (*fn bytes), into a segment of ours lent to the
  * client (*rseg: buffers reaching 1 MB, or a pickle that large), or a
  * pickle (*pick). 0, or -1 with an error set. */
-/* A big bytes result of the user's (or a 1-tuple of one) copied into a
- * region, so that the client maps it instead of copying it: the copy is
- * made here, in parallel with other workers, rather than in the one
- * client. A new reference: the copy, or res itself. */
-static PyObject *result_to_region(PyObject *res)
-{
-    PyObject *b = PyTuple_CheckExact(res) && PyTuple_GET_SIZE(res) == 1 ? PyTuple_GET_ITEM(res, 0)
-                                                                         : res;
-    uint64_t rid;
-    uint32_t fd;
-    if (!PyBytes_CheckExact(b) || (size_t)PyBytes_GET_SIZE(b) < PPC_REGION_MIN ||
-        ppc_region_lendable(b, &rid, &fd)) {
-        Py_INCREF(res);
-        return res;
-    }
-    size_t len = (size_t)PyBytes_GET_SIZE(b);
-    PyObject *c = ppc_region_bytes(len);
-    if (!c) {
-        Py_INCREF(res);
-        return res;
-    }
-    Py_BEGIN_ALLOW_THREADS ppc_fill_fresh(PyBytes_AS_STRING(c), len, PyBytes_AS_STRING(b), 0, 0, 0);
-    Py_END_ALLOW_THREADS if (b == res)
-        return c;
-    PyObject *t = PyTuple_New(1);
-    if (!t) {
-        Py_DECREF(c);
-        Py_INCREF(res);
-        return res;
-    }
-    PyTuple_SET_ITEM(t, 0, c);
-    return t;
-}
-
 static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
                          ppc_shm_seg **rseg, PyObject **pick)
 {
@@ -378,9 +362,7 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
     if (est >= PPC_SHM_MIN_BYTES && (s = ppc_shm_pool_get(&w->rpool, est + (1u << 20)))) {
         /* big bytes stay where they are when the client can read them here */
         PyObject *pins = w->vm_results ? PyList_New(0) : NULL;
-        PyObject *out = w->vm_results ? result_to_region(res) : (Py_INCREF(res), res);
-        Py_ssize_t rc = (w->vm_results && !pins) ? -1 : ppc_pickle_into_seg(out, w->proto, s, pins);
-        Py_DECREF(out);
+        Py_ssize_t rc = (w->vm_results && !pins) ? -1 : ppc_pickle_into_seg(res, w->proto, s, pins);
         if (rc < 0) {
             Py_XDECREF(pins);
             seg_to_pool(w, s);
@@ -446,27 +428,22 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
         plen = data ? len : 0;
         skip = ppc_pickle_frame_skip(pdata, plen);
     }
-    uint8_t pre[13];
-    ppc_put_u64(pre, ns);
-    pre[8] = (uint8_t)kind;
-    ppc_put_u32(pre + 9, (uint32_t)outlen);
-    size_t hdr_at = w->out.len;
-    if (ppc_frame_put(&w->out, PPC_F_RESULT, 0, aux, 0, id, pre, sizeof pre, NULL, 0) < 0 ||
-        ppc_buf_append(&w->out, outs, (size_t)outlen) < 0 || ppc_buf_reserve(&w->out, plen) < 0) {
+    uint8_t *d = ppc_result_put(&w->out, id, aux, ns, (uint8_t)kind, outs, (size_t)outlen,
+                                plen - skip);
+    if (!d) {
         PyErr_NoMemory();
         return -1;
     }
     if (plen)
-        w->out.len += ppc_pickle_copy_unframed(w->out.data + w->out.len, pdata, plen, skip);
-    /* the frame header was written before the variable parts: fix its length */
-    ppc_put_u64(w->out.data + hdr_at, (uint64_t)(sizeof pre + (size_t)outlen + plen - skip));
+        ppc_pickle_copy_unframed(d, pdata, plen, skip);
     w->pending_results++;
     return 0;
 }
 
 /* The holes of an argument blob in mapping m: their table, checked, and
  * whether we can read the client at all. 1: src filled; 0: reading the
- * client is refused (the job goes back with its holes filled); -1: error. */
+ * client is refused (the job goes back with its holes filled: only jobs
+ * sent before the client heard so from our INIT reply); -1: error. */
 static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, ppc_vm_src *src)
 {
     if (ppc_vm_table_parse(m->addr, m->len, blob_len, src) < 0 || src->ngaps != holes ||
@@ -474,26 +451,13 @@ static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, 
         PyErr_SetString(PyExc_ValueError, "malformed hole table in the job's arguments");
         return -1;
     }
-    if (w->vm_checked)
-        return 1;
-    ppc_vm_gap g;
-    ppc_vm_gap_get(src, 0, &g);
-    uint8_t b;
-    if (w->vm_refuse || ppc_vm_read(src->pid, &b, g.addr, 1, src->unpinned) < 0)
-        return 0;
-    w->vm_checked = 1;
-    return 1;
+    return w->vm_args;
 }
 
-/* The client can read our memory: results may leave holes, and big bytes
- * we make may live in regions the client maps (region.h) when it wants
- * them (INIT: not a ppserver, not restart=True) and PPC_REGIONS is not 0. */
+/* The client can read our memory: results may leave holes. */
 static void vm_ok(wstate *w)
 {
-    w->vm_results = !w->vm_refuse;
-    const char *e = getenv("PPC_REGIONS");
-    if (w->vm_results && w->regions && w->shm && !(e && !strcmp(e, "0")))
-        ppc_region_worker_start();
+    w->vm_results = 1;
 }
 
 static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const uint8_t *p,
@@ -544,22 +508,22 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
                 if (PyErr_Occurred())
                     return -1;
                 /* cannot map: the client sends this job again inline */
-                uint8_t pre[13] = {0};
-                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOSHM, 0, id, pre,
-                                     sizeof pre, NULL, 0);
+                return ppc_result_put(&w->out, id, PPC_AUX_NOSHM, 0, PPC_R_VALUE, NULL, 0, 0)
+                           ? 0
+                           : -1;
             }
             ppc_vm_src src;
             int hr = holes ? arg_holes(w, argmap, (size_t)r.len, holes, &src) : 1;
             if (hr == 0) {
                 /* cannot read the client: it fills the holes and sends the job again */
                 Py_DECREF(argmap);
-                uint8_t pre[13] = {0};
-                return ppc_frame_put(&w->out, PPC_F_RESULT, 0, PPC_AUX_NOVM, 0, id, pre,
-                                     sizeof pre, NULL, 0);
+                return ppc_result_put(&w->out, id, PPC_AUX_NOVM, 0, PPC_R_VALUE, NULL, 0, 0)
+                           ? 0
+                           : -1;
             }
             if (hr > 0)
                 args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
-                                      holes ? &src : NULL, NULL);
+                                      holes ? &src : NULL);
         } else {
             args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }
@@ -695,10 +659,6 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
         Py_XDECREF(w.segcache);
         return -1;
     }
-    const char *refuse = getenv("PPC_TEST_SHM_REFUSE");
-    w.refuse_map = refuse && *refuse && *refuse != '0';
-    const char *vref = getenv("PPC_TEST_VM_REFUSE");
-    w.vm_refuse = vref && *vref && *vref != '0';
     ppc_shm_pool_init(&w.rpool, RPOOL_BYTES);
     int ret = -1;
     for (;;) {
@@ -715,13 +675,9 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
             else if (f.type == PPC_F_SHMDROP)
                 forget_seg(&w, f.id);
             else if (f.type == PPC_F_SHMRET)
-                seg_returned(&w, f.id);
+                seg_returned(&w, f.id, (f.aux & PPC_AUX_SHM_DROP) != 0);
             else if (f.type == PPC_F_VMOK)
                 vm_ok(&w);
-            else if (f.type == PPC_F_RGNKEEP)
-                ppc_region_keep(f.id);
-            else if (f.type == PPC_F_RGNRET)
-                ppc_region_give_back(f.id, (f.aux & PPC_AUX_RGN_DROP) != 0);
             else if (f.type == PPC_F_FUNC)
                 hr = on_func(&w, f.id, f.payload, (size_t)f.len);
             else if (f.type == PPC_F_INIT)
