@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "engine.h"
+#include "proc.h"
 #include "shm.h"
 #include "u64set.h"
 
@@ -126,6 +127,8 @@ struct ppc_engine {
     pthread_cond_t cv_ev;
     pthread_t thread;
     int thread_started;
+    unsigned fork_gen; /* ppc_fork_generation() when made: another value
+                          means this is a forked child's copy */
     int epfd;
     int wakefd;
     ppc_evsrc wake_src;

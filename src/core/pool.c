@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +23,6 @@
 #include "engine_int.h"
 #include "frame.h"
 #include "vm.h"
-
-extern char **environ;
 
 #define MAX_DEPTH 128            /* most jobs in flight on one worker */
 #define QUEUE_AHEAD_NS 2000000.0 /* queue ~2 ms of work ahead per worker */
@@ -86,13 +83,6 @@ static void describe_status(int st, char *out, size_t n)
         snprintf(out, n, "status %d", st);
 }
 
-static int move_high(int fd)
-{
-    int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    close(fd);
-    return nfd;
-}
-
 /* Take a running worker (our direct child, fd_w/fd_r our ends of its
  * pipes) into service: non-blocking pipes, watched by epoll, INIT queued.
  * On failure the worker is closed, killed and reaped. */
@@ -124,8 +114,8 @@ static ppc_worker *register_worker(ppc_pool *p, pid_t pid, int fd_w, int fd_r)
     p->nlive++;
     return w;
 fail:
-    close(fd_w);
-    close(fd_r);
+    ppc_fd_close(fd_w);
+    ppc_fd_close(fd_r);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     if (w)
@@ -145,55 +135,18 @@ int ppc_pool_adopt(ppc_pool *p, int pid, int fd_w, int fd_r)
 static ppc_worker *spawn_worker(ppc_pool *p)
 {
     ppc_engine *e = p->e;
-    int to_w[2] = {-1, -1}, from_w[2] = {-1, -1};
-    if (pipe2(to_w, O_CLOEXEC) < 0 || pipe2(from_w, O_CLOEXEC) < 0)
-        goto fail;
-    for (int i = 0; i < 2; i++) {
-        if ((to_w[i] = move_high(to_w[i])) < 0 || (from_w[i] = move_high(from_w[i])) < 0)
-            goto fail;
+    ppc_proc pr;
+    if (ppc_proc_pipes(&pr) < 0) {
+        ppc_engine_log(e, PPC_LOG_ERROR, "cannot make a worker's pipes: %s", strerror(errno));
+        return NULL;
     }
-    /* Larger pipes: fewer wake-ups for batches and big payloads. */
-    fcntl(to_w[1], F_SETPIPE_SZ, 1 << 20);
-    fcntl(from_w[1], F_SETPIPE_SZ, 1 << 20);
-
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&at);
-    posix_spawn_file_actions_adddup2(&fa, to_w[0], 3);
-    posix_spawn_file_actions_adddup2(&fa, from_w[1], 4);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGTERM);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                      POSIX_SPAWN_SETPGROUP);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, e->opts.worker_argv[0], &fa, &at, e->opts.worker_argv,
-                          e->opts.worker_env ? e->opts.worker_env : environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
+    int rc = ppc_proc_spawn(&pr, e->opts.worker_argv, e->opts.worker_env);
     if (rc != 0) {
         ppc_engine_log(e, PPC_LOG_ERROR, "cannot start worker %s: %s", e->opts.worker_argv[0],
                        strerror(rc));
-        goto fail;
+        return NULL;
     }
-    close(to_w[0]);
-    close(from_w[1]);
-    return register_worker(p, pid, to_w[1], from_w[0]);
-fail:
-    for (int i = 0; i < 2; i++) {
-        if (to_w[i] >= 0)
-            close(to_w[i]);
-        if (from_w[i] >= 0)
-            close(from_w[i]);
-    }
-    return NULL;
+    return register_worker(p, pr.pid, pr.fd_w, pr.fd_r);
 }
 
 static void close_write(ppc_pool *p, ppc_worker *w)
@@ -202,7 +155,7 @@ static void close_write(ppc_pool *p, ppc_worker *w)
         if (w->out_armed)
             epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->fd_w, NULL);
         w->out_armed = 0;
-        close(w->fd_w);
+        ppc_fd_close(w->fd_w);
         w->fd_w = -1;
     }
     ppc_buf_free(&w->out);
@@ -260,7 +213,7 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
     close_write(p, w);
     if (w->fd_r >= 0) {
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
-        close(w->fd_r);
+        ppc_fd_close(w->fd_r);
         w->fd_r = -1;
     }
     char how[96] = "";
@@ -773,7 +726,7 @@ void ppc_pool_shutdown(ppc_pool *p)
             kill(w->pid, SIGTERM); /* busy in a job: do not wait for it */
         if (w->fd_r >= 0) {
             epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
-            close(w->fd_r);
+            ppc_fd_close(w->fd_r);
         }
         add_zombie(p, w->pid);
         free_worker(p, w);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../core/engine.h"
+#include "../core/proc.h"
 #include "region.h"
 
 /* Result payload kinds (first byte of a worker's result). */
@@ -57,6 +58,7 @@ typedef struct {
     ppc_region_chan *regions; /* how adopted results are given back (region.h) */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
+    int owner_pid; /* the process that made it (forked children may not use it) */
     int raise_exceptions;
     int destroyed;
     double socket_timeout;
@@ -83,6 +85,9 @@ int ppc_job_unpack(ppc_Job *self);
  * release those whose jobs have (all: every one, the engine being stopped). */
 int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins);
 void ppc_server_sweep_pins(ppc_Server *s, int all);
+/* RuntimeError (-1) in a child forked after the Server was made: its
+ * engine and workers belong to the parent. */
+int ppc_server_check_owner(ppc_Server *s);
 /* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
 

@@ -119,7 +119,8 @@ static void return_result_seg(ppc_Job *self)
     ppc_shm_ref r;
     ppc_shm_ref_get(j->result + j->result_len - PPC_SHM_REF_LEN, &r);
     j->result_aux &= (uint16_t)~PPC_AUX_SHM;
-    if (self->server && self->server->engine && !self->server->destroyed)
+    if (self->server && self->server->engine && !self->server->destroyed &&
+        !ppc_engine_foreign(self->server->engine))
         ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id);
 }
 
@@ -258,6 +259,8 @@ int ppc_job_unpack(ppc_Job *self)
 
 static PyObject *Job_result(ppc_Job *self)
 {
+    if (!self->unpacked && ppc_server_check_owner(self->server) < 0)
+        return NULL;
     if (would_deadlock(self))
         return NULL;
     if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
@@ -303,7 +306,8 @@ static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
 static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
 {
     (void)noargs;
-    if (would_deadlock(self) || ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
+    if (ppc_server_check_owner(self->server) < 0 || would_deadlock(self) ||
+        ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -16,7 +16,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -237,67 +236,15 @@ static int count_threads(void)
     return n;
 }
 
-static void close_from(int lo)
-{
-#ifdef SYS_close_range
-    if (syscall(SYS_close_range, (unsigned)lo, ~0U, 0) == 0)
-        return;
-#endif
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) {
-        for (int fd = lo; fd < 65536; fd++)
-            close(fd);
-        return;
-    }
-    int dfd = dirfd(d);
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        int fd = atoi(de->d_name);
-        if (de->d_name[0] != '.' && fd >= lo && fd != dfd)
-            close(fd);
-    }
-    closedir(d);
-}
-
 /* The child side: become a worker exactly as a spawned one would be set
- * up (fds 3 and 4, stdin /dev/null, own process group, SIGINT ignored,
- * death with the client), run the worker loop in a fresh __main__, and
- * _exit: never return into the user's program, run no atexit handler and
- * flush no inherited stdio buffer. */
-static void forked_worker(int fd_in, int fd_out, pid_t client)
+ * up (proc.h), run the worker loop in a fresh __main__, and _exit: never
+ * return into the user's program, run no atexit handler and flush no
+ * inherited stdio buffer. */
+static void forked_worker(const ppc_proc *pr, pid_t client)
 {
-    /* every signal is blocked here (fork_workers): a Ctrl-C now stays
-     * pending and is discarded below when SIGINT becomes ignored */
     PyOS_AfterFork_Child();
-    setpgid(0, 0); /* a terminal's Ctrl-C reaches only the client */
-    /* the signal state of a fresh interpreter: the client's handlers gone
-     * (ignored signals stay ignored, as across exec), SIGPIPE ignored as
-     * Python does, SIGTERM fatal, SIGINT ignored, nothing blocked */
-    for (int sig = 1; sig < NSIG; sig++) {
-        struct sigaction sa;
-        if (sigaction(sig, NULL, &sa) < 0)
-            continue;
-        if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL))
-            signal(sig, SIG_DFL);
-    }
-    signal(SIGINT, SIG_IGN);
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (dup2(fd_in, 3) < 0 || dup2(fd_out, 4) < 0) /* both are >= 10 */
-        _exit(121);
-    close_from(5);
-    int nul = open("/dev/null", O_RDONLY);
-    if (nul > 0) {
-        dup2(nul, 0);
-        close(nul);
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != client)
-        _exit(0); /* the client died before we could ask to die with it */
+    if (ppc_proc_child_setup(pr, client) < 0)
+        _exit(0); /* the client is gone, or fds 3 and 4 cannot be made */
     PyObject *ns = ppc_worker_fresh_ns();
     int rc = ns ? ppc_worker_run(3, 4, ns) : -1;
     if (rc < 0) {
@@ -307,25 +254,6 @@ static void forked_worker(int fd_in, int fd_out, pid_t client)
         Py_XDECREF(r);
     }
     _exit(rc < 0 ? 1 : 0);
-}
-
-static int pipe_high(int fds[2])
-{
-    if (pipe2(fds, O_CLOEXEC) < 0)
-        return -1;
-    for (int i = 0; i < 2; i++) {
-        int nfd = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
-        close(fds[i]);
-        fds[i] = nfd;
-    }
-    if (fds[0] < 0 || fds[1] < 0) {
-        if (fds[0] >= 0)
-            close(fds[0]);
-        if (fds[1] >= 0)
-            close(fds[1]);
-        return -1;
-    }
-    return 0;
 }
 
 /* Fork up to n workers into out; returns how many (fewer on a failure:
@@ -343,41 +271,22 @@ static int fork_workers(int n, ppc_prestarted *out)
     pid_t me = getpid();
     int k = 0;
     for (; k < n; k++) {
-        int to_w[2], from_w[2];
-        if (pipe_high(to_w) < 0)
+        ppc_proc pr;
+        if (ppc_proc_pipes(&pr) < 0)
             break;
-        if (pipe_high(from_w) < 0) {
-            close(to_w[0]);
-            close(to_w[1]);
-            break;
-        }
-        /* larger pipes: fewer wake-ups for batches and big payloads */
-        fcntl(to_w[1], F_SETPIPE_SZ, 1 << 20);
-        fcntl(from_w[1], F_SETPIPE_SZ, 1 << 20);
-        /* no signal handler may run in the child before it has set its own
-         * dispositions: block all around fork, as _posixsubprocess does */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
+        sigset_t old;
+        ppc_proc_fork_begin(&pr, &old);
         PyOS_BeforeFork();
         pid_t pid = fork();
         if (pid == 0)
-            forked_worker(to_w[0], from_w[1], me); /* does not return */
-        int saved = errno;
+            forked_worker(&pr, me); /* does not return */
         PyOS_AfterFork_Parent();
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        close(to_w[0]);
-        close(from_w[1]);
-        if (pid < 0) {
-            close(to_w[1]);
-            close(from_w[0]);
-            errno = saved;
+        ppc_proc_fork_end(&pr, pid, &old);
+        if (pid < 0)
             break;
-        }
-        setpgid(pid, pid); /* also here: no window where it is in ours */
         out[k].pid = (int)pid;
-        out[k].fd_to_worker = to_w[1];
-        out[k].fd_from_worker = from_w[0];
+        out[k].fd_to_worker = pr.fd_w;
+        out[k].fd_from_worker = pr.fd_r;
     }
     return k;
 }
@@ -596,6 +505,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     }
     self->engine = e;
+    self->owner_pid = (int)getpid();
     self->regions = ppc_region_chan_new(region_note, e);
     if (!self->regions) {
         PyErr_NoMemory();
@@ -636,8 +546,22 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+int ppc_server_check_owner(ppc_Server *s)
+{
+    if (s->engine && ppc_engine_foreign(s->engine)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "this pp.Server belongs to process %d; a forked child must make its own "
+                     "Server",
+                     s->owner_pid);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_alive(ppc_Server *self)
 {
+    if (ppc_server_check_owner(self) < 0)
+        return -1;
     if (!self->engine) {
         PyErr_SetString(PyExc_RuntimeError, "Server.__init__ was not called");
         return -1;
@@ -965,6 +889,8 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *group = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait", kwlist, &group))
         return NULL;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (!self->engine)
         Py_RETURN_NONE;
     uint32_t gid = PPC_GROUP_ALL;
@@ -1001,6 +927,8 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
 static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     PyObject *d = Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
                                 "result_holes", (unsigned long long)self->vm_result_holes, "held",
                                 self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
@@ -1018,6 +946,8 @@ static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (!self->engine)
         return PyLong_FromLong(0);
     return PyLong_FromLong(ppc_engine_get_workers(self->engine));
@@ -1044,6 +974,8 @@ static PyObject *Server_set_ncpus(ppc_Server *self, PyObject *args, PyObject *kw
 static PyObject *Server_get_active_nodes(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     PyObject *d = PyDict_New();
     if (!d || !self->engine || self->destroyed)
         return d;
@@ -1066,6 +998,8 @@ static PyObject *Server_get_active_nodes(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     PyObject *d = PyDict_New();
     if (!d || !self->engine)
         return d;
@@ -1089,6 +1023,8 @@ static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
     (void)noargs;
     int port = -1, n = 0;
     int64_t idle = 0;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (self->engine)
         ppc_engine_server_info(self->engine, &port, &n, &idle);
     return Py_BuildValue("(iid)", port, n, (double)idle / 1000.0);
@@ -1097,12 +1033,16 @@ static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_active_tasks(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     return PyLong_FromSize_t(self->engine ? ppc_engine_pending(self->engine) : 0);
 }
 
 static PyObject *Server_worker_pids(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     int pids[1024];
     int n = self->engine ? ppc_engine_worker_pids(self->engine, pids, 1024) : 0;
     PyObject *l = PyList_New(n);
@@ -1123,6 +1063,8 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
+    if (ppc_engine_foreign(self->engine))
+        Py_RETURN_NONE; /* a forked child's copy: the parent's engine is not ours to stop */
     ppc_region_chan_close(self->regions); /* adopted results outlive the workers */
     self->regions = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
