@@ -40,7 +40,9 @@ typedef struct {
     PyObject *groups;     /* group object -> int */
     PyObject *group_names;/* list: int -> group object */
     PyObject *event_thread;
-    unsigned long event_tid; /* ident of the thread running callbacks; 0 before */
+    PyObject *events;     /* capsule shared with the events thread: it owns the
+                             engine, so the thread never keeps the Server alive */
+    struct ppc_events *ev; /* its contents */
     PyObject *logger;
     PyObject *ppservers;
     PyObject *secret;
@@ -88,6 +90,8 @@ void ppc_server_sweep_pins(ppc_Server *s, int all);
 /* RuntimeError (-1) in a child forked after the Server was made: its
  * engine and workers belong to the parent. */
 int ppc_server_check_owner(ppc_Server *s);
+/* 1 when the calling thread is the Server's events thread (in a callback). */
+int ppc_server_in_callback(ppc_Server *s);
 /* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
 

@@ -34,7 +34,7 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
  * a callback: its callback needs the thread that is waiting. */
 static int would_deadlock(ppc_Job *self)
 {
-    if (self->server->event_tid != PyThread_get_thread_ident() || !self->job->has_cb ||
+    if (!ppc_server_in_callback(self->server) || !self->job->has_cb ||
         atomic_load_explicit(&self->job->state, memory_order_acquire) == PPC_JOB_DONE)
         return 0;
     PyErr_SetString(PyExc_RuntimeError,

@@ -27,6 +27,14 @@ static void region_note(void *ctx, int pid, uint64_t rid, int keep, int drop)
     ppc_engine_region_note((ppc_engine *)ctx, pid, rid, keep, drop);
 }
 
+/* What the events thread shares with its Server (see events_main). */
+typedef struct ppc_events {
+    ppc_engine *engine; /* owned: freed when the capsule goes */
+    PyObject *logger;
+    int raise_exceptions;
+    unsigned long tid; /* the thread's ident once it runs; 0 before */
+} ppc_events;
+
 static int detect_ncpus(void)
 {
     cpu_set_t set;
@@ -291,6 +299,160 @@ static int fork_workers(int n, ppc_prestarted *out)
     return k;
 }
 
+/* ------------------------------------------------------------------------
+ * The events thread: callbacks in completion order, log forwarding. */
+
+static void log_message(ppc_events *self, int level, const char *msg)
+{
+    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
+    if (!r)
+        PyErr_WriteUnraisable(self->logger);
+    Py_XDECREF(r);
+}
+
+/* Run one job's callback on the event thread: callback(*callbackargs,
+ * result). Errors in the callback are logged, never lost. */
+static void run_callback(ppc_events *self, ppc_job *j)
+{
+    ppc_Job *jo = (ppc_Job *)j->user;
+    j->user = NULL;
+    if (!jo)
+        return;
+    if (j->status == PPC_JOB_EDESTROYED) {
+        Py_DECREF(jo);
+        return;
+    }
+    if (ppc_job_unpack(jo) < 0) {
+        PyErr_WriteUnraisable((PyObject *)jo);
+        Py_DECREF(jo);
+        return;
+    }
+    PyObject *value = NULL;
+    if (jo->exc && self->raise_exceptions) {
+        PyObject *s = PyObject_Repr(jo->exc);
+        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
+                                          "job %d raised %r; its callback was not called",
+                                          (unsigned long long)j->id, s ? s : Py_None);
+        Py_XDECREF(s);
+        if (!r)
+            PyErr_WriteUnraisable(self->logger);
+        Py_XDECREF(r);
+        Py_DECREF(jo);
+        return;
+    }
+    value = jo->exc ? Py_None : jo->value;
+    Py_ssize_t n = PyTuple_GET_SIZE(jo->callbackargs);
+    PyObject *a = PyTuple_New(n + 1);
+    if (a) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PyTuple_GET_ITEM(jo->callbackargs, i);
+            Py_INCREF(x);
+            PyTuple_SET_ITEM(a, i, x);
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(a, n, value);
+        PyObject *r = PyObject_Call(jo->callback, a, NULL);
+        Py_DECREF(a);
+        if (r) {
+            Py_DECREF(r);
+        } else {
+            PyObject *t, *exc, *tb;
+            PyErr_Fetch(&t, &exc, &tb);
+            PyErr_NormalizeException(&t, &exc, &tb);
+            if (tb && exc)
+                PyException_SetTraceback(exc, tb);
+            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
+            PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
+                                         exc ? exc : Py_None);
+            PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
+            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
+            if (!rr)
+                PyErr_WriteUnraisable(self->logger);
+            Py_XDECREF(rr);
+            Py_XDECREF(meth);
+            Py_XDECREF(pa);
+            Py_XDECREF(pk);
+            Py_XDECREF(t);
+            Py_XDECREF(exc);
+            Py_XDECREF(tb);
+        }
+    }
+    Py_DECREF(jo);
+}
+
+/* The body of the events thread. It holds the events capsule, never the
+ * Server: a Server nobody references is freed (and its engine stopped)
+ * while this thread waits; the thread then drains what is left, sees
+ * PPC_EV_STOP and ends, and the last of the two frees the engine. A
+ * pending callback keeps its Server alive through its Job object. */
+static PyObject *events_main(PyObject *cap, PyObject *noargs)
+{
+    (void)noargs;
+    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
+    if (!ev)
+        return NULL;
+    ppc_engine *e = ev->engine;
+    ev->tid = PyThread_get_thread_ident();
+    for (;;) {
+        ppc_event x;
+        int kind;
+        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &x);
+        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
+        if (kind == PPC_EV_LOG) {
+            log_message(ev, x.level, x.msg);
+        } else if (kind == PPC_EV_JOB) {
+            run_callback(ev, x.job);
+            ppc_engine_callback_done(e, x.job);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef events_main_def = {"pp_events", events_main, METH_NOARGS,
+                                      "Body of the library's events thread."};
+
+static void events_free(PyObject *cap)
+{
+    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
+    if (!ev)
+        return;
+    if (ev->engine) {
+        ppc_engine *e = ev->engine;
+        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e); /* nothing in a forked child */
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(ev->logger);
+    PyMem_Free(ev);
+}
+
+int ppc_server_in_callback(ppc_Server *s)
+{
+    return s->ev && s->ev->tid == PyThread_get_thread_ident();
+}
+
+/* The engine goes into the events capsule, which owns it from here on
+ * (also when this fails: then it is freed at once). */
+static int adopt_engine(ppc_Server *self, ppc_engine *e)
+{
+    ppc_events *ev = PyMem_Calloc(1, sizeof *ev);
+    PyObject *cap = ev ? PyCapsule_New(ev, "ppc_events", events_free) : NULL;
+    if (!cap) {
+        PyMem_Free(ev);
+        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
+        Py_END_ALLOW_THREADS if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    ev->engine = e;
+    ev->logger = self->logger;
+    Py_INCREF(ev->logger);
+    ev->raise_exceptions = self->raise_exceptions;
+    self->events = cap;
+    self->ev = ev;
+    self->engine = e;
+    self->owner_pid = (int)getpid();
+    return 0;
+}
+
 static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
@@ -504,8 +666,8 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         PyErr_Format(PyExc_OSError, "cannot start the job server: %s", err);
         return -1;
     }
-    self->engine = e;
-    self->owner_pid = (int)getpid();
+    if (adopt_engine(self, e) < 0)
+        return -1;
     self->regions = ppc_region_chan_new(region_note, e);
     if (!self->regions) {
         PyErr_NoMemory();
@@ -524,7 +686,7 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *Thread = ppc_import_attr("threading", "Thread");
     if (!Thread)
         return -1;
-    PyObject *target = PyObject_GetAttrString((PyObject *)self, "_event_loop");
+    PyObject *target = PyCFunction_New(&events_main_def, self->events);
     PyObject *kwargs = target ? Py_BuildValue("{sOsssO}", "target", target, "name", "pp-events",
                                               "daemon", Py_True)
                               : NULL;
@@ -903,7 +1065,7 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
         }
         gid = (uint32_t)PyLong_AsUnsignedLong(v);
     }
-    if (self->event_tid == PyThread_get_thread_ident()) {
+    if (ppc_server_in_callback(self)) {
         /* In a callback: the callback being run is itself pending, and the
          * jobs left may need this thread for theirs. Waiting would never end. */
         int done;
@@ -1090,108 +1252,6 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     Py_RETURN_NONE;
 }
 
-static void log_message(ppc_Server *self, int level, const char *msg)
-{
-    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
-    if (!r)
-        PyErr_WriteUnraisable(self->logger);
-    Py_XDECREF(r);
-}
-
-/* Run one job's callback on the event thread: callback(*callbackargs,
- * result). Errors in the callback are logged, never lost. */
-static void run_callback(ppc_Server *self, ppc_job *j)
-{
-    ppc_Job *jo = (ppc_Job *)j->user;
-    j->user = NULL;
-    if (!jo)
-        return;
-    if (j->status == PPC_JOB_EDESTROYED) {
-        Py_DECREF(jo);
-        return;
-    }
-    if (ppc_job_unpack(jo) < 0) {
-        PyErr_WriteUnraisable((PyObject *)jo);
-        Py_DECREF(jo);
-        return;
-    }
-    PyObject *value = NULL;
-    if (jo->exc && self->raise_exceptions) {
-        PyObject *s = PyObject_Repr(jo->exc);
-        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
-                                          "job %d raised %r; its callback was not called",
-                                          (unsigned long long)j->id, s ? s : Py_None);
-        Py_XDECREF(s);
-        if (!r)
-            PyErr_WriteUnraisable(self->logger);
-        Py_XDECREF(r);
-        Py_DECREF(jo);
-        return;
-    }
-    value = jo->exc ? Py_None : jo->value;
-    Py_ssize_t n = PyTuple_GET_SIZE(jo->callbackargs);
-    PyObject *a = PyTuple_New(n + 1);
-    if (a) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *x = PyTuple_GET_ITEM(jo->callbackargs, i);
-            Py_INCREF(x);
-            PyTuple_SET_ITEM(a, i, x);
-        }
-        Py_INCREF(value);
-        PyTuple_SET_ITEM(a, n, value);
-        PyObject *r = PyObject_Call(jo->callback, a, NULL);
-        Py_DECREF(a);
-        if (r) {
-            Py_DECREF(r);
-        } else {
-            PyObject *t, *exc, *tb;
-            PyErr_Fetch(&t, &exc, &tb);
-            PyErr_NormalizeException(&t, &exc, &tb);
-            if (tb && exc)
-                PyException_SetTraceback(exc, tb);
-            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
-            PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
-                                         exc ? exc : Py_None);
-            PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
-            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
-            if (!rr)
-                PyErr_WriteUnraisable(self->logger);
-            Py_XDECREF(rr);
-            Py_XDECREF(meth);
-            Py_XDECREF(pa);
-            Py_XDECREF(pk);
-            Py_XDECREF(t);
-            Py_XDECREF(exc);
-            Py_XDECREF(tb);
-        }
-    }
-    Py_DECREF(jo);
-}
-
-static PyObject *Server_event_loop(ppc_Server *self, PyObject *noargs)
-{
-    (void)noargs;
-    ppc_engine *e = self->engine;
-    if (!e)
-        Py_RETURN_NONE;
-    Py_INCREF(self);
-    self->event_tid = PyThread_get_thread_ident();
-    for (;;) {
-        ppc_event ev;
-        int kind;
-        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &ev);
-        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
-        if (kind == PPC_EV_LOG) {
-            log_message(self, ev.level, ev.msg);
-        } else if (kind == PPC_EV_JOB) {
-            run_callback(self, ev.job);
-            ppc_engine_callback_done(e, ev.job);
-        }
-    }
-    Py_DECREF(self);
-    Py_RETURN_NONE;
-}
-
 static PyObject *Server_get_created(ppc_Server *self, void *c)
 {
     (void)c;
@@ -1243,18 +1303,25 @@ static int Server_clear(ppc_Server *self)
     return 0;
 }
 
+/* The last reference went: stop as destroy() does (no Job object of it is
+ * left, they hold the Server; no callback is pending, its Job holds it
+ * too), without waiting for the events thread, which may be this thread.
+ * The engine is freed with the events capsule, by whichever of this and
+ * the events thread lets it go last. */
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
     ppc_region_chan_close(self->regions);
     self->regions = NULL;
-    if (self->engine) {
+    if (self->engine && !self->destroyed && !ppc_engine_foreign(self->engine)) {
         ppc_engine *e = self->engine;
-        self->engine = NULL;
-        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
+        Py_BEGIN_ALLOW_THREADS ppc_engine_stop(e);
         Py_END_ALLOW_THREADS
     }
+    self->engine = NULL;
+    self->ev = NULL;
     Server_clear(self);
+    Py_CLEAR(self->events);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1284,8 +1351,6 @@ static PyMethodDef Server_methods[] = {
      "Process ids of the live local workers."},
     {"destroy", (PyCFunction)Server_destroy, METH_NOARGS,
      "Stop the workers; pending jobs raise DestroyedServerError."},
-    {"_event_loop", (PyCFunction)Server_event_loop, METH_NOARGS,
-     "Body of the library's event thread (callbacks and log messages)."},
     {NULL, NULL, 0, NULL}};
 
 static PyObject *Server_get_forked(ppc_Server *self, void *closure)
