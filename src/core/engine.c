@@ -324,12 +324,14 @@ static void *engine_main(void *arg)
         int t = ppc_remote_tick(e);
         t = min_timeout(t, ppc_serve_tick(e));
         t = min_timeout(t, ppc_discover_tick(e));
+        /* before schedule and publish: it may settle a reaped worker's job */
+        t = min_timeout(t, ppc_pool_tick(e->pool));
         schedule(e);
         ppc_pool_flush(e->pool);
         ppc_remote_flush(e);
         publish(e);
         ppc_serve_flush(e);
-        timeout = min_timeout(t, ppc_pool_tick(e->pool));
+        timeout = t;
         if (e->rq_head && timeout < 0 && e->nrn > 0)
             timeout = 1000; /* re-check whether queued jobs can still run */
     }

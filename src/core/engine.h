@@ -67,6 +67,10 @@ typedef struct ppc_engine_opts {
      * vm_no_results 1 keeps workers' results copied into segments */
     int no_vm;
     int vm_no_results;
+
+    /* tests: reap exited workers by polling on the loop's timer, as where
+     * pidfd_open is missing (ENOSYS) */
+    int test_no_pidfd;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX

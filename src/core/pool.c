@@ -1,13 +1,16 @@
 /* pool.c - the local node: a pool of worker processes on this machine.
  *
- * Starts workers with posix_spawn (fresh interpreters, in their own process
- * group so a terminal's Ctrl-C reaches only the client), or adopts workers
- * the caller started itself (ppc_pool_adopt: the binding forks the first
- * ones), supervises both alike, talks to each over
- * two non-blocking pipes (fd 3 and 4 in the worker), pipelines jobs into
- * them, batches writes, reads results, notices deaths at once by EOF, fails
- * the job a dead worker was running, requeues the ones it had not started,
- * and replaces it. Runs on the engine thread only. */
+ * Starts fresh workers (proc.c: posix_spawn, in their own process group so
+ * a terminal's Ctrl-C reaches only the client), or adopts workers the
+ * caller started itself (ppc_pool_adopt: the binding forks the first
+ * ones), and supervises both alike: talks to each over two non-blocking
+ * pipes (fd 3 and 4 in the worker), pipelines jobs into them, batches
+ * writes, reads results. A death is noticed at once by EOF: the worker
+ * leaves service, the jobs it had not started go back to the front of the
+ * queue, a replacement starts; the process is reaped when it exits (its
+ * pidfd in the engine's epoll, or polled on the loop's timer where
+ * pidfd_open is missing), and then the job it was running fails with its
+ * exit status. Runs on the engine thread only, which it never blocks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,13 +32,11 @@
 #define QUEUE_AHEAD_NS 2000000.0 /* queue ~2 ms of work ahead per worker */
 #define START_FAILURES_MAX 3
 #define READ_CHUNK 65536
+#define EXIT_GRACE_MS 1000 /* a worker whose pipe closed gets this long to exit */
 
-typedef struct ppc_zombie {
-    struct ppc_zombie *next;
-    pid_t pid;
-    int64_t since;
-    int killed;
-} ppc_zombie;
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same number on every architecture */
+#endif
 
 struct ppc_pool {
     ppc_engine *e;
@@ -44,7 +46,7 @@ struct ppc_pool {
     int start_failures; /* consecutive workers that died before ready */
     int failed;
     char fail_msg[256];
-    ppc_zombie *zombies;
+    ppc_worker *dying; /* pipes closed, not reaped yet */
 };
 
 static void update_pids(ppc_pool *p)
@@ -95,6 +97,7 @@ static ppc_worker *register_worker(ppc_pool *p, pid_t pid, int fd_w, int fd_r)
     w->pid = pid;
     w->fd_w = fd_w;
     w->fd_r = fd_r;
+    w->pidfd = -1;
     fcntl(w->fd_w, F_SETFL, O_NONBLOCK);
     fcntl(w->fd_r, F_SETFL, O_NONBLOCK);
     w->src_r.kind = PPC_SRC_WREAD;
@@ -172,21 +175,6 @@ static void retire(ppc_pool *p, ppc_worker *w)
         close_write(p, w); /* the worker sees EOF and exits */
 }
 
-static void add_zombie(ppc_pool *p, pid_t pid)
-{
-    ppc_zombie *z = malloc(sizeof *z);
-    if (!z) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return;
-    }
-    z->pid = pid;
-    z->since = ppc_now_ms();
-    z->killed = 0;
-    z->next = p->zombies;
-    p->zombies = z;
-}
-
 static void unlink_worker(ppc_pool *p, ppc_worker *w)
 {
     for (ppc_worker **pp = &p->workers; *pp; pp = &(*pp)->next) {
@@ -199,6 +187,10 @@ static void unlink_worker(ppc_pool *p, ppc_worker *w)
 
 static void free_worker(ppc_pool *p, ppc_worker *w)
 {
+    if (w->pidfd >= 0) {
+        epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+        ppc_fd_close(w->pidfd);
+    }
     ppc_engine_forget(p->e, w, sizeof *w);
     ppc_buf_free(&w->in);
     ppc_buf_free(&w->out);
@@ -206,42 +198,41 @@ static void free_worker(ppc_pool *p, ppc_worker *w)
     free(w);
 }
 
-/* The worker's pipe closed or broke: reap it, settle its jobs, replace it. */
-static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
+static void close_pipes(ppc_pool *p, ppc_worker *w)
 {
-    ppc_engine *e = p->e;
     close_write(p, w);
     if (w->fd_r >= 0) {
-        epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
+        epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
         ppc_fd_close(w->fd_r);
         w->fd_r = -1;
     }
-    char how[96] = "";
-    int st = 0;
-    pid_t r = 0;
-    if (why)
-        kill(w->pid, SIGKILL); /* it broke the protocol: no grace */
-    for (int i = 0; i < 50 && (r = waitpid(w->pid, &st, WNOHANG)) == 0; i++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    if (r == w->pid && !why)
-        describe_status(st, how, sizeof how);
-    else {
-        /* the engine's own reason (a broken protocol) says more than the
-         * signal the worker then got from us */
-        snprintf(how, sizeof how, "%s", why ? why : "closed its pipe");
-        if (r != w->pid) {
-            kill(w->pid, SIGKILL);
-            add_zombie(p, w->pid);
+}
+
+static void unlink_dying(ppc_pool *p, ppc_worker *w)
+{
+    for (ppc_worker **pp = &p->dying; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
         }
     }
-    int expected = w->retiring && w->inflight == 0;
-    if (!w->retiring)
-        p->nlive--;
-    unlink_worker(p, w);
+}
 
-    ppc_job *head = w->fl_head;
+/* A gone worker has been reaped (status st): settle the job it was
+ * running, count a failed start, free it and replace it. */
+static void settle(ppc_pool *p, ppc_worker *w, int st)
+{
+    ppc_engine *e = p->e;
+    char how[96];
+    if (w->why[0] || w->killed)
+        /* the engine's own reason (a broken protocol, or no exit after the
+         * pipe closed) says more than the signal the worker then got from us */
+        snprintf(how, sizeof how, "%s", w->why[0] ? w->why : "closed its pipe");
+    else
+        describe_status(st, how, sizeof how);
+    unlink_dying(p, w);
+    int expected = w->expected;
+    ppc_job *j = w->fl_head;
     w->fl_head = w->fl_tail = NULL;
     if (!expected) {
         if (!w->ready) {
@@ -255,19 +246,17 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
                          "worker's messages on stderr",
                          how);
             }
-        } else if (head && head->cancelled) {
+            if (j)
+                ppc_engine_requeue_front(e, j);
+        } else if (j && j->cancelled) {
             ppc_engine_log(e, PPC_LOG_DEBUG, "stopped worker %d: its job's client is gone",
                            (int)w->pid);
-            ppc_job *j = head;
-            head = j->next;
             ppc_engine_complete(e, j);
-        } else if (head) {
+        } else if (j) {
             char msg[200];
             snprintf(msg, sizeof msg, "worker process %d died while running the job (%s)",
                      (int)w->pid, how);
             ppc_engine_log(e, PPC_LOG_WARNING, "%s; starting a replacement", msg);
-            ppc_job *j = head;
-            head = j->next;
             ppc_job_fail(j, PPC_JOB_EWORKER, msg);
             ppc_pool_args_done(p, j, 1);
             ppc_engine_complete(e, j);
@@ -275,23 +264,84 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
             ppc_engine_log(e, PPC_LOG_WARNING, "idle worker process %d exited (%s)", (int)w->pid,
                            how);
         }
-    }
-    /* Jobs the worker never started go back to the front, in order. */
-    ppc_job *rev = NULL;
-    while (head) {
-        ppc_job *nx = head->next;
-        head->next = rev;
-        rev = head;
-        head = nx;
-    }
-    while (rev) {
-        ppc_job *nx = rev->next;
-        ppc_engine_requeue_front(e, rev);
-        rev = nx;
+    } else if (j) {
+        ppc_engine_requeue_front(e, j);
     }
     free_worker(p, w);
     ppc_pool_set_target(p, p->target);
+}
+
+/* Reap w if it has exited: 1 (and settled), else 0. */
+static int try_reap(ppc_pool *p, ppc_worker *w)
+{
+    int st = 0;
+    pid_t r = waitpid(w->pid, &st, WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR))
+        return 0;
+    if (r < 0) /* ECHILD: someone else reaped it (status unknown) */
+        st = 0;
+    settle(p, w, st);
+    return 1;
+}
+
+/* The worker's pipe closed or broke (why: the engine's reason, NULL for
+ * EOF): out of service at once, the jobs it had not started back to the
+ * front of the queue in order; the job it was running is settled when the
+ * process is reaped. That happens when its pidfd becomes readable in the
+ * engine's epoll (without a pidfd, on the loop's timer): the engine thread
+ * never waits for a process here. */
+static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
+{
+    ppc_engine *e = p->e;
+    close_pipes(p, w);
+    if (why) {
+        kill(w->pid, SIGKILL); /* it broke the protocol: no grace */
+        snprintf(w->why, sizeof w->why, "%s", why);
+    }
+    w->expected = w->retiring && w->inflight == 0;
+    if (!w->retiring)
+        p->nlive--;
+    w->retiring = 1;
+    unlink_worker(p, w);
+    /* Jobs behind the running one never started: back to the front, in
+     * order. The running one (the head) waits for the exit status. */
+    ppc_job *head = w->fl_head;
+    if (head && head->next) {
+        ppc_job *rev = NULL;
+        for (ppc_job *x = head->next; x;) {
+            ppc_job *nx = x->next;
+            x->next = rev;
+            rev = x;
+            x = nx;
+        }
+        while (rev) {
+            ppc_job *nx = rev->next;
+            ppc_engine_requeue_front(e, rev);
+            rev = nx;
+        }
+        head->next = NULL;
+        w->fl_tail = head;
+    }
+    /* retiring with its job unfinished: not an expected exit */
+    w->inflight = head ? 1 : 0;
+    w->gone_since = ppc_now_ms();
+    w->next = p->dying;
+    p->dying = w;
     update_pids(p);
+    if (try_reap(p, w))
+        return;
+    w->pidfd = e->opts.test_no_pidfd ? -1 : (int)syscall(SYS_pidfd_open, (int)w->pid, 0);
+    if (w->pidfd >= 0) {
+        w->src_pid.kind = PPC_SRC_WPID;
+        w->src_pid.obj = w;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->src_pid};
+        if (ppc_fd_own(w->pidfd) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, w->pidfd, &ev) < 0) {
+            ppc_fd_close(w->pidfd);
+            w->pidfd = -1; /* polled on the timer instead */
+        }
+    }
+    /* a replacement need not wait for the reaping */
+    ppc_pool_set_target(p, p->target);
 }
 
 void ppc_pool_set_target(ppc_pool *p, int n)
@@ -676,6 +726,10 @@ static void on_readable(ppc_pool *p, ppc_worker *w)
 void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events)
 {
     ppc_worker *w = src->obj;
+    if (src->kind == PPC_SRC_WPID) {
+        try_reap(p, w); /* it exited */
+        return;
+    }
     if (src->kind == PPC_SRC_WWRITE) {
         if (events & (EPOLLERR | EPOLLHUP)) {
             close_write(p, w);
@@ -691,21 +745,20 @@ void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events)
 int ppc_pool_tick(ppc_pool *p)
 {
     int64_t now = ppc_now_ms();
-    for (ppc_zombie **zp = &p->zombies; *zp;) {
-        ppc_zombie *z = *zp;
-        pid_t r = waitpid(z->pid, NULL, WNOHANG);
-        if (r == z->pid || (r < 0 && errno == ECHILD)) {
-            *zp = z->next;
-            free(z);
+    int t = -1;
+    for (ppc_worker *w = p->dying, *nx; w; w = nx) {
+        nx = w->next;
+        if (w->pidfd < 0 && try_reap(p, w))
             continue;
+        if (!w->killed && now - w->gone_since >= EXIT_GRACE_MS) {
+            kill(w->pid, SIGKILL); /* its pipe closed long ago and it has not exited */
+            w->killed = 1;
         }
-        if (!z->killed && now - z->since > 2000) {
-            kill(z->pid, SIGKILL);
-            z->killed = 1;
-        }
-        zp = &z->next;
+        int want = w->pidfd < 0 ? 5 : w->killed ? -1 : (int)(w->gone_since + EXIT_GRACE_MS - now);
+        if (want >= 0 && (t < 0 || want < t))
+            t = want;
     }
-    return p->zombies ? 20 : -1;
+    return t;
 }
 
 void ppc_pool_shutdown(ppc_pool *p)
@@ -714,45 +767,60 @@ void ppc_pool_shutdown(ppc_pool *p)
     p->target = 0;
     while (p->workers) {
         ppc_worker *w = p->workers;
-        p->workers = w->next;
         ppc_job *j;
         while ((j = w->fl_head)) {
             w->fl_head = j->next;
             ppc_job_fail(j, PPC_JOB_EDESTROYED, "the server was destroyed");
             ppc_engine_complete(e, j);
         }
-        close_write(p, w);
+        w->fl_tail = NULL;
         if (w->inflight > 0)
             kill(w->pid, SIGTERM); /* busy in a job: do not wait for it */
-        if (w->fd_r >= 0) {
-            epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
-            ppc_fd_close(w->fd_r);
-        }
-        add_zombie(p, w->pid);
-        free_worker(p, w);
+        w->inflight = 0;
+        w->retiring = 1; /* an expected exit: settled quietly */
+        worker_gone(p, w, NULL);
     }
     p->nlive = 0;
     update_pids(p);
-    /* Idle workers exit on EOF at once; give busy ones a moment, then kill. */
+    /* Idle workers exit on EOF at once, busy ones on SIGTERM: wait for
+     * them on their pidfds (in this epoll), at most 1 s, then kill. */
     int64_t start = ppc_now_ms();
-    while (p->zombies) {
-        ppc_pool_tick(p);
-        if (!p->zombies)
-            break;
-        if (ppc_now_ms() - start > 1000) {
-            for (ppc_zombie *z = p->zombies; z; z = z->next)
-                kill(z->pid, SIGKILL);
-            for (ppc_zombie *z = p->zombies; z; z = z->next)
-                waitpid(z->pid, NULL, 0);
-            while (p->zombies) {
-                ppc_zombie *z = p->zombies;
-                p->zombies = z->next;
-                free(z);
+    while (p->dying) {
+        int left = (int)(start + 1000 - ppc_now_ms());
+        if (left <= 0) {
+            for (ppc_worker *w = p->dying; w; w = w->next)
+                kill(w->pid, SIGKILL);
+            while (p->dying) {
+                ppc_worker *w = p->dying;
+                waitpid(w->pid, NULL, 0);
+                w->killed = 1;
+                settle(p, w, 0);
             }
             break;
         }
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
+        int polled = 0;
+        for (ppc_worker *w = p->dying, *nx; w; w = nx) {
+            nx = w->next;
+            if (w->pidfd < 0 && !try_reap(p, w))
+                polled = 1;
+        }
+        if (!p->dying)
+            break;
+        struct epoll_event evs[32];
+        int n = epoll_wait(e->epfd, evs, 32, polled && left > 2 ? 2 : left);
+        e->batch = evs;
+        e->batch_n = n > 0 ? n : 0;
+        for (int i = 0; i < n; i++) {
+            ppc_evsrc *src = evs[i].data.ptr;
+            if (src && src->kind == PPC_SRC_WPID) {
+                try_reap(p, src->obj);
+            } else if (src && src->kind == PPC_SRC_WAKE) {
+                uint64_t v;
+                ssize_t r = read(e->wakefd, &v, sizeof v);
+                (void)r;
+            }
+        }
+        e->batch_n = 0;
     }
 }
 
@@ -780,10 +848,10 @@ void ppc_pool_free(ppc_pool *p)
         p->workers = w->next;
         free_worker(p, w);
     }
-    while (p->zombies) {
-        ppc_zombie *z = p->zombies;
-        p->zombies = z->next;
-        free(z);
+    while (p->dying) {
+        ppc_worker *w = p->dying;
+        p->dying = w->next;
+        free_worker(p, w);
     }
     free(p);
 }

@@ -34,6 +34,7 @@ typedef struct eng_cfg {
     uint64_t max_frame;
     const char *arg; /* extra worker argument, or NULL */
     int no_argv;     /* worker_argv = NULL */
+    int no_pidfd;    /* reap by polling */
 } eng_cfg;
 
 static ppc_engine *start(eng_cfg c)
@@ -47,6 +48,7 @@ static ppc_engine *start(eng_cfg c)
     o.init_len = sizeof init_payload - 1;
     o.restart = c.restart;
     o.max_frame = c.max_frame;
+    o.test_no_pidfd = c.no_pidfd;
     o.listen_port = -1; /* a plain client: no listening socket */
     char err[256] = "";
     ppc_engine *e = ppc_engine_new(&o, err, sizeof err);
@@ -349,6 +351,45 @@ TEST(engine_worker_exit_midjob)
 TEST(engine_worker_killed_by_signal)
 {
     worker_death_case("kill", "signal 9");
+}
+
+/* A worker that closes its pipes and exits only later: the engine reaps
+ * it when it exits (pidfd in the loop, or polled on the timer), so the
+ * job's error names the real exit code; the other worker serves on. */
+static void late_exit_case(int no_pidfd)
+{
+    eng_cfg c = {.nworkers = 2, .no_pidfd = no_pidfd};
+    ppc_engine *e = start(c);
+    REQUIRE(e != NULL);
+    ppc_blob *fn = ppc_blob_new(5, "f5", 2);
+    int pids[4];
+    CHECK_EQ_INT(wait_npids(e, 2, WAIT_MS, pids, 4), 2);
+    ppc_job *late = sub(e, fn, "late:300", 0);
+    ppc_job *js[20];
+    for (int i = 0; i < 20; i++)
+        js[i] = sub(e, fn, "echo:x", 0);
+    CHECK_EQ_INT(ppc_engine_wait_group(e, PPC_GROUP_ALL, WAIT_MS), 1);
+    int bad = 0;
+    for (int i = 0; i < 20; i++)
+        bad += !result_is(js[i], "x");
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(late->status, PPC_JOB_EWORKER);
+    CHECK_CONTAINS(late->result, late->result_len, "exit code 9");
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
+    ppc_job_decref(late);
+    decref_all(js, 20);
+    ppc_blob_decref(fn);
+}
+
+TEST(engine_worker_exits_late_reaped_by_pidfd)
+{
+    late_exit_case(0);
+}
+
+TEST(engine_worker_exits_late_reaped_by_polling)
+{
+    late_exit_case(1);
 }
 
 TEST(engine_worker_garbage_frame)
