@@ -1,22 +1,26 @@
-/* server.c - the Server extension type: argument checking of pp's API,
+/* server.c - the Server extension type: construction (parse, engine
+ * options, start; the first workers forked around proc.c's helpers),
  * submit (serialize in the caller's thread, hand bytes to the engine),
  * waiting, worker-count changes, statistics, destroy, and the library's
- * event thread body (callbacks in completion order, engine log messages
+ * events thread (callbacks in completion order, engine log messages
  * forwarded to the "pp" logger).
+ *
+ * Lifetime: the events thread holds only a capsule that owns the engine,
+ * so a Server nobody references is freed and stopped as destroy() would
+ * stop it; Job objects hold their Server. In a child forked after it was
+ * made, a Server raises RuntimeError (ppc_server_check_owner) and never
+ * touches the parent's engine.
  *
  * The public class pp.Server derives from this type and adds only the
  * pure-Python conveniences (print_stats formatting, context manager). */
 #include "ppc_py.h"
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -214,7 +218,9 @@ static PyObject *worker_env(void)
  * Server, no user thread can hold a lock the child would inherit), so it
  * is checked here, in the thread holding the GIL, before this Server's
  * engine thread exists. Replacements and growth are always fresh
- * interpreters (pool.c). PPC_START=spawn forces fresh interpreters. */
+ * interpreters (pool.c). PPC_START=spawn forces fresh interpreters. The
+ * pipes, the child's set-up and the signal mask around fork are proc.c's;
+ * only the interpreter's own before/after-fork calls are here. */
 
 /* 1: fork the first workers when safe; 0: fresh interpreters only; -1:
  * error set (an unknown PPC_START value). */
@@ -453,29 +459,61 @@ static int adopt_engine(ppc_Server *self, ppc_engine *e)
     return 0;
 }
 
-static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
+/* ------------------------------------------------------------------------
+ * Construction in three steps: parse (the arguments, checked, into a C
+ * struct and the Server's fields), engine options (what the engine needs,
+ * in C strings that live in an opts_mem until the engine has copied
+ * them), start (the first workers forked when safe, the engine, the
+ * events thread). */
+
+typedef struct server_args {
+    int ncpus;
+    int restart;
+    int announce;
+    int discover_port;
+    int vm;
+    double timeout;  /* socket_timeout, seconds */
+    double liveness; /* seconds */
+    PyObject *listen; /* borrowed: None, or (host, port) */
+    const char *bcast;
+} server_args;
+
+/* What the engine options point into; freed once the engine has copied it. */
+typedef struct opts_mem {
+    PyObject *argv, *init, *env;
+    const char *cargv[8];
+    const char **cenv;
+    const char **nodes;
+} opts_mem;
+
+static void opts_mem_free(opts_mem *m)
+{
+    Py_XDECREF(m->argv);
+    Py_XDECREF(m->init);
+    Py_XDECREF(m->env);
+    PyMem_Free(m->cenv);
+    PyMem_Free(m->nodes);
+}
+
+static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_args *a)
 {
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
                              "_broadcast", "_shm", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
-    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None;
-    const char *bcast = NULL;
-    PyObject *env = NULL;
-    const char **cenv = NULL;
-    int proto = 5, raise_exc = 1, announce = 0, discover_port = 51000, shm = 1;
-    if (self->engine) {
-        PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
-        return -1;
-    }
+    PyObject *timeout_o = NULL, *liveness_o = Py_None;
+    int proto = 5, raise_exc = 1, shm = 1;
+    memset(a, 0, sizeof *a);
+    a->listen = Py_None;
+    a->discover_port = 51000;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizp:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
-                                     &raise_exc, &listen, &liveness_o, &announce, &discover_port,
-                                     &bcast, &shm))
+                                     &raise_exc, &a->listen, &liveness_o, &a->announce,
+                                     &a->discover_port, &a->bcast, &shm))
         return -1;
-    int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
-    if (ncpus < 0)
+    a->ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
+    if (a->ncpus < 0)
         return -1;
     if (!ppservers)
         ppservers = PyTuple_New(0);
@@ -492,24 +530,41 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     }
     Py_INCREF(secret);
     Py_XSETREF(self->secret, secret);
-    int restart = PyObject_IsTrue(restart_o);
-    if (restart < 0)
+    a->restart = PyObject_IsTrue(restart_o);
+    if (a->restart < 0)
         return -1;
     if (proto < 0 || proto > 5) {
         PyErr_SetString(PyExc_ValueError, "proto must be a pickle protocol number 0..5");
         return -1;
     }
-    double timeout = 3600.0;
+    a->timeout = 3600.0;
     if (timeout_o && timeout_o != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_o);
-        if (timeout == -1.0 && PyErr_Occurred()) {
+        a->timeout = PyFloat_AsDouble(timeout_o);
+        if (a->timeout == -1.0 && PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "socket_timeout must be a number of seconds");
             return -1;
         }
-        if (!(timeout > 0) || isinf(timeout)) {
+        if (!(a->timeout > 0) || isinf(a->timeout)) {
             PyErr_SetString(PyExc_ValueError, "socket_timeout must be a positive number");
             return -1;
         }
+    }
+    a->liveness = a->timeout;
+    if (liveness_o != Py_None) {
+        a->liveness = PyFloat_AsDouble(liveness_o);
+        if (a->liveness == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (a->listen != Py_None && !PyTuple_Check(a->listen)) {
+        PyErr_SetString(PyExc_TypeError, "_listen must be a (host, port) tuple");
+        return -1;
+    }
+    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None) &&
+        (secret == Py_None || PyObject_Length(secret) == 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a secret is required to use remote nodes: pass secret=..., or set "
+                        "the PP_SECRET environment variable");
+        return -1;
     }
     self->proto = proto;
     Py_XSETREF(self->proto_obj, PyLong_FromLong(proto));
@@ -520,10 +575,10 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         shm = 0;
     self->shm = shm;
     const char *env_vm = getenv("PPC_VM");
-    int vm = shm && !(env_vm && *env_vm == '0');
-    self->restart = restart;
+    a->vm = shm && !(env_vm && *env_vm == '0');
+    self->restart = a->restart;
     self->raise_exceptions = raise_exc;
-    self->socket_timeout = timeout;
+    self->socket_timeout = a->timeout;
     self->next_fid = 1;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -540,128 +595,101 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     Py_XSETREF(self->logger, PyObject_CallFunction(logging_getLogger, "s", "pp"));
     Py_DECREF(logging_getLogger);
-    if (!self->logger)
-        return -1;
+    return self->logger ? 0 : -1;
+}
 
-    PyObject *argv = worker_command();
-    if (!argv)
+static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *o, opts_mem *m)
+{
+    memset(o, 0, sizeof *o);
+    if (!(m->argv = worker_command()) || !(m->init = build_init(self, a->listen != Py_None)) ||
+        !(m->env = worker_env()))
         return -1;
-    PyObject *init = build_init(self, listen != Py_None);
-    if (!init) {
-        Py_DECREF(argv);
-        return -1;
-    }
-    Py_ssize_t argc = PyTuple_GET_SIZE(argv);
-    const char *cargv[8] = {NULL};
-    for (Py_ssize_t i = 0; i < argc && i < 7; i++) {
-        cargv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(argv, i));
-        if (!cargv[i]) {
-            Py_DECREF(argv);
-            Py_DECREF(init);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(m->argv) && i < 7; i++) {
+        if (!(m->cargv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(m->argv, i))))
             return -1;
-        }
     }
-    env = worker_env();
-    if (!env)
-        goto fail_early;
-    Py_ssize_t nenv = PyList_GET_SIZE(env);
-    cenv = PyMem_Calloc((size_t)nenv + 1, sizeof(char *));
-    if (!cenv) {
+    Py_ssize_t nenv = PyList_GET_SIZE(m->env);
+    if (!(m->cenv = PyMem_Calloc((size_t)nenv + 1, sizeof(char *)))) {
         PyErr_NoMemory();
-        goto fail_early;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < nenv; i++) {
-        cenv[i] = PyUnicode_AsUTF8(PyList_GET_ITEM(env, i));
-        if (!cenv[i])
-            goto fail_early;
+        if (!(m->cenv[i] = PyUnicode_AsUTF8(PyList_GET_ITEM(m->env, i))))
+            return -1;
     }
-    ppc_engine_opts o = {0};
-    o.nworkers = ncpus;
-    o.worker_argv = (char *const *)cargv;
-    o.worker_env = (char *const *)cenv;
-    o.init = (const uint8_t *)PyBytes_AS_STRING(init);
-    o.init_len = (size_t)PyBytes_GET_SIZE(init);
-    o.restart = restart;
-    o.no_shm = !shm;
-    o.no_vm = !vm;
+    o->nworkers = a->ncpus;
+    o->worker_argv = (char *const *)m->cargv;
+    o->worker_env = (char *const *)m->cenv;
+    o->init = (const uint8_t *)PyBytes_AS_STRING(m->init);
+    o->init_len = (size_t)PyBytes_GET_SIZE(m->init);
+    o->restart = a->restart;
+    o->no_shm = !self->shm;
+    o->no_vm = !a->vm;
     const char *noprobe = getenv("PPC_TEST_VM_NOPROBE"); /* tests: results copied */
-    o.vm_no_results = noprobe && *noprobe && *noprobe != '0';
-    o.py_major = PY_MAJOR_VERSION;
-    o.py_minor = PY_MINOR_VERSION;
-    o.listen_port = -1;
-    o.discover_port = discover_port;
-    o.broadcast = bcast;
-    o.announce = announce;
-    double liveness = timeout;
-    if (liveness_o != Py_None) {
-        liveness = PyFloat_AsDouble(liveness_o);
-        if (liveness == -1.0 && PyErr_Occurred())
-            goto fail_early;
-    }
-    o.liveness_ms = liveness * 1000 > 2e9 ? 2000000000 : (int)(liveness * 1000);
-    if (o.liveness_ms < 100)
-        o.liveness_ms = 100;
+    o->vm_no_results = noprobe && *noprobe && *noprobe != '0';
+    o->py_major = PY_MAJOR_VERSION;
+    o->py_minor = PY_MINOR_VERSION;
+    o->listen_port = -1;
+    o->discover_port = a->discover_port;
+    o->broadcast = a->bcast;
+    o->announce = a->announce;
+    o->liveness_ms = a->liveness * 1000 > 2e9 ? 2000000000 : (int)(a->liveness * 1000);
+    if (o->liveness_ms < 100)
+        o->liveness_ms = 100;
+    PyObject *secret = self->secret;
     if (secret != Py_None) {
         Py_ssize_t sl;
         const char *sc = PyBytes_Check(secret) ? PyBytes_AS_STRING(secret)
                                                : PyUnicode_AsUTF8AndSize(secret, &sl);
         if (!sc)
-            goto fail_early;
+            return -1;
         if (PyBytes_Check(secret))
             sl = PyBytes_GET_SIZE(secret);
-        o.secret = (const uint8_t *)sc;
-        o.secret_len = (size_t)sl;
+        o->secret = (const uint8_t *)sc;
+        o->secret_len = (size_t)sl;
     }
-    if (listen != Py_None) {
-        if (!PyArg_ParseTuple(listen, "zi:_listen", &o.listen_host, &o.listen_port))
-            goto fail_early;
-    }
+    if (a->listen != Py_None &&
+        !PyArg_ParseTuple(a->listen, "zi:_listen", &o->listen_host, &o->listen_port))
+        return -1;
     /* remote nodes: "host[:port]" entries; any "*" entry asks for discovery */
-    Py_ssize_t nps = PyTuple_GET_SIZE(ppservers);
-    const char **nodes = PyMem_Calloc((size_t)nps + 1, sizeof(char *));
-    if (!nodes) {
+    Py_ssize_t nps = PyTuple_GET_SIZE(self->ppservers);
+    if (!(m->nodes = PyMem_Calloc((size_t)nps + 1, sizeof(char *)))) {
         PyErr_NoMemory();
-        goto fail_early;
+        return -1;
     }
     Py_ssize_t nn = 0;
     for (Py_ssize_t i = 0; i < nps; i++) {
-        const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(ppservers, i));
+        const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(self->ppservers, i));
+        if (!c)
+            return -1;
         if (strchr(c, '*'))
-            o.discover = 1;
+            o->discover = 1;
         else
-            nodes[nn++] = c;
+            m->nodes[nn++] = c;
     }
-    o.ppservers = nodes;
-    if ((nps > 0 || listen != Py_None) && o.secret_len == 0) {
-        PyMem_Free(nodes);
-        PyErr_SetString(PyExc_ValueError,
-                        "a secret is required to use remote nodes: pass secret=..., or set "
-                        "the PP_SECRET environment variable");
-        goto fail_early;
-    }
-    /* the first workers: forks of this process when that is safe */
+    o->ppservers = m->nodes;
+    return 0;
+}
+
+/* The first workers (forks of this process when that is safe), the
+ * engine, the events thread. */
+static int start(ppc_Server *self, ppc_engine_opts *o)
+{
+    int want_fork = o->nworkers > 0 ? fork_wanted() : 0;
+    if (want_fork < 0)
+        return -1;
     ppc_prestarted *pre = NULL;
-    int want_fork = ncpus > 0 ? fork_wanted() : 0;
-    if (want_fork < 0) {
-        PyMem_Free(nodes);
-        goto fail_early;
-    }
     if (want_fork && count_threads() == 1) {
-        pre = PyMem_Calloc((size_t)ncpus, sizeof *pre);
+        pre = PyMem_Calloc((size_t)o->nworkers, sizeof *pre);
         if (pre)
-            o.nprestarted = fork_workers(ncpus, pre);
-        o.prestarted = pre;
+            o->nprestarted = fork_workers(o->nworkers, pre);
+        o->prestarted = pre;
     }
-    self->forked = o.nprestarted;
+    self->forked = o->nprestarted;
     char err[256] = "";
     ppc_engine *e;
-    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(&o, err, sizeof err);
-    Py_END_ALLOW_THREADS PyMem_Free(nodes);
-    PyMem_Free(pre);
-    PyMem_Free(cenv);
-    Py_DECREF(env);
-    Py_DECREF(argv);
-    Py_DECREF(init);
+    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(o, err, sizeof err);
+    Py_END_ALLOW_THREADS PyMem_Free(pre); /* the engine owns the workers either way */
     if (!e) {
         PyErr_Format(PyExc_OSError, "cannot start the job server: %s", err);
         return -1;
@@ -671,14 +699,6 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     self->regions = ppc_region_chan_new(region_note, e);
     if (!self->regions) {
         PyErr_NoMemory();
-        return -1;
-    }
-    if (0) {
-    fail_early:
-        PyMem_Free(cenv);
-        Py_XDECREF(env);
-        Py_DECREF(argv);
-        Py_DECREF(init);
         return -1;
     }
 
@@ -706,6 +726,24 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     Py_DECREF(r);
     Py_XSETREF(self->event_thread, th);
     return 0;
+}
+
+static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    if (self->engine) {
+        PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
+        return -1;
+    }
+    server_args a;
+    ppc_engine_opts o;
+    opts_mem m = {0};
+    int rc = parse_args(self, args, kw, &a);
+    if (rc == 0)
+        rc = engine_opts(self, &a, &o, &m);
+    if (rc == 0)
+        rc = start(self, &o);
+    opts_mem_free(&m);
+    return rc;
 }
 
 int ppc_server_check_owner(ppc_Server *s)
