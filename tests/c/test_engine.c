@@ -392,6 +392,57 @@ TEST(engine_worker_exits_late_reaped_by_polling)
     late_exit_case(1);
 }
 
+/* A fork of the process while an engine runs: in the child the engine is
+ * foreign (free does nothing) and holds none of its descriptors, so the
+ * parent's workers still see EOF when told to go while the child lives. */
+TEST(engine_fork_child_holds_no_worker_pipes)
+{
+    ppc_engine *e = start_n(2);
+    REQUIRE(e != NULL);
+    int pids[4];
+    CHECK_EQ_INT(wait_npids(e, 2, WAIT_MS, pids, 4), 2);
+    CHECK_EQ_INT(ppc_engine_foreign(e), 0);
+    int hold[2], rep[2];
+    REQUIRE(pipe(hold) == 0 && pipe(rep) == 0);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        close(hold[1]);
+        close(rep[0]);
+        char ok = ppc_engine_foreign(e) ? 'y' : 'n';
+        ppc_engine_free(e); /* must neither hang nor touch the parent's workers */
+        if (write(rep[1], &ok, 1) != 1)
+            _exit(2);
+        char c;
+        while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(hold[0]);
+    close(rep[1]);
+    char ok = 0;
+    CHECK_EQ_INT((int)read(rep[0], &ok, 1), 1);
+    CHECK_EQ_INT(ok, 'y');
+    CHECK_EQ_INT(ppc_engine_set_workers(e, 0), 0);
+    int64_t dl = ctest_now_ms() + WAIT_MS;
+    int alive = 2;
+    while (alive && ctest_now_ms() < dl) {
+        alive = 0;
+        for (int i = 0; i < 2; i++)
+            alive += kill(pids[i], 0) == 0;
+        ctest_sleep_ms(5);
+    }
+    CHECK_EQ_INT(alive, 0); /* exited on EOF and reaped, child still alive */
+    CHECK_EQ_INT(kill(child, 0), 0);
+    close(hold[1]);
+    close(rep[0]);
+    int st = -1;
+    CHECK_EQ_INT((int)waitpid(child, &st, 0), (int)child);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
+}
+
 TEST(engine_worker_garbage_frame)
 {
     worker_death_case("garbage", "sent a malformed frame");
