@@ -9,7 +9,8 @@ one Server used from several Python threads at once; large arguments and
 results (16 MB of bytes, a million-element list); Ctrl-C in the main thread
 waiting on job() interrupting it promptly and leaving the server usable
 (child script + SIGINT); the "pp" logger receiving messages; the server
-destroyed at interpreter exit without an explicit destroy().
+destroyed at interpreter exit without an explicit destroy(); a worker that
+closes its pipes and exits later reported with its real exit status.
 """
 import logging
 import os
