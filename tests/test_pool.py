@@ -9,7 +9,8 @@ one Server used from several Python threads at once; large arguments and
 results (16 MB of bytes, a million-element list); Ctrl-C in the main thread
 waiting on job() interrupting it promptly and leaving the server usable
 (child script + SIGINT); the "pp" logger receiving messages; the server
-destroyed at interpreter exit without an explicit destroy().
+destroyed at interpreter exit without an explicit destroy(); a worker that
+closes its pipes and exits later reported with its real exit status.
 """
 import logging
 import os
@@ -339,3 +340,38 @@ def test_jobs_queued_while_every_worker_is_busy_start_on_growth(fresh_server, tm
     release.write_text("go")
     assert late() == 49
     assert all(h()[1] is True for h in held)
+
+
+@pytest.mark.timeout(60)
+def test_worker_that_closes_its_pipes_then_exits_is_reaped_with_its_status(run_python, ok):
+    # The engine learns of the death by EOF on the pipe, but the process
+    # exits only later: it is reaped when it does (its pidfd, watched by the
+    # engine's loop), so the job's error names its real exit code, and the
+    # other worker's jobs keep flowing meanwhile.
+    out = ok(run_python("""
+        import os, time
+        import pp
+
+        def close_pipes_then_exit(code):
+            import os, time
+            os.close(3)
+            os.close(4)
+            time.sleep(0.3)
+            os._exit(code)
+
+        s = pp.Server(2)
+        bad = s.submit(close_pipes_then_exit, (7,))
+        good = [s.submit(pow, (i, 2)) for i in range(50)]
+        print(sum(j() for j in good))
+        try:
+            bad()
+            print("no error")
+        except pp.WorkerError as e:
+            print("WorkerError:", e)
+        print(s.submit(abs, (-4,))())
+        s.destroy()
+    """, timeout=50))
+    lines = out.splitlines()
+    assert lines[0] == str(sum(i * i for i in range(50)))
+    assert lines[1].startswith("WorkerError:") and "exit code 7" in lines[1], lines[1]
+    assert lines[2] == "4"

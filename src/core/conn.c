@@ -28,6 +28,10 @@ int ppc_conn_register(ppc_engine *e, ppc_conn *c)
     struct epoll_event x = {.events = EPOLLIN | EPOLLOUT, .data.ptr = &c->src};
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->fd, &x) < 0)
         return -1;
+    if (ppc_fd_own(c->fd) < 0) { /* closed in forked children (proc.h) */
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        return -1;
+    }
     c->armed = EPOLLIN | EPOLLOUT;
     c->last_rx = c->last_tx = ppc_now_ms();
     return 0;
@@ -83,7 +87,7 @@ void ppc_conn_close(ppc_engine *e, ppc_conn *c)
 {
     if (c->fd >= 0) {
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
+        ppc_fd_close(c->fd);
         c->fd = -1;
     }
     c->armed = 0;

@@ -76,6 +76,7 @@ int ppc_discover_start(ppc_engine *e, char *err, size_t errlen)
         return -1;
     }
     e->udp_fd = fd;
+    ppc_fd_own(fd); /* closed in forked children; best effort */
     e->udp_src.kind = PPC_SRC_UDP;
     e->udp_src.obj = e;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &e->udp_src};
@@ -158,7 +159,7 @@ void ppc_discover_stop(ppc_engine *e)
 {
     if (e->udp_fd >= 0) {
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->udp_fd, NULL);
-        close(e->udp_fd);
+        ppc_fd_close(e->udp_fd);
         e->udp_fd = -1;
     }
 }

@@ -324,12 +324,14 @@ static void *engine_main(void *arg)
         int t = ppc_remote_tick(e);
         t = min_timeout(t, ppc_serve_tick(e));
         t = min_timeout(t, ppc_discover_tick(e));
+        /* before schedule and publish: it may settle a reaped worker's job */
+        t = min_timeout(t, ppc_pool_tick(e->pool));
         schedule(e);
         ppc_pool_flush(e->pool);
         ppc_remote_flush(e);
         publish(e);
         ppc_serve_flush(e);
-        timeout = min_timeout(t, ppc_pool_tick(e->pool));
+        timeout = t;
         if (e->rq_head && timeout < 0 && e->nrn > 0)
             timeout = 1000; /* re-check whether queued jobs can still run */
     }
@@ -375,8 +377,8 @@ static void release_prestarted(const ppc_engine_opts *o, int from)
 {
     for (int i = from; o->prestarted && i < o->nprestarted; i++) {
         const ppc_prestarted *ps = &o->prestarted[i];
-        close(ps->fd_to_worker);
-        close(ps->fd_from_worker);
+        ppc_fd_close(ps->fd_to_worker);
+        ppc_fd_close(ps->fd_from_worker);
         if (ps->pid > 0) {
             kill(ps->pid, SIGKILL);
             waitpid(ps->pid, NULL, 0);
@@ -450,6 +452,7 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     }
     e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
     e->created_ms = ppc_now_ms();
+    e->fork_gen = ppc_fork_generation();
     /* a ppserver's ids for what it relays to its workers: apart from the
      * ids its own Server gives its local jobs and functions (from 1) */
     e->next_blob_id = (uint64_t)1 << 62;
@@ -472,7 +475,7 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     }
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     e->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (e->epfd < 0 || e->wakefd < 0) {
+    if (e->epfd < 0 || e->wakefd < 0 || ppc_fd_own(e->epfd) < 0 || ppc_fd_own(e->wakefd) < 0) {
         snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
         goto fail;
     }
@@ -543,8 +546,15 @@ fail:
     return NULL;
 }
 
+int ppc_engine_foreign(const ppc_engine *e)
+{
+    return e->fork_gen != ppc_fork_generation();
+}
+
 void ppc_engine_stop(ppc_engine *e)
 {
+    if (ppc_engine_foreign(e))
+        return; /* its thread and lock state are the parent's */
     pthread_mutex_lock(&e->mu);
     if (e->stopped || !e->thread_started) {
         e->stopped = 1;
@@ -588,7 +598,7 @@ void ppc_engine_stop(ppc_engine *e)
 
 void ppc_engine_free(ppc_engine *e)
 {
-    if (!e)
+    if (!e || ppc_engine_foreign(e))
         return;
     ppc_engine_stop(e);
     ppc_job *j;
@@ -609,17 +619,13 @@ void ppc_engine_free(ppc_engine *e)
     ppc_shm_pool_destroy(&e->shm);
     free(e->shmret);
     ppc_remote_free(e);
-    if (e->listen_fd >= 0)
-        close(e->listen_fd);
-    if (e->udp_fd >= 0)
-        close(e->udp_fd);
+    ppc_fd_close(e->listen_fd);
+    ppc_fd_close(e->udp_fd);
     free(e->secret_copy);
     free(e->listen_host_copy);
     free(e->broadcast_copy);
-    if (e->epfd >= 0)
-        close(e->epfd);
-    if (e->wakefd >= 0)
-        close(e->wakefd);
+    ppc_fd_close(e->epfd);
+    ppc_fd_close(e->wakefd);
     free_strv(e->argv_copy);
     free_strv(e->env_copy);
     free(e->init_copy);

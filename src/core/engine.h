@@ -67,6 +67,10 @@ typedef struct ppc_engine_opts {
      * vm_no_results 1 keeps workers' results copied into segments */
     int no_vm;
     int vm_no_results;
+
+    /* tests: reap exited workers by polling on the loop's timer, as where
+     * pidfd_open is missing (ENOSYS) */
+    int test_no_pidfd;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -80,6 +84,11 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen);
 void ppc_engine_stop(ppc_engine *e);
 /* Free after stop. Jobs still referenced by callers stay valid. */
 void ppc_engine_free(ppc_engine *e);
+/* 1 in a child forked after the engine was made: the engine thread and
+ * the workers belong to the parent, the descriptors were closed at the
+ * fork (proc.h). Nothing else may be called then; stop and free do
+ * nothing (the child's copy of the memory is left as it is). */
+int ppc_engine_foreign(const ppc_engine *e);
 
 /* Hand a job to the engine (thread-safe). The engine takes its own
  * reference. group indexes the caller's groups (small integers). Returns 0,

@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "engine.h"
+#include "proc.h"
 #include "shm.h"
 #include "u64set.h"
 
@@ -24,7 +25,8 @@ enum {
     PPC_SRC_RNODE = 4,  /* client side: connection to a ppserver */
     PPC_SRC_LISTEN = 5, /* ppserver: listening socket */
     PPC_SRC_SCONN = 6,  /* ppserver: connection from a client */
-    PPC_SRC_UDP = 7     /* autodiscovery socket */
+    PPC_SRC_UDP = 7,    /* autodiscovery socket */
+    PPC_SRC_WPID = 8    /* pidfd of a worker whose pipe closed: it exited */
 };
 typedef struct ppc_evsrc {
     int kind;
@@ -38,7 +40,7 @@ typedef struct ppc_worker {
     pid_t pid;
     int fd_w; /* engine -> worker (worker's fd 3) */
     int fd_r; /* worker -> engine (worker's fd 4) */
-    ppc_evsrc src_r, src_w;
+    ppc_evsrc src_r, src_w, src_pid;
     int out_armed;
     int ready;    /* worker finished its start-up */
     int retiring; /* takes no new jobs; closed once idle */
@@ -49,6 +51,12 @@ typedef struct ppc_worker {
     ppc_u64set fns; /* function ids this worker has */
     uint64_t done;
     double avg_ns;
+    /* gone (pipe closed), waiting to be reaped: */
+    int pidfd;          /* watched by epoll; -1: polled on the loop's timer */
+    int64_t gone_since; /* ms */
+    int killed;         /* we sent SIGKILL */
+    int expected;       /* it was told to go and had nothing left to do */
+    char why[96];       /* the engine's reason (a broken protocol), or "" */
 } ppc_worker;
 
 /* A framed, non-blocking stream socket (either side of the network). */
@@ -126,6 +134,8 @@ struct ppc_engine {
     pthread_cond_t cv_ev;
     pthread_t thread;
     int thread_started;
+    unsigned fork_gen; /* ppc_fork_generation() when made: another value
+                          means this is a forked child's copy */
     int epfd;
     int wakefd;
     ppc_evsrc wake_src;

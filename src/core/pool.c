@@ -1,22 +1,25 @@
 /* pool.c - the local node: a pool of worker processes on this machine.
  *
- * Starts workers with posix_spawn (fresh interpreters, in their own process
- * group so a terminal's Ctrl-C reaches only the client), or adopts workers
- * the caller started itself (ppc_pool_adopt: the binding forks the first
- * ones), supervises both alike, talks to each over
- * two non-blocking pipes (fd 3 and 4 in the worker), pipelines jobs into
- * them, batches writes, reads results, notices deaths at once by EOF, fails
- * the job a dead worker was running, requeues the ones it had not started,
- * and replaces it. Runs on the engine thread only. */
+ * Starts fresh workers (proc.c: posix_spawn, in their own process group so
+ * a terminal's Ctrl-C reaches only the client), or adopts workers the
+ * caller started itself (ppc_pool_adopt: the binding forks the first
+ * ones), and supervises both alike: talks to each over two non-blocking
+ * pipes (fd 3 and 4 in the worker), pipelines jobs into them, batches
+ * writes, reads results. A death is noticed at once by EOF: the worker
+ * leaves service, the jobs it had not started go back to the front of the
+ * queue, a replacement starts; the process is reaped when it exits (its
+ * pidfd in the engine's epoll, or polled on the loop's timer where
+ * pidfd_open is missing), and then the job it was running fails with its
+ * exit status. Runs on the engine thread only, which it never blocks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,19 +29,15 @@
 #include "result.h"
 #include "vm.h"
 
-extern char **environ;
-
 #define MAX_DEPTH 128            /* most jobs in flight on one worker */
 #define QUEUE_AHEAD_NS 2000000.0 /* queue ~2 ms of work ahead per worker */
 #define START_FAILURES_MAX 3
 #define READ_CHUNK 65536
+#define EXIT_GRACE_MS 1000 /* a worker whose pipe closed gets this long to exit */
 
-typedef struct ppc_zombie {
-    struct ppc_zombie *next;
-    pid_t pid;
-    int64_t since;
-    int killed;
-} ppc_zombie;
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same number on every architecture */
+#endif
 
 struct ppc_pool {
     ppc_engine *e;
@@ -48,7 +47,7 @@ struct ppc_pool {
     int start_failures; /* consecutive workers that died before ready */
     int failed;
     char fail_msg[256];
-    ppc_zombie *zombies;
+    ppc_worker *dying; /* pipes closed, not reaped yet */
 };
 
 static void update_pids(ppc_pool *p)
@@ -87,13 +86,6 @@ static void describe_status(int st, char *out, size_t n)
         snprintf(out, n, "status %d", st);
 }
 
-static int move_high(int fd)
-{
-    int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    close(fd);
-    return nfd;
-}
-
 /* Take a running worker (our direct child, fd_w/fd_r our ends of its
  * pipes) into service: non-blocking pipes, watched by epoll, INIT queued.
  * On failure the worker is closed, killed and reaped. */
@@ -106,6 +98,7 @@ static ppc_worker *register_worker(ppc_pool *p, pid_t pid, int fd_w, int fd_r)
     w->pid = pid;
     w->fd_w = fd_w;
     w->fd_r = fd_r;
+    w->pidfd = -1;
     fcntl(w->fd_w, F_SETFL, O_NONBLOCK);
     fcntl(w->fd_r, F_SETFL, O_NONBLOCK);
     w->src_r.kind = PPC_SRC_WREAD;
@@ -125,8 +118,8 @@ static ppc_worker *register_worker(ppc_pool *p, pid_t pid, int fd_w, int fd_r)
     p->nlive++;
     return w;
 fail:
-    close(fd_w);
-    close(fd_r);
+    ppc_fd_close(fd_w);
+    ppc_fd_close(fd_r);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     if (w)
@@ -146,55 +139,18 @@ int ppc_pool_adopt(ppc_pool *p, int pid, int fd_w, int fd_r)
 static ppc_worker *spawn_worker(ppc_pool *p)
 {
     ppc_engine *e = p->e;
-    int to_w[2] = {-1, -1}, from_w[2] = {-1, -1};
-    if (pipe2(to_w, O_CLOEXEC) < 0 || pipe2(from_w, O_CLOEXEC) < 0)
-        goto fail;
-    for (int i = 0; i < 2; i++) {
-        if ((to_w[i] = move_high(to_w[i])) < 0 || (from_w[i] = move_high(from_w[i])) < 0)
-            goto fail;
+    ppc_proc pr;
+    if (ppc_proc_pipes(&pr) < 0) {
+        ppc_engine_log(e, PPC_LOG_ERROR, "cannot make a worker's pipes: %s", strerror(errno));
+        return NULL;
     }
-    /* Larger pipes: fewer wake-ups for batches and big payloads. */
-    fcntl(to_w[1], F_SETPIPE_SZ, 1 << 20);
-    fcntl(from_w[1], F_SETPIPE_SZ, 1 << 20);
-
-    posix_spawn_file_actions_t fa;
-    posix_spawnattr_t at;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawnattr_init(&at);
-    posix_spawn_file_actions_adddup2(&fa, to_w[0], 3);
-    posix_spawn_file_actions_adddup2(&fa, from_w[1], 4);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    sigset_t none, def;
-    sigemptyset(&none);
-    sigemptyset(&def);
-    sigaddset(&def, SIGPIPE);
-    sigaddset(&def, SIGTERM);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &def);
-    posix_spawnattr_setpgroup(&at, 0);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-                                      POSIX_SPAWN_SETPGROUP);
-    pid_t pid;
-    int rc = posix_spawnp(&pid, e->opts.worker_argv[0], &fa, &at, e->opts.worker_argv,
-                          e->opts.worker_env ? e->opts.worker_env : environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
+    int rc = ppc_proc_spawn(&pr, e->opts.worker_argv, e->opts.worker_env);
     if (rc != 0) {
         ppc_engine_log(e, PPC_LOG_ERROR, "cannot start worker %s: %s", e->opts.worker_argv[0],
                        strerror(rc));
-        goto fail;
+        return NULL;
     }
-    close(to_w[0]);
-    close(from_w[1]);
-    return register_worker(p, pid, to_w[1], from_w[0]);
-fail:
-    for (int i = 0; i < 2; i++) {
-        if (to_w[i] >= 0)
-            close(to_w[i]);
-        if (from_w[i] >= 0)
-            close(from_w[i]);
-    }
-    return NULL;
+    return register_worker(p, pr.pid, pr.fd_w, pr.fd_r);
 }
 
 static void close_write(ppc_pool *p, ppc_worker *w)
@@ -203,7 +159,7 @@ static void close_write(ppc_pool *p, ppc_worker *w)
         if (w->out_armed)
             epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->fd_w, NULL);
         w->out_armed = 0;
-        close(w->fd_w);
+        ppc_fd_close(w->fd_w);
         w->fd_w = -1;
     }
     ppc_buf_free(&w->out);
@@ -220,21 +176,6 @@ static void retire(ppc_pool *p, ppc_worker *w)
         close_write(p, w); /* the worker sees EOF and exits */
 }
 
-static void add_zombie(ppc_pool *p, pid_t pid)
-{
-    ppc_zombie *z = malloc(sizeof *z);
-    if (!z) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return;
-    }
-    z->pid = pid;
-    z->since = ppc_now_ms();
-    z->killed = 0;
-    z->next = p->zombies;
-    p->zombies = z;
-}
-
 static void unlink_worker(ppc_pool *p, ppc_worker *w)
 {
     for (ppc_worker **pp = &p->workers; *pp; pp = &(*pp)->next) {
@@ -247,6 +188,10 @@ static void unlink_worker(ppc_pool *p, ppc_worker *w)
 
 static void free_worker(ppc_pool *p, ppc_worker *w)
 {
+    if (w->pidfd >= 0) {
+        epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+        ppc_fd_close(w->pidfd);
+    }
     ppc_engine_forget(p->e, w, sizeof *w);
     ppc_buf_free(&w->in);
     ppc_buf_free(&w->out);
@@ -254,42 +199,41 @@ static void free_worker(ppc_pool *p, ppc_worker *w)
     free(w);
 }
 
-/* The worker's pipe closed or broke: reap it, settle its jobs, replace it. */
-static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
+static void close_pipes(ppc_pool *p, ppc_worker *w)
 {
-    ppc_engine *e = p->e;
     close_write(p, w);
     if (w->fd_r >= 0) {
-        epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
-        close(w->fd_r);
+        epoll_ctl(p->e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
+        ppc_fd_close(w->fd_r);
         w->fd_r = -1;
     }
-    char how[96] = "";
-    int st = 0;
-    pid_t r = 0;
-    if (why)
-        kill(w->pid, SIGKILL); /* it broke the protocol: no grace */
-    for (int i = 0; i < 50 && (r = waitpid(w->pid, &st, WNOHANG)) == 0; i++) {
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-    if (r == w->pid && !why)
-        describe_status(st, how, sizeof how);
-    else {
-        /* the engine's own reason (a broken protocol) says more than the
-         * signal the worker then got from us */
-        snprintf(how, sizeof how, "%s", why ? why : "closed its pipe");
-        if (r != w->pid) {
-            kill(w->pid, SIGKILL);
-            add_zombie(p, w->pid);
+}
+
+static void unlink_dying(ppc_pool *p, ppc_worker *w)
+{
+    for (ppc_worker **pp = &p->dying; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
         }
     }
-    int expected = w->retiring && w->inflight == 0;
-    if (!w->retiring)
-        p->nlive--;
-    unlink_worker(p, w);
+}
 
-    ppc_job *head = w->fl_head;
+/* A gone worker has been reaped (status st): settle the job it was
+ * running, count a failed start, free it and replace it. */
+static void settle(ppc_pool *p, ppc_worker *w, int st)
+{
+    ppc_engine *e = p->e;
+    char how[96];
+    if (w->why[0] || w->killed)
+        /* the engine's own reason (a broken protocol, or no exit after the
+         * pipe closed) says more than the signal the worker then got from us */
+        snprintf(how, sizeof how, "%s", w->why[0] ? w->why : "closed its pipe");
+    else
+        describe_status(st, how, sizeof how);
+    unlink_dying(p, w);
+    int expected = w->expected;
+    ppc_job *j = w->fl_head;
     w->fl_head = w->fl_tail = NULL;
     if (!expected) {
         if (!w->ready) {
@@ -303,19 +247,17 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
                          "worker's messages on stderr",
                          how);
             }
-        } else if (head && head->cancelled) {
+            if (j)
+                ppc_engine_requeue_front(e, j);
+        } else if (j && j->cancelled) {
             ppc_engine_log(e, PPC_LOG_DEBUG, "stopped worker %d: its job's client is gone",
                            (int)w->pid);
-            ppc_job *j = head;
-            head = j->next;
             ppc_engine_complete(e, j);
-        } else if (head) {
+        } else if (j) {
             char msg[200];
             snprintf(msg, sizeof msg, "worker process %d died while running the job (%s)",
                      (int)w->pid, how);
             ppc_engine_log(e, PPC_LOG_WARNING, "%s; starting a replacement", msg);
-            ppc_job *j = head;
-            head = j->next;
             ppc_job_fail(j, PPC_JOB_EWORKER, msg);
             ppc_pool_args_done(p, j, 1);
             ppc_engine_complete(e, j);
@@ -323,23 +265,84 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
             ppc_engine_log(e, PPC_LOG_WARNING, "idle worker process %d exited (%s)", (int)w->pid,
                            how);
         }
-    }
-    /* Jobs the worker never started go back to the front, in order. */
-    ppc_job *rev = NULL;
-    while (head) {
-        ppc_job *nx = head->next;
-        head->next = rev;
-        rev = head;
-        head = nx;
-    }
-    while (rev) {
-        ppc_job *nx = rev->next;
-        ppc_engine_requeue_front(e, rev);
-        rev = nx;
+    } else if (j) {
+        ppc_engine_requeue_front(e, j);
     }
     free_worker(p, w);
     ppc_pool_set_target(p, p->target);
+}
+
+/* Reap w if it has exited: 1 (and settled), else 0. */
+static int try_reap(ppc_pool *p, ppc_worker *w)
+{
+    int st = 0;
+    pid_t r = waitpid(w->pid, &st, WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR))
+        return 0;
+    if (r < 0) /* ECHILD: someone else reaped it (status unknown) */
+        st = 0;
+    settle(p, w, st);
+    return 1;
+}
+
+/* The worker's pipe closed or broke (why: the engine's reason, NULL for
+ * EOF): out of service at once, the jobs it had not started back to the
+ * front of the queue in order; the job it was running is settled when the
+ * process is reaped. That happens when its pidfd becomes readable in the
+ * engine's epoll (without a pidfd, on the loop's timer): the engine thread
+ * never waits for a process here. */
+static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
+{
+    ppc_engine *e = p->e;
+    close_pipes(p, w);
+    if (why) {
+        kill(w->pid, SIGKILL); /* it broke the protocol: no grace */
+        snprintf(w->why, sizeof w->why, "%s", why);
+    }
+    w->expected = w->retiring && w->inflight == 0;
+    if (!w->retiring)
+        p->nlive--;
+    w->retiring = 1;
+    unlink_worker(p, w);
+    /* Jobs behind the running one never started: back to the front, in
+     * order. The running one (the head) waits for the exit status. */
+    ppc_job *head = w->fl_head;
+    if (head && head->next) {
+        ppc_job *rev = NULL;
+        for (ppc_job *x = head->next; x;) {
+            ppc_job *nx = x->next;
+            x->next = rev;
+            rev = x;
+            x = nx;
+        }
+        while (rev) {
+            ppc_job *nx = rev->next;
+            ppc_engine_requeue_front(e, rev);
+            rev = nx;
+        }
+        head->next = NULL;
+        w->fl_tail = head;
+    }
+    /* retiring with its job unfinished: not an expected exit */
+    w->inflight = head ? 1 : 0;
+    w->gone_since = ppc_now_ms();
+    w->next = p->dying;
+    p->dying = w;
     update_pids(p);
+    if (try_reap(p, w))
+        return;
+    w->pidfd = e->opts.test_no_pidfd ? -1 : (int)syscall(SYS_pidfd_open, (int)w->pid, 0);
+    if (w->pidfd >= 0) {
+        w->src_pid.kind = PPC_SRC_WPID;
+        w->src_pid.obj = w;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->src_pid};
+        if (ppc_fd_own(w->pidfd) < 0 || epoll_ctl(e->epfd, EPOLL_CTL_ADD, w->pidfd, &ev) < 0) {
+            ppc_fd_close(w->pidfd);
+            w->pidfd = -1; /* polled on the timer instead */
+        }
+    }
+    /* a replacement need not wait for the reaping */
+    ppc_pool_set_target(p, p->target);
 }
 
 void ppc_pool_set_target(ppc_pool *p, int n)
@@ -737,6 +740,10 @@ static void on_readable(ppc_pool *p, ppc_worker *w)
 void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events)
 {
     ppc_worker *w = src->obj;
+    if (src->kind == PPC_SRC_WPID) {
+        try_reap(p, w); /* it exited */
+        return;
+    }
     if (src->kind == PPC_SRC_WWRITE) {
         if (events & (EPOLLERR | EPOLLHUP)) {
             close_write(p, w);
@@ -752,21 +759,20 @@ void ppc_pool_event(ppc_pool *p, ppc_evsrc *src, uint32_t events)
 int ppc_pool_tick(ppc_pool *p)
 {
     int64_t now = ppc_now_ms();
-    for (ppc_zombie **zp = &p->zombies; *zp;) {
-        ppc_zombie *z = *zp;
-        pid_t r = waitpid(z->pid, NULL, WNOHANG);
-        if (r == z->pid || (r < 0 && errno == ECHILD)) {
-            *zp = z->next;
-            free(z);
+    int t = -1;
+    for (ppc_worker *w = p->dying, *nx; w; w = nx) {
+        nx = w->next;
+        if (w->pidfd < 0 && try_reap(p, w))
             continue;
+        if (!w->killed && now - w->gone_since >= EXIT_GRACE_MS) {
+            kill(w->pid, SIGKILL); /* its pipe closed long ago and it has not exited */
+            w->killed = 1;
         }
-        if (!z->killed && now - z->since > 2000) {
-            kill(z->pid, SIGKILL);
-            z->killed = 1;
-        }
-        zp = &z->next;
+        int want = w->pidfd < 0 ? 5 : w->killed ? -1 : (int)(w->gone_since + EXIT_GRACE_MS - now);
+        if (want >= 0 && (t < 0 || want < t))
+            t = want;
     }
-    return p->zombies ? 20 : -1;
+    return t;
 }
 
 void ppc_pool_shutdown(ppc_pool *p)
@@ -775,45 +781,60 @@ void ppc_pool_shutdown(ppc_pool *p)
     p->target = 0;
     while (p->workers) {
         ppc_worker *w = p->workers;
-        p->workers = w->next;
         ppc_job *j;
         while ((j = w->fl_head)) {
             w->fl_head = j->next;
             ppc_job_fail(j, PPC_JOB_EDESTROYED, "the server was destroyed");
             ppc_engine_complete(e, j);
         }
-        close_write(p, w);
+        w->fl_tail = NULL;
         if (w->inflight > 0)
             kill(w->pid, SIGTERM); /* busy in a job: do not wait for it */
-        if (w->fd_r >= 0) {
-            epoll_ctl(e->epfd, EPOLL_CTL_DEL, w->fd_r, NULL);
-            close(w->fd_r);
-        }
-        add_zombie(p, w->pid);
-        free_worker(p, w);
+        w->inflight = 0;
+        w->retiring = 1; /* an expected exit: settled quietly */
+        worker_gone(p, w, NULL);
     }
     p->nlive = 0;
     update_pids(p);
-    /* Idle workers exit on EOF at once; give busy ones a moment, then kill. */
+    /* Idle workers exit on EOF at once, busy ones on SIGTERM: wait for
+     * them on their pidfds (in this epoll), at most 1 s, then kill. */
     int64_t start = ppc_now_ms();
-    while (p->zombies) {
-        ppc_pool_tick(p);
-        if (!p->zombies)
-            break;
-        if (ppc_now_ms() - start > 1000) {
-            for (ppc_zombie *z = p->zombies; z; z = z->next)
-                kill(z->pid, SIGKILL);
-            for (ppc_zombie *z = p->zombies; z; z = z->next)
-                waitpid(z->pid, NULL, 0);
-            while (p->zombies) {
-                ppc_zombie *z = p->zombies;
-                p->zombies = z->next;
-                free(z);
+    while (p->dying) {
+        int left = (int)(start + 1000 - ppc_now_ms());
+        if (left <= 0) {
+            for (ppc_worker *w = p->dying; w; w = w->next)
+                kill(w->pid, SIGKILL);
+            while (p->dying) {
+                ppc_worker *w = p->dying;
+                waitpid(w->pid, NULL, 0);
+                w->killed = 1;
+                settle(p, w, 0);
             }
             break;
         }
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
+        int polled = 0;
+        for (ppc_worker *w = p->dying, *nx; w; w = nx) {
+            nx = w->next;
+            if (w->pidfd < 0 && !try_reap(p, w))
+                polled = 1;
+        }
+        if (!p->dying)
+            break;
+        struct epoll_event evs[32];
+        int n = epoll_wait(e->epfd, evs, 32, polled && left > 2 ? 2 : left);
+        e->batch = evs;
+        e->batch_n = n > 0 ? n : 0;
+        for (int i = 0; i < n; i++) {
+            ppc_evsrc *src = evs[i].data.ptr;
+            if (src && src->kind == PPC_SRC_WPID) {
+                try_reap(p, src->obj);
+            } else if (src && src->kind == PPC_SRC_WAKE) {
+                uint64_t v;
+                ssize_t r = read(e->wakefd, &v, sizeof v);
+                (void)r;
+            }
+        }
+        e->batch_n = 0;
     }
 }
 
@@ -841,10 +862,10 @@ void ppc_pool_free(ppc_pool *p)
         p->workers = w->next;
         free_worker(p, w);
     }
-    while (p->zombies) {
-        ppc_zombie *z = p->zombies;
-        p->zombies = z->next;
-        free(z);
+    while (p->dying) {
+        ppc_worker *w = p->dying;
+        p->dying = w->next;
+        free_worker(p, w);
     }
     free(p);
 }

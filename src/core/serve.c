@@ -94,6 +94,7 @@ int ppc_serve_start(ppc_engine *e, char *err, size_t errlen)
     e->listen_fd = ppc_net_listen(e->opts.listen_host, e->opts.listen_port, err, errlen);
     if (e->listen_fd < 0)
         return -1;
+    ppc_fd_own(e->listen_fd); /* closed in forked children; best effort */
     e->listen_src.kind = PPC_SRC_LISTEN;
     e->listen_src.obj = e;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &e->listen_src};
@@ -485,7 +486,7 @@ void ppc_serve_shutdown(ppc_engine *e)
         sconn_close(e, e->sconns, "the node is shutting down");
     if (e->listen_fd >= 0) {
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, e->listen_fd, NULL);
-        close(e->listen_fd);
+        ppc_fd_close(e->listen_fd);
         e->listen_fd = -1;
     }
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../core/engine.h"
+#include "../core/proc.h"
 #include "../core/result.h"
 
 /* Module-wide objects, set up once at import (module.c). */
@@ -36,7 +37,9 @@ typedef struct {
     PyObject *groups;     /* group object -> int */
     PyObject *group_names;/* list: int -> group object */
     PyObject *event_thread;
-    unsigned long event_tid; /* ident of the thread running callbacks; 0 before */
+    PyObject *events;     /* capsule shared with the events thread: it owns the
+                             engine, so the thread never keeps the Server alive */
+    struct ppc_events *ev; /* its contents */
     PyObject *logger;
     PyObject *ppservers;
     PyObject *secret;
@@ -55,6 +58,7 @@ typedef struct {
     struct ppc_retchan *retchan; /* how mapped results go back (shmmap.c), or NULL */
     int restart;
     int forked; /* first workers forked from this process (0: all spawned) */
+    int owner_pid; /* the process that made it (forked children may not use it) */
     int raise_exceptions;
     int destroyed;
     double socket_timeout;
@@ -81,6 +85,11 @@ int ppc_job_unpack(ppc_Job *self);
  * release those whose jobs have (all: every one, the engine being stopped). */
 int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins);
 void ppc_server_sweep_pins(ppc_Server *s, int all);
+/* RuntimeError (-1) in a child forked after the Server was made: its
+ * engine and workers belong to the parent. */
+int ppc_server_check_owner(ppc_Server *s);
+/* 1 when the calling thread is the Server's events thread (in a callback). */
+int ppc_server_in_callback(ppc_Server *s);
 /* Wait for DONE, releasing the GIL; handles Ctrl-C. 0 or -1. */
 int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_group);
 

@@ -34,7 +34,7 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
  * a callback: its callback needs the thread that is waiting. */
 static int would_deadlock(ppc_Job *self)
 {
-    if (self->server->event_tid != PyThread_get_thread_ident() || !self->job->has_cb ||
+    if (!ppc_server_in_callback(self->server) || !self->job->has_cb ||
         atomic_load_explicit(&self->job->state, memory_order_acquire) == PPC_JOB_DONE)
         return 0;
     PyErr_SetString(PyExc_RuntimeError,
@@ -119,7 +119,8 @@ static void return_result_seg(ppc_Job *self)
         ppc_result_parse(j->result, j->result_len, &res) < 0 || ppc_result_ref(&res, &r) < 0)
         return;
     j->result_aux &= (uint16_t)~PPC_AUX_SHM;
-    if (self->server && self->server->engine && !self->server->destroyed)
+    if (self->server && self->server->engine && !self->server->destroyed &&
+        !ppc_engine_foreign(self->server->engine))
         ppc_engine_shm_return(self->server->engine, (int)r.pid, r.id, 0);
 }
 
@@ -267,6 +268,8 @@ int ppc_job_unpack(ppc_Job *self)
 
 static PyObject *Job_result(ppc_Job *self)
 {
+    if (!self->unpacked && ppc_server_check_owner(self->server) < 0)
+        return NULL;
     if (would_deadlock(self))
         return NULL;
     if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
@@ -312,7 +315,8 @@ static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
 static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
 {
     (void)noargs;
-    if (would_deadlock(self) || ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
+    if (ppc_server_check_owner(self->server) < 0 || would_deadlock(self) ||
+        ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

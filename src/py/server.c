@@ -1,26 +1,37 @@
-/* server.c - the Server extension type: argument checking of pp's API,
+/* server.c - the Server extension type: construction (parse, engine
+ * options, start; the first workers forked around proc.c's helpers),
  * submit (serialize in the caller's thread, hand bytes to the engine),
  * waiting, worker-count changes, statistics, destroy, and the library's
- * event thread body (callbacks in completion order, engine log messages
+ * events thread (callbacks in completion order, engine log messages
  * forwarded to the "pp" logger).
+ *
+ * Lifetime: the events thread holds only a capsule that owns the engine,
+ * so a Server nobody references is freed and stopped as destroy() would
+ * stop it; Job objects hold their Server. In a child forked after it was
+ * made, a Server raises RuntimeError (ppc_server_check_owner) and never
+ * touches the parent's engine.
  *
  * The public class pp.Server derives from this type and adds only the
  * pure-Python conveniences (print_stats formatting, context manager). */
 #include "ppc_py.h"
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+
+/* What the events thread shares with its Server (see events_main). */
+typedef struct ppc_events {
+    ppc_engine *engine; /* owned: freed when the capsule goes */
+    PyObject *logger;
+    int raise_exceptions;
+    unsigned long tid; /* the thread's ident once it runs; 0 before */
+} ppc_events;
 
 static int detect_ncpus(void)
 {
@@ -216,7 +227,9 @@ static PyObject *worker_env(void)
  * Server, no user thread can hold a lock the child would inherit), so it
  * is checked here, in the thread holding the GIL, before this Server's
  * engine thread exists. Replacements and growth are always fresh
- * interpreters (pool.c). PPC_START=spawn forces fresh interpreters. */
+ * interpreters (pool.c). PPC_START=spawn forces fresh interpreters. The
+ * pipes, the child's set-up and the signal mask around fork are proc.c's;
+ * only the interpreter's own before/after-fork calls are here. */
 
 /* 1: fork the first workers when safe; 0: fresh interpreters only; -1:
  * error set (an unknown PPC_START value). */
@@ -246,67 +259,15 @@ static int count_threads(void)
     return n;
 }
 
-static void close_from(int lo)
-{
-#ifdef SYS_close_range
-    if (syscall(SYS_close_range, (unsigned)lo, ~0U, 0) == 0)
-        return;
-#endif
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) {
-        for (int fd = lo; fd < 65536; fd++)
-            close(fd);
-        return;
-    }
-    int dfd = dirfd(d);
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        int fd = atoi(de->d_name);
-        if (de->d_name[0] != '.' && fd >= lo && fd != dfd)
-            close(fd);
-    }
-    closedir(d);
-}
-
 /* The child side: become a worker exactly as a spawned one would be set
- * up (fds 3 and 4, stdin /dev/null, own process group, SIGINT ignored,
- * death with the client), run the worker loop in a fresh __main__, and
- * _exit: never return into the user's program, run no atexit handler and
- * flush no inherited stdio buffer. */
-static void forked_worker(int fd_in, int fd_out, pid_t client)
+ * up (proc.h), run the worker loop in a fresh __main__, and _exit: never
+ * return into the user's program, run no atexit handler and flush no
+ * inherited stdio buffer. */
+static void forked_worker(const ppc_proc *pr, pid_t client)
 {
-    /* every signal is blocked here (fork_workers): a Ctrl-C now stays
-     * pending and is discarded below when SIGINT becomes ignored */
     PyOS_AfterFork_Child();
-    setpgid(0, 0); /* a terminal's Ctrl-C reaches only the client */
-    /* the signal state of a fresh interpreter: the client's handlers gone
-     * (ignored signals stay ignored, as across exec), SIGPIPE ignored as
-     * Python does, SIGTERM fatal, SIGINT ignored, nothing blocked */
-    for (int sig = 1; sig < NSIG; sig++) {
-        struct sigaction sa;
-        if (sigaction(sig, NULL, &sa) < 0)
-            continue;
-        if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL))
-            signal(sig, SIG_DFL);
-    }
-    signal(SIGINT, SIG_IGN);
-    signal(SIGPIPE, SIG_IGN);
-    signal(SIGTERM, SIG_DFL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    if (dup2(fd_in, 3) < 0 || dup2(fd_out, 4) < 0) /* both are >= 10 */
-        _exit(121);
-    close_from(5);
-    int nul = open("/dev/null", O_RDONLY);
-    if (nul > 0) {
-        dup2(nul, 0);
-        close(nul);
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != client)
-        _exit(0); /* the client died before we could ask to die with it */
+    if (ppc_proc_child_setup(pr, client) < 0)
+        _exit(0); /* the client is gone, or fds 3 and 4 cannot be made */
     PyObject *ns = ppc_worker_fresh_ns();
     int rc = ns ? ppc_worker_run(3, 4, ns) : -1;
     if (rc < 0) {
@@ -316,25 +277,6 @@ static void forked_worker(int fd_in, int fd_out, pid_t client)
         Py_XDECREF(r);
     }
     _exit(rc < 0 ? 1 : 0);
-}
-
-static int pipe_high(int fds[2])
-{
-    if (pipe2(fds, O_CLOEXEC) < 0)
-        return -1;
-    for (int i = 0; i < 2; i++) {
-        int nfd = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
-        close(fds[i]);
-        fds[i] = nfd;
-    }
-    if (fds[0] < 0 || fds[1] < 0) {
-        if (fds[0] >= 0)
-            close(fds[0]);
-        if (fds[1] >= 0)
-            close(fds[1]);
-        return -1;
-    }
-    return 0;
 }
 
 /* Fork up to n workers into out; returns how many (fewer on a failure:
@@ -352,65 +294,232 @@ static int fork_workers(int n, ppc_prestarted *out)
     pid_t me = getpid();
     int k = 0;
     for (; k < n; k++) {
-        int to_w[2], from_w[2];
-        if (pipe_high(to_w) < 0)
+        ppc_proc pr;
+        if (ppc_proc_pipes(&pr) < 0)
             break;
-        if (pipe_high(from_w) < 0) {
-            close(to_w[0]);
-            close(to_w[1]);
-            break;
-        }
-        /* larger pipes: fewer wake-ups for batches and big payloads */
-        fcntl(to_w[1], F_SETPIPE_SZ, 1 << 20);
-        fcntl(from_w[1], F_SETPIPE_SZ, 1 << 20);
-        /* no signal handler may run in the child before it has set its own
-         * dispositions: block all around fork, as _posixsubprocess does */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
+        sigset_t old;
+        ppc_proc_fork_begin(&pr, &old);
         PyOS_BeforeFork();
         pid_t pid = fork();
         if (pid == 0)
-            forked_worker(to_w[0], from_w[1], me); /* does not return */
-        int saved = errno;
+            forked_worker(&pr, me); /* does not return */
         PyOS_AfterFork_Parent();
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        close(to_w[0]);
-        close(from_w[1]);
-        if (pid < 0) {
-            close(to_w[1]);
-            close(from_w[0]);
-            errno = saved;
+        ppc_proc_fork_end(&pr, pid, &old);
+        if (pid < 0)
             break;
-        }
-        setpgid(pid, pid); /* also here: no window where it is in ours */
         out[k].pid = (int)pid;
-        out[k].fd_to_worker = to_w[1];
-        out[k].fd_from_worker = from_w[0];
+        out[k].fd_to_worker = pr.fd_w;
+        out[k].fd_from_worker = pr.fd_r;
     }
     return k;
 }
 
-static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
+/* ------------------------------------------------------------------------
+ * The events thread: callbacks in completion order, log forwarding. */
+
+static void log_message(ppc_events *self, int level, const char *msg)
+{
+    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
+    if (!r)
+        PyErr_WriteUnraisable(self->logger);
+    Py_XDECREF(r);
+}
+
+/* Run one job's callback on the event thread: callback(*callbackargs,
+ * result). Errors in the callback are logged, never lost. */
+static void run_callback(ppc_events *self, ppc_job *j)
+{
+    ppc_Job *jo = (ppc_Job *)j->user;
+    j->user = NULL;
+    if (!jo)
+        return;
+    if (j->status == PPC_JOB_EDESTROYED) {
+        Py_DECREF(jo);
+        return;
+    }
+    if (ppc_job_unpack(jo) < 0) {
+        PyErr_WriteUnraisable((PyObject *)jo);
+        Py_DECREF(jo);
+        return;
+    }
+    PyObject *value = NULL;
+    if (jo->exc && self->raise_exceptions) {
+        PyObject *s = PyObject_Repr(jo->exc);
+        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
+                                          "job %d raised %r; its callback was not called",
+                                          (unsigned long long)j->id, s ? s : Py_None);
+        Py_XDECREF(s);
+        if (!r)
+            PyErr_WriteUnraisable(self->logger);
+        Py_XDECREF(r);
+        Py_DECREF(jo);
+        return;
+    }
+    value = jo->exc ? Py_None : jo->value;
+    Py_ssize_t n = PyTuple_GET_SIZE(jo->callbackargs);
+    PyObject *a = PyTuple_New(n + 1);
+    if (a) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *x = PyTuple_GET_ITEM(jo->callbackargs, i);
+            Py_INCREF(x);
+            PyTuple_SET_ITEM(a, i, x);
+        }
+        Py_INCREF(value);
+        PyTuple_SET_ITEM(a, n, value);
+        PyObject *r = PyObject_Call(jo->callback, a, NULL);
+        Py_DECREF(a);
+        if (r) {
+            Py_DECREF(r);
+        } else {
+            PyObject *t, *exc, *tb;
+            PyErr_Fetch(&t, &exc, &tb);
+            PyErr_NormalizeException(&t, &exc, &tb);
+            if (tb && exc)
+                PyException_SetTraceback(exc, tb);
+            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
+            PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
+                                         exc ? exc : Py_None);
+            PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
+            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
+            if (!rr)
+                PyErr_WriteUnraisable(self->logger);
+            Py_XDECREF(rr);
+            Py_XDECREF(meth);
+            Py_XDECREF(pa);
+            Py_XDECREF(pk);
+            Py_XDECREF(t);
+            Py_XDECREF(exc);
+            Py_XDECREF(tb);
+        }
+    }
+    Py_DECREF(jo);
+}
+
+/* The body of the events thread. It holds the events capsule, never the
+ * Server: a Server nobody references is freed (and its engine stopped)
+ * while this thread waits; the thread then drains what is left, sees
+ * PPC_EV_STOP and ends, and the last of the two frees the engine. A
+ * pending callback keeps its Server alive through its Job object. */
+static PyObject *events_main(PyObject *cap, PyObject *noargs)
+{
+    (void)noargs;
+    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
+    if (!ev)
+        return NULL;
+    ppc_engine *e = ev->engine;
+    ev->tid = PyThread_get_thread_ident();
+    for (;;) {
+        ppc_event x;
+        int kind;
+        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &x);
+        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
+        if (kind == PPC_EV_LOG) {
+            log_message(ev, x.level, x.msg);
+        } else if (kind == PPC_EV_JOB) {
+            run_callback(ev, x.job);
+            ppc_engine_callback_done(e, x.job);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef events_main_def = {"pp_events", events_main, METH_NOARGS,
+                                      "Body of the library's events thread."};
+
+static void events_free(PyObject *cap)
+{
+    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
+    if (!ev)
+        return;
+    if (ev->engine) {
+        ppc_engine *e = ev->engine;
+        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e); /* nothing in a forked child */
+        Py_END_ALLOW_THREADS
+    }
+    Py_XDECREF(ev->logger);
+    PyMem_Free(ev);
+}
+
+int ppc_server_in_callback(ppc_Server *s)
+{
+    return s->ev && s->ev->tid == PyThread_get_thread_ident();
+}
+
+/* The engine goes into the events capsule, which owns it from here on
+ * (also when this fails: then it is freed at once). */
+static int adopt_engine(ppc_Server *self, ppc_engine *e)
+{
+    ppc_events *ev = PyMem_Calloc(1, sizeof *ev);
+    PyObject *cap = ev ? PyCapsule_New(ev, "ppc_events", events_free) : NULL;
+    if (!cap) {
+        PyMem_Free(ev);
+        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
+        Py_END_ALLOW_THREADS if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    ev->engine = e;
+    ev->logger = self->logger;
+    Py_INCREF(ev->logger);
+    ev->raise_exceptions = self->raise_exceptions;
+    self->events = cap;
+    self->ev = ev;
+    self->engine = e;
+    self->owner_pid = (int)getpid();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Construction in three steps: parse (the arguments, checked, into a C
+ * struct and the Server's fields), engine options (what the engine needs,
+ * in C strings that live in an opts_mem until the engine has copied
+ * them), start (the first workers forked when safe, the engine, the
+ * events thread). */
+
+typedef struct server_args {
+    int ncpus;
+    int restart;
+    int announce;
+    int discover_port;
+    int vm;
+    double timeout;  /* socket_timeout, seconds */
+    double liveness; /* seconds */
+    PyObject *listen; /* borrowed: None, or (host, port) */
+    const char *bcast;
+} server_args;
+
+/* What the engine options point into; freed once the engine has copied it. */
+typedef struct opts_mem {
+    PyObject *argv, *init, *env;
+    const char *cargv[8];
+    const char **cenv;
+    const char **nodes;
+} opts_mem;
+
+static void opts_mem_free(opts_mem *m)
+{
+    Py_XDECREF(m->argv);
+    Py_XDECREF(m->init);
+    Py_XDECREF(m->env);
+    PyMem_Free(m->cenv);
+    PyMem_Free(m->nodes);
+}
+
+static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_args *a)
 {
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
                              "_broadcast", "_shm", "_test", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
-    PyObject *timeout_o = NULL, *listen = Py_None, *liveness_o = Py_None, *test = Py_None;
-    const char *bcast = NULL;
-    PyObject *env = NULL;
-    const char **cenv = NULL;
-    int proto = 5, raise_exc = 1, announce = 0, discover_port = 51000, shm = 1;
-    if (self->engine) {
-        PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
-        return -1;
-    }
+    PyObject *timeout_o = NULL, *liveness_o = Py_None, *test = Py_None;
+    int proto = 5, raise_exc = 1, shm = 1;
+    memset(a, 0, sizeof *a);
+    a->listen = Py_None;
+    a->discover_port = 51000;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpO:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
-                                     &raise_exc, &listen, &liveness_o, &announce, &discover_port,
-                                     &bcast, &shm, &test))
+                                     &raise_exc, &a->listen, &liveness_o, &a->announce,
+                                     &a->discover_port, &a->bcast, &shm, &test))
         return -1;
     /* _test: switches that make tests take fallback paths (test_switch) */
     if (test != Py_None && !PyDict_Check(test)) {
@@ -420,8 +529,8 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     if (test != Py_None)
         Py_INCREF(test);
     Py_XSETREF(self->test, test != Py_None ? test : NULL);
-    int ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
-    if (ncpus < 0)
+    a->ncpus = ncpus_o ? parse_ncpus(ncpus_o) : detect_ncpus();
+    if (a->ncpus < 0)
         return -1;
     if (!ppservers)
         ppservers = PyTuple_New(0);
@@ -438,24 +547,41 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     }
     Py_INCREF(secret);
     Py_XSETREF(self->secret, secret);
-    int restart = PyObject_IsTrue(restart_o);
-    if (restart < 0)
+    a->restart = PyObject_IsTrue(restart_o);
+    if (a->restart < 0)
         return -1;
     if (proto < 0 || proto > 5) {
         PyErr_SetString(PyExc_ValueError, "proto must be a pickle protocol number 0..5");
         return -1;
     }
-    double timeout = 3600.0;
+    a->timeout = 3600.0;
     if (timeout_o && timeout_o != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_o);
-        if (timeout == -1.0 && PyErr_Occurred()) {
+        a->timeout = PyFloat_AsDouble(timeout_o);
+        if (a->timeout == -1.0 && PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "socket_timeout must be a number of seconds");
             return -1;
         }
-        if (!(timeout > 0) || isinf(timeout)) {
+        if (!(a->timeout > 0) || isinf(a->timeout)) {
             PyErr_SetString(PyExc_ValueError, "socket_timeout must be a positive number");
             return -1;
         }
+    }
+    a->liveness = a->timeout;
+    if (liveness_o != Py_None) {
+        a->liveness = PyFloat_AsDouble(liveness_o);
+        if (a->liveness == -1.0 && PyErr_Occurred())
+            return -1;
+    }
+    if (a->listen != Py_None && !PyTuple_Check(a->listen)) {
+        PyErr_SetString(PyExc_TypeError, "_listen must be a (host, port) tuple");
+        return -1;
+    }
+    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None) &&
+        (secret == Py_None || PyObject_Length(secret) == 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a secret is required to use remote nodes: pass secret=..., or set "
+                        "the PP_SECRET environment variable");
+        return -1;
     }
     self->proto = proto;
     Py_XSETREF(self->proto_obj, PyLong_FromLong(proto));
@@ -466,10 +592,10 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         shm = 0;
     self->shm = shm;
     const char *env_vm = getenv("PPC_VM");
-    int vm = shm && !(env_vm && *env_vm == '0');
-    self->restart = restart;
+    a->vm = shm && !(env_vm && *env_vm == '0');
+    self->restart = a->restart;
     self->raise_exceptions = raise_exc;
-    self->socket_timeout = timeout;
+    self->socket_timeout = a->timeout;
     self->next_fid = 1;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -486,146 +612,112 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         return -1;
     Py_XSETREF(self->logger, PyObject_CallFunction(logging_getLogger, "s", "pp"));
     Py_DECREF(logging_getLogger);
-    if (!self->logger)
-        return -1;
+    return self->logger ? 0 : -1;
+}
 
-    PyObject *argv = worker_command();
-    if (!argv)
+static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *o, opts_mem *m)
+{
+    memset(o, 0, sizeof *o);
+    if (!(m->argv = worker_command()) || !(m->init = build_init(self)) ||
+        !(m->env = worker_env()))
         return -1;
-    PyObject *init = build_init(self);
-    if (!init) {
-        Py_DECREF(argv);
-        return -1;
-    }
-    Py_ssize_t argc = PyTuple_GET_SIZE(argv);
-    const char *cargv[8] = {NULL};
-    for (Py_ssize_t i = 0; i < argc && i < 7; i++) {
-        cargv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(argv, i));
-        if (!cargv[i]) {
-            Py_DECREF(argv);
-            Py_DECREF(init);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(m->argv) && i < 7; i++) {
+        if (!(m->cargv[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(m->argv, i))))
             return -1;
-        }
     }
-    env = worker_env();
-    if (!env)
-        goto fail_early;
-    Py_ssize_t nenv = PyList_GET_SIZE(env);
-    cenv = PyMem_Calloc((size_t)nenv + 1, sizeof(char *));
-    if (!cenv) {
+    Py_ssize_t nenv = PyList_GET_SIZE(m->env);
+    if (!(m->cenv = PyMem_Calloc((size_t)nenv + 1, sizeof(char *)))) {
         PyErr_NoMemory();
-        goto fail_early;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < nenv; i++) {
-        cenv[i] = PyUnicode_AsUTF8(PyList_GET_ITEM(env, i));
-        if (!cenv[i])
-            goto fail_early;
+        if (!(m->cenv[i] = PyUnicode_AsUTF8(PyList_GET_ITEM(m->env, i))))
+            return -1;
     }
-    ppc_engine_opts o = {0};
-    o.nworkers = ncpus;
-    o.worker_argv = (char *const *)cargv;
-    o.worker_env = (char *const *)cenv;
-    o.init = (const uint8_t *)PyBytes_AS_STRING(init);
-    o.init_len = (size_t)PyBytes_GET_SIZE(init);
-    o.restart = restart;
-    o.no_shm = !shm;
-    o.no_vm = !vm;
-    o.vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
-    o.py_major = PY_MAJOR_VERSION;
-    o.py_minor = PY_MINOR_VERSION;
-    o.listen_port = -1;
-    o.discover_port = discover_port;
-    o.broadcast = bcast;
-    o.announce = announce;
-    double liveness = timeout;
-    if (liveness_o != Py_None) {
-        liveness = PyFloat_AsDouble(liveness_o);
-        if (liveness == -1.0 && PyErr_Occurred())
-            goto fail_early;
-    }
-    o.liveness_ms = liveness * 1000 > 2e9 ? 2000000000 : (int)(liveness * 1000);
-    if (o.liveness_ms < 100)
-        o.liveness_ms = 100;
+    o->nworkers = a->ncpus;
+    o->worker_argv = (char *const *)m->cargv;
+    o->worker_env = (char *const *)m->cenv;
+    o->init = (const uint8_t *)PyBytes_AS_STRING(m->init);
+    o->init_len = (size_t)PyBytes_GET_SIZE(m->init);
+    o->restart = a->restart;
+    o->no_shm = !self->shm;
+    o->no_vm = !a->vm;
+    o->vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
+    o->py_major = PY_MAJOR_VERSION;
+    o->py_minor = PY_MINOR_VERSION;
+    o->listen_port = -1;
+    o->discover_port = a->discover_port;
+    o->broadcast = a->bcast;
+    o->announce = a->announce;
+    o->liveness_ms = a->liveness * 1000 > 2e9 ? 2000000000 : (int)(a->liveness * 1000);
+    if (o->liveness_ms < 100)
+        o->liveness_ms = 100;
+    PyObject *secret = self->secret;
     if (secret != Py_None) {
         Py_ssize_t sl;
         const char *sc = PyBytes_Check(secret) ? PyBytes_AS_STRING(secret)
                                                : PyUnicode_AsUTF8AndSize(secret, &sl);
         if (!sc)
-            goto fail_early;
+            return -1;
         if (PyBytes_Check(secret))
             sl = PyBytes_GET_SIZE(secret);
-        o.secret = (const uint8_t *)sc;
-        o.secret_len = (size_t)sl;
+        o->secret = (const uint8_t *)sc;
+        o->secret_len = (size_t)sl;
     }
-    if (listen != Py_None) {
-        if (!PyArg_ParseTuple(listen, "zi:_listen", &o.listen_host, &o.listen_port))
-            goto fail_early;
-    }
+    if (a->listen != Py_None &&
+        !PyArg_ParseTuple(a->listen, "zi:_listen", &o->listen_host, &o->listen_port))
+        return -1;
     /* remote nodes: "host[:port]" entries; any "*" entry asks for discovery */
-    Py_ssize_t nps = PyTuple_GET_SIZE(ppservers);
-    const char **nodes = PyMem_Calloc((size_t)nps + 1, sizeof(char *));
-    if (!nodes) {
+    Py_ssize_t nps = PyTuple_GET_SIZE(self->ppservers);
+    if (!(m->nodes = PyMem_Calloc((size_t)nps + 1, sizeof(char *)))) {
         PyErr_NoMemory();
-        goto fail_early;
+        return -1;
     }
     Py_ssize_t nn = 0;
     for (Py_ssize_t i = 0; i < nps; i++) {
-        const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(ppservers, i));
+        const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(self->ppservers, i));
+        if (!c)
+            return -1;
         if (strchr(c, '*'))
-            o.discover = 1;
+            o->discover = 1;
         else
-            nodes[nn++] = c;
+            m->nodes[nn++] = c;
     }
-    o.ppservers = nodes;
-    if ((nps > 0 || listen != Py_None) && o.secret_len == 0) {
-        PyMem_Free(nodes);
-        PyErr_SetString(PyExc_ValueError,
-                        "a secret is required to use remote nodes: pass secret=..., or set "
-                        "the PP_SECRET environment variable");
-        goto fail_early;
-    }
-    /* the first workers: forks of this process when that is safe */
+    o->ppservers = m->nodes;
+    return 0;
+}
+
+/* The first workers (forks of this process when that is safe), the
+ * engine, the events thread. */
+static int start(ppc_Server *self, ppc_engine_opts *o)
+{
+    int want_fork = o->nworkers > 0 ? fork_wanted() : 0;
+    if (want_fork < 0)
+        return -1;
     ppc_prestarted *pre = NULL;
-    int want_fork = ncpus > 0 ? fork_wanted() : 0;
-    if (want_fork < 0) {
-        PyMem_Free(nodes);
-        goto fail_early;
-    }
     if (want_fork && count_threads() == 1) {
-        pre = PyMem_Calloc((size_t)ncpus, sizeof *pre);
+        pre = PyMem_Calloc((size_t)o->nworkers, sizeof *pre);
         if (pre)
-            o.nprestarted = fork_workers(ncpus, pre);
-        o.prestarted = pre;
+            o->nprestarted = fork_workers(o->nworkers, pre);
+        o->prestarted = pre;
     }
-    self->forked = o.nprestarted;
+    self->forked = o->nprestarted;
     char err[256] = "";
     ppc_engine *e;
-    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(&o, err, sizeof err);
-    Py_END_ALLOW_THREADS PyMem_Free(nodes);
-    PyMem_Free(pre);
-    PyMem_Free(cenv);
-    Py_DECREF(env);
-    Py_DECREF(argv);
-    Py_DECREF(init);
+    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(o, err, sizeof err);
+    Py_END_ALLOW_THREADS PyMem_Free(pre); /* the engine owns the workers either way */
     if (!e) {
         PyErr_Format(PyExc_OSError, "cannot start the job server: %s", err);
         return -1;
     }
-    self->engine = e;
-    if (0) {
-    fail_early:
-        PyMem_Free(cenv);
-        Py_XDECREF(env);
-        Py_DECREF(argv);
-        Py_DECREF(init);
+    if (adopt_engine(self, e) < 0)
         return -1;
-    }
 
     /* The library's one Python thread: callbacks and log forwarding. */
     PyObject *Thread = ppc_import_attr("threading", "Thread");
     if (!Thread)
         return -1;
-    PyObject *target = PyObject_GetAttrString((PyObject *)self, "_event_loop");
+    PyObject *target = PyCFunction_New(&events_main_def, self->events);
     PyObject *kwargs = target ? Py_BuildValue("{sOsssO}", "target", target, "name", "pp-events",
                                               "daemon", Py_True)
                               : NULL;
@@ -647,8 +739,40 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
     return 0;
 }
 
+static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
+{
+    if (self->engine) {
+        PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
+        return -1;
+    }
+    server_args a;
+    ppc_engine_opts o;
+    opts_mem m = {0};
+    int rc = parse_args(self, args, kw, &a);
+    if (rc == 0)
+        rc = engine_opts(self, &a, &o, &m);
+    if (rc == 0)
+        rc = start(self, &o);
+    opts_mem_free(&m);
+    return rc;
+}
+
+int ppc_server_check_owner(ppc_Server *s)
+{
+    if (s->engine && ppc_engine_foreign(s->engine)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "this pp.Server belongs to process %d; a forked child must make its own "
+                     "Server",
+                     s->owner_pid);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_alive(ppc_Server *self)
 {
+    if (ppc_server_check_owner(self) < 0)
+        return -1;
     if (!self->engine) {
         PyErr_SetString(PyExc_RuntimeError, "Server.__init__ was not called");
         return -1;
@@ -976,6 +1100,8 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
     PyObject *group = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:wait", kwlist, &group))
         return NULL;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (!self->engine)
         Py_RETURN_NONE;
     uint32_t gid = PPC_GROUP_ALL;
@@ -988,7 +1114,7 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
         }
         gid = (uint32_t)PyLong_AsUnsignedLong(v);
     }
-    if (self->event_tid == PyThread_get_thread_ident()) {
+    if (ppc_server_in_callback(self)) {
         /* In a callback: the callback being run is itself pending, and the
          * jobs left may need this thread for theirs. Waiting would never end. */
         int done;
@@ -1012,6 +1138,8 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
 static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     return Py_BuildValue("{sKsKsn}", "arg_holes", (unsigned long long)self->vm_arg_holes,
                          "result_holes", (unsigned long long)self->vm_result_holes, "held",
                          self->vm_held ? PyList_GET_SIZE(self->vm_held) : (Py_ssize_t)0);
@@ -1020,6 +1148,8 @@ static PyObject *Server_data_stats(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_get_ncpus(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (!self->engine)
         return PyLong_FromLong(0);
     return PyLong_FromLong(ppc_engine_get_workers(self->engine));
@@ -1046,6 +1176,8 @@ static PyObject *Server_set_ncpus(ppc_Server *self, PyObject *args, PyObject *kw
 static PyObject *Server_get_active_nodes(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     PyObject *d = PyDict_New();
     if (!d || !self->engine || self->destroyed)
         return d;
@@ -1068,6 +1200,8 @@ static PyObject *Server_get_active_nodes(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_stats(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     PyObject *d = PyDict_New();
     if (!d || !self->engine)
         return d;
@@ -1091,6 +1225,8 @@ static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
     (void)noargs;
     int port = -1, n = 0;
     int64_t idle = 0;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     if (self->engine)
         ppc_engine_server_info(self->engine, &port, &n, &idle);
     return Py_BuildValue("(iid)", port, n, (double)idle / 1000.0);
@@ -1099,12 +1235,16 @@ static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
 static PyObject *Server_active_tasks(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     return PyLong_FromSize_t(self->engine ? ppc_engine_pending(self->engine) : 0);
 }
 
 static PyObject *Server_worker_pids(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
     int pids[1024];
     int n = self->engine ? ppc_engine_worker_pids(self->engine, pids, 1024) : 0;
     PyObject *l = PyList_New(n);
@@ -1125,6 +1265,8 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     if (!self->engine || self->destroyed)
         Py_RETURN_NONE;
     self->destroyed = 1;
+    if (ppc_engine_foreign(self->engine))
+        Py_RETURN_NONE; /* a forked child's copy: the parent's engine is not ours to stop */
     ppc_retchan_close(self->retchan); /* mapped results outlive the workers */
     self->retchan = NULL;
     Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
@@ -1147,108 +1289,6 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
         }
         Py_DECREF(me);
     }
-    Py_RETURN_NONE;
-}
-
-static void log_message(ppc_Server *self, int level, const char *msg)
-{
-    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
-    if (!r)
-        PyErr_WriteUnraisable(self->logger);
-    Py_XDECREF(r);
-}
-
-/* Run one job's callback on the event thread: callback(*callbackargs,
- * result). Errors in the callback are logged, never lost. */
-static void run_callback(ppc_Server *self, ppc_job *j)
-{
-    ppc_Job *jo = (ppc_Job *)j->user;
-    j->user = NULL;
-    if (!jo)
-        return;
-    if (j->status == PPC_JOB_EDESTROYED) {
-        Py_DECREF(jo);
-        return;
-    }
-    if (ppc_job_unpack(jo) < 0) {
-        PyErr_WriteUnraisable((PyObject *)jo);
-        Py_DECREF(jo);
-        return;
-    }
-    PyObject *value = NULL;
-    if (jo->exc && self->raise_exceptions) {
-        PyObject *s = PyObject_Repr(jo->exc);
-        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
-                                          "job %d raised %r; its callback was not called",
-                                          (unsigned long long)j->id, s ? s : Py_None);
-        Py_XDECREF(s);
-        if (!r)
-            PyErr_WriteUnraisable(self->logger);
-        Py_XDECREF(r);
-        Py_DECREF(jo);
-        return;
-    }
-    value = jo->exc ? Py_None : jo->value;
-    Py_ssize_t n = PyTuple_GET_SIZE(jo->callbackargs);
-    PyObject *a = PyTuple_New(n + 1);
-    if (a) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *x = PyTuple_GET_ITEM(jo->callbackargs, i);
-            Py_INCREF(x);
-            PyTuple_SET_ITEM(a, i, x);
-        }
-        Py_INCREF(value);
-        PyTuple_SET_ITEM(a, n, value);
-        PyObject *r = PyObject_Call(jo->callback, a, NULL);
-        Py_DECREF(a);
-        if (r) {
-            Py_DECREF(r);
-        } else {
-            PyObject *t, *exc, *tb;
-            PyErr_Fetch(&t, &exc, &tb);
-            PyErr_NormalizeException(&t, &exc, &tb);
-            if (tb && exc)
-                PyException_SetTraceback(exc, tb);
-            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
-            PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
-                                         exc ? exc : Py_None);
-            PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
-            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
-            if (!rr)
-                PyErr_WriteUnraisable(self->logger);
-            Py_XDECREF(rr);
-            Py_XDECREF(meth);
-            Py_XDECREF(pa);
-            Py_XDECREF(pk);
-            Py_XDECREF(t);
-            Py_XDECREF(exc);
-            Py_XDECREF(tb);
-        }
-    }
-    Py_DECREF(jo);
-}
-
-static PyObject *Server_event_loop(ppc_Server *self, PyObject *noargs)
-{
-    (void)noargs;
-    ppc_engine *e = self->engine;
-    if (!e)
-        Py_RETURN_NONE;
-    Py_INCREF(self);
-    self->event_tid = PyThread_get_thread_ident();
-    for (;;) {
-        ppc_event ev;
-        int kind;
-        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &ev);
-        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
-        if (kind == PPC_EV_LOG) {
-            log_message(self, ev.level, ev.msg);
-        } else if (kind == PPC_EV_JOB) {
-            run_callback(self, ev.job);
-            ppc_engine_callback_done(e, ev.job);
-        }
-    }
-    Py_DECREF(self);
     Py_RETURN_NONE;
 }
 
@@ -1304,18 +1344,25 @@ static int Server_clear(ppc_Server *self)
     return 0;
 }
 
+/* The last reference went: stop as destroy() does (no Job object of it is
+ * left, they hold the Server; no callback is pending, its Job holds it
+ * too), without waiting for the events thread, which may be this thread.
+ * The engine is freed with the events capsule, by whichever of this and
+ * the events thread lets it go last. */
 static void Server_dealloc(ppc_Server *self)
 {
     PyObject_GC_UnTrack(self);
     ppc_retchan_close(self->retchan);
     self->retchan = NULL;
-    if (self->engine) {
+    if (self->engine && !self->destroyed && !ppc_engine_foreign(self->engine)) {
         ppc_engine *e = self->engine;
-        self->engine = NULL;
-        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
+        Py_BEGIN_ALLOW_THREADS ppc_engine_stop(e);
         Py_END_ALLOW_THREADS
     }
+    self->engine = NULL;
+    self->ev = NULL;
     Server_clear(self);
+    Py_CLEAR(self->events);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1345,8 +1392,6 @@ static PyMethodDef Server_methods[] = {
      "Process ids of the live local workers."},
     {"destroy", (PyCFunction)Server_destroy, METH_NOARGS,
      "Stop the workers; pending jobs raise DestroyedServerError."},
-    {"_event_loop", (PyCFunction)Server_event_loop, METH_NOARGS,
-     "Body of the library's event thread (callbacks and log messages)."},
     {NULL, NULL, 0, NULL}};
 
 static PyObject *Server_get_forked(ppc_Server *self, void *closure)

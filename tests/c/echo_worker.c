@@ -19,6 +19,7 @@
  *     init          answer the INIT payload received
  *     hup:<ms>      close fd 4, read up to 4 MB from fd 3, sleep, _exit(0)
  *     gd:<ms>       like hup, but write a malformed frame instead of closing
+ *     late:<ms>     close fds 3 and 4, sleep, _exit(9)
  *     (anything else: exit(71))
  *   EOF on fd 3    -> exit 0
  *
@@ -170,6 +171,11 @@ static void run_job(uint64_t job_id, const uint8_t *payload, size_t len)
         send_result(job_id, t0, fn->data, fn->len);
     } else if (n == 4 && starts(a, n, "init")) {
         send_result(job_id, t0, init_payload, init_len);
+    } else if (starts(a, n, "late:")) {
+        close(3);
+        close(WFD);
+        sleep_ms(parse_num(a + 5, n - 5));
+        _exit(9);
     } else if (starts(a, n, "hup:") || starts(a, n, "gd:")) {
         long ms = parse_num(a + 3 + (a[0] == 'h'), n - 3 - (a[0] == 'h'));
         if (a[0] == 'h') {

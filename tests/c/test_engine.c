@@ -34,6 +34,7 @@ typedef struct eng_cfg {
     uint64_t max_frame;
     const char *arg; /* extra worker argument, or NULL */
     int no_argv;     /* worker_argv = NULL */
+    int no_pidfd;    /* reap by polling */
 } eng_cfg;
 
 static ppc_engine *start(eng_cfg c)
@@ -47,6 +48,7 @@ static ppc_engine *start(eng_cfg c)
     o.init_len = sizeof init_payload - 1;
     o.restart = c.restart;
     o.max_frame = c.max_frame;
+    o.test_no_pidfd = c.no_pidfd;
     o.listen_port = -1; /* a plain client: no listening socket */
     char err[256] = "";
     ppc_engine *e = ppc_engine_new(&o, err, sizeof err);
@@ -349,6 +351,96 @@ TEST(engine_worker_exit_midjob)
 TEST(engine_worker_killed_by_signal)
 {
     worker_death_case("kill", "signal 9");
+}
+
+/* A worker that closes its pipes and exits only later: the engine reaps
+ * it when it exits (pidfd in the loop, or polled on the timer), so the
+ * job's error names the real exit code; the other worker serves on. */
+static void late_exit_case(int no_pidfd)
+{
+    eng_cfg c = {.nworkers = 2, .no_pidfd = no_pidfd};
+    ppc_engine *e = start(c);
+    REQUIRE(e != NULL);
+    ppc_blob *fn = ppc_blob_new(5, "f5", 2);
+    int pids[4];
+    CHECK_EQ_INT(wait_npids(e, 2, WAIT_MS, pids, 4), 2);
+    ppc_job *late = sub(e, fn, "late:300", 0);
+    ppc_job *js[20];
+    for (int i = 0; i < 20; i++)
+        js[i] = sub(e, fn, "echo:x", 0);
+    CHECK_EQ_INT(ppc_engine_wait_group(e, PPC_GROUP_ALL, WAIT_MS), 1);
+    int bad = 0;
+    for (int i = 0; i < 20; i++)
+        bad += !result_is(js[i], "x");
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(late->status, PPC_JOB_EWORKER);
+    CHECK_CONTAINS(late->result, late->result_len, "exit code 9");
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
+    ppc_job_decref(late);
+    decref_all(js, 20);
+    ppc_blob_decref(fn);
+}
+
+TEST(engine_worker_exits_late_reaped_by_pidfd)
+{
+    late_exit_case(0);
+}
+
+TEST(engine_worker_exits_late_reaped_by_polling)
+{
+    late_exit_case(1);
+}
+
+/* A fork of the process while an engine runs: in the child the engine is
+ * foreign (free does nothing) and holds none of its descriptors, so the
+ * parent's workers still see EOF when told to go while the child lives. */
+TEST(engine_fork_child_holds_no_worker_pipes)
+{
+    ppc_engine *e = start_n(2);
+    REQUIRE(e != NULL);
+    int pids[4];
+    CHECK_EQ_INT(wait_npids(e, 2, WAIT_MS, pids, 4), 2);
+    CHECK_EQ_INT(ppc_engine_foreign(e), 0);
+    int hold[2], rep[2];
+    REQUIRE(pipe(hold) == 0 && pipe(rep) == 0);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        close(hold[1]);
+        close(rep[0]);
+        char ok = ppc_engine_foreign(e) ? 'y' : 'n';
+        ppc_engine_free(e); /* must neither hang nor touch the parent's workers */
+        if (write(rep[1], &ok, 1) != 1)
+            _exit(2);
+        char c;
+        while (read(hold[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(hold[0]);
+    close(rep[1]);
+    char ok = 0;
+    CHECK_EQ_INT((int)read(rep[0], &ok, 1), 1);
+    CHECK_EQ_INT(ok, 'y');
+    CHECK_EQ_INT(ppc_engine_set_workers(e, 0), 0);
+    int64_t dl = ctest_now_ms() + WAIT_MS;
+    int alive = 2;
+    while (alive && ctest_now_ms() < dl) {
+        alive = 0;
+        for (int i = 0; i < 2; i++)
+            alive += kill(pids[i], 0) == 0;
+        ctest_sleep_ms(5);
+    }
+    CHECK_EQ_INT(alive, 0); /* exited on EOF and reaped, child still alive */
+    CHECK_EQ_INT(kill(child, 0), 0);
+    close(hold[1]);
+    close(rep[0]);
+    int st = -1;
+    CHECK_EQ_INT((int)waitpid(child, &st, 0), (int)child);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
 }
 
 TEST(engine_worker_garbage_frame)
