@@ -1,6 +1,6 @@
 /* region.c - big objects in shared-memory regions: the allocator wrappers of
  * workers and clients, lending, adoption and fork handling (see region.h). */
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1 /* as pyconfig.h of CPython 3.9/3.10 defines it */
 #include "region.h"
 
 #include <errno.h>
