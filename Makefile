@@ -21,7 +21,7 @@ TEST_DEPS := pytest pytest-timeout numpy pillow
 # warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
 TEST_CFLAGS := -Werror
 
-.PHONY: all venv build demo demo-cluster test test-c test-py test-py-one test-asan \
+.PHONY: all venv build demo demo-cluster test test-c test-py test-py-one test-packaging test-asan \
 	bench clean
 
 all: build
@@ -29,7 +29,7 @@ all: build
 $(STAMP):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q setuptools wheel $(TEST_DEPS)
+	$(VPY) -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
 	touch $@
 
 venv: $(STAMP)
@@ -100,7 +100,7 @@ $(MV)/.ppc-deps:
 	rm -rf $(MV)
 	$(PYV) -m venv $(MV)
 	$(MV)/bin/python -m pip install -q --upgrade pip
-	$(MV)/bin/python -m pip install -q setuptools wheel $(TEST_DEPS)
+	$(MV)/bin/python -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
 	touch $@
 $(MV)/.ppc-ext: $(MV)/.ppc-deps $(SRC) setup.py
 	PPC_EXTRA_CFLAGS="$(TEST_CFLAGS)" $(MV)/bin/python setup.py -q build_ext --inplace --force \
@@ -108,6 +108,10 @@ $(MV)/.ppc-ext: $(MV)/.ppc-deps $(SRC) setup.py
 	touch $@
 test-py-one: $(MV)/.ppc-ext
 	$(MV)/bin/python -m pytest -q -rs -p no:cacheprovider --ignore=tests/test_packaging.py tests
+
+# pip install . and a wheel built from the sdist, each in a fresh venv (once)
+test-packaging: build
+	$(VPY) -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # The extension itself under ASan + UBSan, driven by a subset of pytest.
 test-asan: $(STAMP)
@@ -122,7 +126,7 @@ test-asan: $(STAMP)
 
 -include fuzz/fuzz.mk
 
-test: build test-c test-py test-asan fuzz-smoke
+test: build test-c test-py test-packaging test-asan fuzz-smoke
 
 bench: build
 	bash bench/run.sh

@@ -18,7 +18,8 @@ import weakref
 from . import _ppc
 from ._ppc import DestroyedServerError, RemoteError, RemoteTraceback, WorkerError
 
-__version__ = version = "1.7.0"
+__version__ = "1.7.0"  # the one version string (pyproject.toml reads it)
+version = __version__
 __all__ = ["Server", "Template", "DestroyedServerError", "WorkerError", "RemoteError",
            "RemoteTraceback", "version", "__version__"]
 
