@@ -97,7 +97,9 @@ static PyObject *init_module(const char *name)
         goto fail;
     G.str_default = PyUnicode_InternFromString("default");
     G.empty_tuple = PyTuple_New(0);
-    if (ppc_globals_init() < 0 || !G.str_default || !G.empty_tuple)
+    /* not ppc_globals_init(): the C pickler imports functools and
+     * collections, which `import pp` need not pay for; Server_init loads it */
+    if (!G.str_default || !G.empty_tuple)
         goto fail;
     if (add_exc(m, &G.DestroyedServerError, "DestroyedServerError", PyExc_RuntimeError,
                 "The job server was destroyed: no job can be submitted, and jobs that were "

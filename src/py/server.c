@@ -398,6 +398,8 @@ static int Server_init(ppc_Server *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "Server is already initialized");
         return -1;
     }
+    if (ppc_globals_init() < 0) /* the C pickler: loaded by the first Server, not on import */
+        return -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizp:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &listen, &liveness_o, &announce, &discover_port,
