@@ -1,5 +1,9 @@
 # Makefile - one entry point for everything: a fresh machine needs only
-# `make demo` or `make test`. Everything is installed into .venv here.
+# `make demo` or `make test`. `make build`/`make demo` install into .venv
+# here (the build users run: no -Werror); `make test` also runs the pytest
+# suite on every CPython 3.9-3.13 it finds (pyenv's, else python3.X on
+# PATH), each in its own build/venv-3.X with the extension built with
+# -Werror, and says which it skipped and why.
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -10,15 +14,22 @@ CC ?= cc
 CWARN := -std=c11 -Wall -Wextra -Werror
 CTEST_SRC := $(wildcard tests/c/test_*.c)
 CORE_SRC := $(wildcard src/core/*.c)
+# the interpreters `make test` runs the pytest suite on, and what they need
+PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
+PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
+TEST_DEPS := pytest pytest-timeout numpy pillow
+# warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
+TEST_CFLAGS := -Werror
 
-.PHONY: all venv build demo demo-cluster test test-c test-py test-asan bench clean
+.PHONY: all venv build demo demo-cluster test test-c test-py test-py-one test-packaging test-asan \
+	bench clean
 
 all: build
 
 $(STAMP):
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q setuptools wheel pytest pytest-timeout pillow numpy
+	$(VPY) -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
 	touch $@
 
 venv: $(STAMP)
@@ -57,13 +68,55 @@ test-c: build/ctest/echo_worker $(patsubst tests/c/%.c,build/ctest/%,$(CTEST_SRC
 	  echo "== $$t (asan+ubsan)"; ASAN_OPTIONS=detect_leaks=1 PPC_ECHO_WORKER=build/ctest/echo_worker $$t-asan; \
 	done
 
-test-py: build
-	$(VPY) -m pytest -q -p no:cacheprovider tests
+# The pytest suite on each interpreter of PYVERSIONS found; one that is
+# missing, or lacks Python.h or venv, is skipped and named. Every one found
+# runs even when an earlier one fails; the run fails if any did.
+test-py:
+	@ran=""; skipped=""; failed=""; \
+	for v in $(PYVERSIONS); do \
+	  py=""; \
+	  for c in $(PYENV_ROOT)/versions/$$v.[0-9]*/bin/python3 $$(command -v python$$v); do \
+	    case $$c in *t/bin/python3) continue;; esac; \
+	    if [ -x "$$c" ]; then py=$$c; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then skipped="$$skipped $$v (not found in $(PYENV_ROOT)/versions nor as python$$v);"; continue; fi; \
+	  if ! $$py -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	    skipped="$$skipped $$v ($$py has no Python.h: install python$$v-dev);"; continue; fi; \
+	  if ! $$py -c 'import venv, ensurepip' 2>/dev/null; then \
+	    skipped="$$skipped $$v ($$py has no venv/ensurepip: install python$$v-venv);"; continue; fi; \
+	  echo "== pytest on CPython $$v ($$py)"; t0=$$(date +%s); \
+	  if $(MAKE) --no-print-directory test-py-one V=$$v PYV=$$py; then \
+	    ran="$$ran $$v ($$(( $$(date +%s) - t0 )) s)"; \
+	  else failed="$$failed $$v"; fi; \
+	done; \
+	echo "== pytest ran on:$${ran:- none}"; \
+	echo "== pytest skipped:$${skipped:- none}"; \
+	if [ -n "$$failed" ]; then echo "== pytest FAILED on:$$failed"; exit 1; fi; \
+	if [ -z "$$ran" ]; then echo "== no CPython of $(PYVERSIONS) found"; exit 1; fi
+
+# One interpreter: make test-py-one V=3.12 PYV=/path/to/python3.12
+MV := build/venv-$(V)
+$(MV)/.ppc-deps:
+	rm -rf $(MV)
+	$(PYV) -m venv $(MV)
+	$(MV)/bin/python -m pip install -q --upgrade pip
+	$(MV)/bin/python -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
+	touch $@
+$(MV)/.ppc-ext: $(MV)/.ppc-deps $(SRC) setup.py
+	PPC_EXTRA_CFLAGS="$(TEST_CFLAGS)" $(MV)/bin/python setup.py -q build_ext --inplace --force \
+	  --build-temp $(MV)/tmp
+	touch $@
+test-py-one: $(MV)/.ppc-ext
+	$(MV)/bin/python -m pytest -q -rs -p no:cacheprovider --ignore=tests/test_packaging.py tests
+
+# pip install . and a wheel built from the sdist, each in a fresh venv (once)
+test-packaging: build
+	$(VPY) -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # The extension itself under ASan + UBSan, driven by a subset of pytest.
 test-asan: $(STAMP)
 	rm -rf build/asan && mkdir -p build/asan
-	PPC_EXTRA_CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	PPC_EXTRA_CFLAGS="$(TEST_CFLAGS) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	PPC_EXTRA_LDFLAGS="-fsanitize=address,undefined" \
 	  $(VPY) setup.py -q build_ext --build-lib build/asan --build-temp build/asan/tmp
 	cp -r pp/*.py build/asan/pp/
@@ -73,10 +126,10 @@ test-asan: $(STAMP)
 
 -include fuzz/fuzz.mk
 
-test: build test-c test-py test-asan fuzz-smoke
+test: build test-c test-py test-packaging test-asan fuzz-smoke
 
 bench: build
 	bash bench/run.sh
 
 clean:
-	rm -rf build pp/_ppc*.so *.egg-info
+	rm -rf build dist pp/_ppc*.so *.egg-info

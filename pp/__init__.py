@@ -6,23 +6,31 @@
 ``print_stats``, ``destroy`` and ``DestroyedServerError``. The scheduler,
 queues, pipes, worker loop and statistics are C (module ``pp._ppc``); this
 file only names things and formats the statistics table.
+
+Importing pp is kept cheap: modules that only some calls need (logging, ast,
+weakref, pickle) are imported by those calls, not here. The ``pp`` logger
+(``pp.logger``, or ``logging.getLogger("pp")``) is the one a Server logs to.
 """
-import ast
 import atexit
-import logging
 import os
-import pickle
 import time
-import weakref
 
 from . import _ppc
 from ._ppc import DestroyedServerError, RemoteError, RemoteTraceback, WorkerError
 
-__version__ = version = "1.7.0"
+__version__ = "1.7.0"  # the one version string (pyproject.toml reads it)
+version = __version__
 __all__ = ["Server", "Template", "DestroyedServerError", "WorkerError", "RemoteError",
            "RemoteTraceback", "version", "__version__"]
 
-logger = logging.getLogger("pp")
+
+
+def __getattr__(name):
+    # pp.logger, made on first use so that `import pp` does not import logging
+    if name == "logger":
+        import logging
+        return logging.getLogger("pp")
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 class Statistics(object):
@@ -42,6 +50,7 @@ def _user_secret():
     env = os.environ.get("PP_SECRET")
     if env:
         return env
+    import ast
     rc = os.path.expanduser("~/.pythonrc.py")
     try:
         with open(rc) as f:
@@ -95,8 +104,11 @@ class Server(_ppc.Server):
     default_secret = None
 
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
-                 proto=pickle.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
+                 proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
                  **node_options):
+        import logging
+        import weakref
+        logger = logging.getLogger("pp")
         logger.debug("Creating server instance (pp-%s)", __version__)
         if secret is None and (ppservers or node_options.get("_listen")):
             secret = _user_secret()

@@ -415,7 +415,9 @@ ppc_worker *ppc_pool_pick(ppc_pool *p, size_t qlen)
 {
     ppc_worker *best = NULL;
     for (ppc_worker *w = p->workers; w; w = w->next) {
-        if (w->retiring || w->fd_w < 0)
+        /* not before its INIT reply: jobs it took before our VMOK reached
+         * it would not leave holes in their results */
+        if (w->retiring || w->fd_w < 0 || !w->ready)
             continue;
         if (w->inflight >= depth_limit(p, w, qlen))
             continue;

@@ -16,6 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* PyFloat_Pack8/Unpack8 are public since 3.11; 3.9 and 3.10 export the same
+ * functions with a leading underscore and unsigned char pointers. */
+#if PY_VERSION_HEX < 0x030B0000
+#define PyFloat_Pack8(d, p, le) _PyFloat_Pack8((d), (unsigned char *)(p), (le))
+#define PyFloat_Unpack8(p, le) _PyFloat_Unpack8((const unsigned char *)(p), (le))
+#endif
+
 #define OP_MARK '('
 #define OP_STOP '.'
 #define OP_BININT 'J'

@@ -49,6 +49,20 @@ static struct PyModuleDef module_def = {
     "The C engine of pp: job server, worker loop and function shipping.", -1, module_methods,
     NULL, NULL, NULL, NULL};
 
+/* The module relies on the GIL (globals, the objects the engine thread
+ * hands back): say so, and a free-threaded CPython 3.13+ keeps the GIL on
+ * while it is imported. Single-phase init: PyUnstable_Module_SetGIL, which
+ * exists on free-threaded builds only. */
+static int declare_gil_used(PyObject *m)
+{
+#if PY_VERSION_HEX >= 0x030D0000 && defined(Py_GIL_DISABLED)
+    return PyUnstable_Module_SetGIL(m, Py_MOD_GIL_USED);
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
 static int add_exc(PyObject *m, PyObject **slot, const char *name, PyObject *base, const char *doc)
 {
     char full[128];
@@ -70,9 +84,13 @@ static PyObject *init_module(const char *name)
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
+    if (declare_gil_used(m) < 0)
+        goto fail;
     G.str_default = PyUnicode_InternFromString("default");
     G.empty_tuple = PyTuple_New(0);
-    if (ppc_globals_init() < 0 || !G.str_default || !G.empty_tuple)
+    /* not ppc_globals_init(): the C pickler imports functools and
+     * collections, which `import pp` need not pay for; Server_init loads it */
+    if (!G.str_default || !G.empty_tuple)
         goto fail;
     if (add_exc(m, &G.DestroyedServerError, "DestroyedServerError", PyExc_RuntimeError,
                 "The job server was destroyed: no job can be submitted, and jobs that were "

@@ -526,6 +526,8 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
         PyErr_SetString(PyExc_TypeError, "_test must be a dict");
         return -1;
     }
+    if (ppc_globals_init() < 0) /* the C pickler: loaded by the first Server, not on import */
+        return -1;
     if (test != Py_None)
         Py_INCREF(test);
     Py_XSETREF(self->test, test != Py_None ? test : NULL);
