@@ -1,7 +1,9 @@
 # bench/cases/echo.py - case 3: 4 x 64 MB payloads echoed through workers
 # (def echo(x): return x). --case echo_bytes uses bytes objects, echo_numpy
-# float64 arrays. After the pool is made and warmed, 4 jobs are submitted,
-# then all results taken; reported as payload MB moved one way per second
+# float64 arrays; echo_numpy_new float64 arrays and a job that returns a new
+# array (def plus1(x): return x + 1), so a result that is its own argument
+# is never the only numpy figure. After the pool is made and warmed, 4 jobs
+# are submitted, then all results taken; reported as payload MB moved one way per second
 # (4 * 64 MB / time from first submit to last result).
 #
 # Implementations: mp (multiprocessing.Pool.apply_async), ppe
@@ -189,6 +191,10 @@ def echo(x):
     return x
 
 
+def plus1(x):
+    return x + 1
+
+
 def make_payloads(kind, n, size):
     if kind == "echo_bytes":
         return [os.urandom(size) for _ in range(n)]
@@ -200,7 +206,8 @@ def same(kind, a, b):
     if kind == "echo_bytes":
         return a == b
     import numpy as np
-    return isinstance(b, np.ndarray) and b.dtype == a.dtype and np.array_equal(a, b)
+    want = a + 1 if kind == "echo_numpy_new" else a
+    return isinstance(b, np.ndarray) and b.dtype == a.dtype and np.array_equal(want, b)
 
 
 def main(args):
@@ -210,12 +217,13 @@ def main(args):
     nproc = common.ncpus()
     common.PHASE[0] = "make payloads"
     payloads = make_payloads(kind, n, mb * 1024 * 1024)
+    job = plus1 if kind == "echo_numpy_new" else echo
     extra = {}
     if impl in ("limit", "limit_novm"):
         common.PHASE[0] = "run"
-        if kind == "echo_numpy":
-            if impl != "limit":
-                raise ValueError("echo_numpy has no %s row" % impl)
+        if kind != "echo_bytes":
+            if impl != "limit" or kind != "echo_numpy":
+                raise ValueError("%s has no %s row" % (kind, impl))
             t, out = limit_numpy(payloads, nproc)
         else:
             t = limit_bytes(payloads, nproc, refused=impl == "limit_novm")
@@ -223,7 +231,7 @@ def main(args):
     elif impl == "serial":
         common.PHASE[0] = "run"
         t0 = common.now()
-        out = [pickle.loads(pickle.dumps(p, protocol=5)) for p in payloads]
+        out = [pickle.loads(pickle.dumps(job(p), protocol=5)) for p in payloads]
         t = common.now() - t0
     elif impl == "mp":
         import multiprocessing
@@ -232,7 +240,7 @@ def main(args):
         pool.apply_async(echo, (1,)).get()
         common.PHASE[0] = "run"
         t0 = common.now()
-        jobs = [pool.apply_async(echo, (p,)) for p in payloads]
+        jobs = [pool.apply_async(job, (p,)) for p in payloads]
         out = [j.get() for j in jobs]
         t = common.now() - t0
     elif impl == "ppe":
@@ -243,7 +251,7 @@ def main(args):
         [f.result() for f in [ex.submit(echo, i) for i in range(nproc)]]
         common.PHASE[0] = "run"
         t0 = common.now()
-        jobs = [ex.submit(echo, p) for p in payloads]
+        jobs = [ex.submit(job, p) for p in payloads]
         out = [j.result() for j in jobs]
         t = common.now() - t0
     elif impl == "ray":
@@ -251,7 +259,7 @@ def main(args):
         common.PHASE[0] = "ray.init"
         ray.init(num_cpus=nproc, object_store_memory=RAY_STORE_MB * 2**20,
                  include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        echo_r = ray.remote(echo)
+        echo_r = ray.remote(job)
         ray.get([echo_r.remote(i) for i in range(nproc)])
         extra["ray_version"] = ray.__version__
         common.PHASE[0] = "run"
@@ -264,10 +272,10 @@ def main(args):
         extra.update(common.pp_info(pp))
         common.PHASE[0] = "pp.Server()"
         job_server = pp.Server()
-        job_server.submit(echo, (1,))()
+        job_server.submit(job, (1,))()
         common.PHASE[0] = "run"
         t0 = common.now()
-        jobs = [job_server.submit(echo, (p,)) for p in payloads]
+        jobs = [job_server.submit(job, (p,)) for p in payloads]
         out = [j() for j in jobs]
         t = common.now() - t0
     common.PHASE[0] = "verify"

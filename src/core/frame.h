@@ -59,13 +59,19 @@ enum ppc_frame_type {
  * VM (with SHM): the blob has holes to fill from its owner's memory, and a
  *   gap table after it (vm.h);
  * NOVM (RESULT): the worker cannot read the client's memory; the job did not
- *   run and must be sent again with its holes filled. */
+ *   run and must be sent again with its holes filled;
+ * INARG (JOB, with SHM): the result may lie in this argument segment (a local
+ *   client, no holes); (RESULT) it does: the result is an OOB blob whose
+ *   buffer table gives offsets in the job's argument segment, not in the
+ *   blob; the client keeps that segment for the result (PPC_AUX_PINNED: and
+ *   never reuses it). The worker no longer maps it writable. */
 #define PPC_AUX_OOB 1u
 #define PPC_AUX_SHM 2u
 #define PPC_AUX_PINNED 4u
 #define PPC_AUX_NOSHM 8u
 #define PPC_AUX_VM 16u
 #define PPC_AUX_NOVM 32u
+#define PPC_AUX_INARG 64u
 #define PPC_AUX_SHM_DROP 1u /* SHMRET only */
 
 typedef struct ppc_frame {

@@ -60,6 +60,7 @@ void ppc_job_decref(ppc_job *j)
     if (j && atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) == 1) {
         ppc_blob_decref(j->fn);
         ppc_shm_free(j->args_seg);
+        ppc_shm_free(j->result_seg);
         free(j->result);
         free(j);
     }

@@ -60,7 +60,9 @@ typedef struct ppc_job {
     void *user;         /* caller's pointer, never touched by the engine */
     ppc_shm_seg *args_seg; /* args in a segment (args_len is then 0) */
     uint16_t args_aux;     /* PPC_AUX_OOB: args[] is an OOB blob */
-    uint16_t result_aux;   /* PPC_AUX_OOB / PPC_AUX_SHM: form of the result's pickle */
+    uint16_t result_aux;   /* PPC_AUX_OOB / PPC_AUX_SHM / PPC_AUX_INARG: form of the result */
+    uint8_t result_seg_pinned; /* result_seg must not be reused */
+    ppc_shm_seg *result_seg;   /* PPC_AUX_INARG: the argument segment holding the result */
     uint8_t *result;    /* malloc'd; result payload or error text */
     size_t result_len;
     size_t args_len;

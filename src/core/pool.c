@@ -449,7 +449,7 @@ int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j)
         ppc_shm_ref r = {(uint32_t)getpid(), (uint32_t)j->args_seg->fd, j->args_seg->id,
                          j->args_seg->used};
         ppc_shm_ref_put(pre + 8, &r);
-        uint16_t aux = PPC_AUX_SHM | (j->args_seg->ngaps ? PPC_AUX_VM : 0);
+        uint16_t aux = PPC_AUX_SHM | (j->args_seg->ngaps ? PPC_AUX_VM : j->origin ? 0 : PPC_AUX_INARG);
         /* extra: the number of holes, so the table's extent is known before mapping */
         rc = ppc_frame_put(&w->out, PPC_F_JOB, 0, aux, j->args_seg->ngaps, j->id, pre, sizeof pre,
                            NULL, 0);
@@ -662,6 +662,17 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         return 0;
     }
     j->exec_ns = exec_ns;
+    if (f->aux & PPC_AUX_INARG) {
+        /* the result lies in the argument segment, which we offered (a
+         * local job without holes): the job keeps it for the result; no
+         * worker keeps a mapping (pyjob.c checks the offsets) */
+        if (!j->args_seg || j->args_seg->ngaps || j->origin || (f->aux & PPC_AUX_SHM))
+            return -1;
+        j->result_seg = j->args_seg;
+        j->result_seg_pinned = (f->aux & PPC_AUX_PINNED) != 0;
+        j->args_seg = NULL;
+        broadcast_drop(p, &j->result_seg->id, 1);
+    }
     if (j->args_seg)
         ppc_pool_args_done(p, j, (f->aux & PPC_AUX_PINNED) != 0);
     if ((f->aux & PPC_AUX_SHM) && j->origin) {
@@ -673,7 +684,7 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     } else {
         memcpy(j->result, body, n);
         j->result_len = n;
-        j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM | PPC_AUX_VM);
+        j->result_aux = f->aux & (PPC_AUX_OOB | PPC_AUX_SHM | PPC_AUX_VM | PPC_AUX_INARG);
         j->status = PPC_JOB_OK;
         if (f->aux & PPC_AUX_SHM)
             w->lent++; /* the result lives in the worker until the client reads it */

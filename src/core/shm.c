@@ -69,6 +69,28 @@ int ppc_shm_reserve(ppc_shm_seg *s, size_t need)
     return 0;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL */
+#endif
+
+void ppc_shm_prefault(ppc_shm_seg *s, size_t off, size_t len)
+{
+    if (off > s->cap || len > s->cap - off)
+        return;
+    size_t end = off + len, from = off > s->backed ? off : s->backed;
+    if (end <= from)
+        return;
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    size_t lo = from / pg * pg, hi = (end + pg - 1) / pg * pg;
+    if (hi > s->cap)
+        hi = s->cap;
+    /* fallocate gives the pages, POPULATE_WRITE maps them in one go */
+    int ok = fallocate(s->fd, FALLOC_FL_KEEP_SIZE, (off_t)lo, (off_t)(hi - lo)) == 0;
+    ok = madvise(s->map + lo, hi - lo, MADV_POPULATE_WRITE) == 0 || ok;
+    if (ok && off <= s->backed)
+        s->backed = end;
+}
+
 void ppc_shm_free(ppc_shm_seg *s)
 {
     if (!s)

@@ -37,6 +37,7 @@ typedef struct ppc_shm_seg {
     size_t cap;  /* file size and mapping length */
     size_t used; /* bytes of the blob it holds */
     uint32_t ngaps; /* holes in the blob, filled from their owner's memory (vm.h) */
+    size_t backed;  /* bytes from 0 known to have pages (ppc_shm_prefault) */
 } ppc_shm_seg;
 
 /* A new segment of at least min_cap bytes (rounded up), or NULL. */
@@ -44,6 +45,12 @@ ppc_shm_seg *ppc_shm_create(size_t min_cap, uint64_t id);
 /* Grow to at least need bytes, keeping the contents. 0 or -1. */
 int ppc_shm_reserve(ppc_shm_seg *s, size_t need);
 void ppc_shm_free(ppc_shm_seg *s);
+/* Give [off, off+len) its pages before a big copy into it: on a virtual
+ * machine faulting fresh shared pages in one by one costs more than the
+ * copy; fallocate and one madvise(MADV_POPULATE_WRITE) are cheaper. Ranges
+ * below s->backed (a reused segment) are skipped. A hint only: where the
+ * kernel refuses, the copy faults the pages in. */
+void ppc_shm_prefault(ppc_shm_seg *s, size_t off, size_t len);
 
 /* Map a peer's segment: /proc/<pid>/fd/<fd>, whose file must hold at least
  * need bytes. Returns the mapping (length in *maplen) or NULL with errno

@@ -123,6 +123,9 @@ PyObject *ppc_ship_install(PyObject *ns, const uint8_t *blob, size_t n);
 typedef struct ppc_retchan {
     Py_ssize_t refs;
     void (*give_back)(void *ctx, int pid, uint64_t seg_id, int drop);
+    /* a segment of our own that held a result (PPC_AUX_INARG), back to the
+     * engine's pool; NULL: freed instead */
+    void (*give_seg)(void *ctx, ppc_shm_seg *seg);
     void *ctx;
 } ppc_retchan;
 /* NULL: out of memory (error set) */
@@ -144,6 +147,9 @@ typedef struct {
     uint64_t ret_id;
     long maker;          /* the process that mapped it */
     unsigned long forks; /* forks of that process before it mapped it */
+    /* or one of our own argument segments holding the result (ppc_shmmap_own) */
+    ppc_shm_seg *seg;
+    int seg_pinned;
 } ppc_ShmMap;
 extern PyTypeObject ppc_ShmMapType;
 ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
@@ -152,6 +158,11 @@ ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned);
  * through c, or is dropped (never reused) when this process has forked
  * since, its child still mapping it; nothing is sent from a child. */
 void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id);
+/* m maps seg, our own argument segment that holds a job's result: m owns
+ * seg, which goes back to the engine's pool through c when m dies, or is
+ * freed (never reused) when pinned (a worker still views it), when this
+ * process has forked since, or when c is closed. */
+void ppc_shmmap_own(ppc_ShmMap *m, ppc_retchan *c, ppc_shm_seg *seg, int pinned);
 
 /* segwrite.c: the segment writer */
 /* Pickle obj into seg as an OOB blob (seg->used set). Blob size or -1.

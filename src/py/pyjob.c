@@ -7,6 +7,7 @@
 #include "ppc_py.h"
 #include "../core/frame.h"
 #include <string.h>
+#include <sys/mman.h>
 
 
 #define WAIT_SLICE_MS 50
@@ -129,6 +130,91 @@ static void give_back(void *engine, int pid, uint64_t seg_id, int drop)
     ppc_engine_shm_return((ppc_engine *)engine, pid, seg_id, drop);
 }
 
+static void give_seg(void *engine, ppc_shm_seg *seg)
+{
+    ppc_engine_shm_put((ppc_engine *)engine, seg);
+}
+
+/* A result lying in the job's own argument segment (PPC_AUX_INARG: the
+ * function returned its argument or part of it): the engine kept that
+ * segment for it. It is mapped copy-on-write from our own memfd and the
+ * result's buffers are views of that mapping: writable, never written
+ * back; the segment goes back to our pool when the mapping dies. The
+ * worker's blob (private memory here) is checked whole: its stream, and
+ * every buffer inside the argument blob the segment holds. */
+static PyObject *load_inarg_result(ppc_Job *self, const ppc_result *res)
+{
+    ppc_job *j = self->job;
+    ppc_shm_seg *seg = j->result_seg;
+    const uint8_t *p = res->data;
+    size_t n = res->datalen;
+    uint64_t sl = 0;
+    uint32_t nb = 0;
+    int ok = seg && n >= PPC_OOB_TRAILER && ppc_get_u32(p + n - 4) == PPC_OOB_MAGIC;
+    if (ok) {
+        sl = ppc_get_u64(p + n - PPC_OOB_TRAILER);
+        nb = ppc_get_u32(p + n - 8);
+        ok = nb >= 1 && nb <= (n - PPC_OOB_TRAILER) / 16 &&
+             sl == n - PPC_OOB_TRAILER - (size_t)nb * 16;
+    }
+    for (uint32_t i = 0; ok && i < nb; i++) {
+        uint64_t off = ppc_get_u64(p + sl + (size_t)i * 16);
+        uint64_t len = ppc_get_u64(p + sl + (size_t)i * 16 + 8);
+        ok = off <= seg->used && len <= seg->used - off;
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "malformed result in the argument segment");
+        return NULL;
+    }
+    ppc_Server *s = self->server;
+    if (s && !s->destroyed && s->engine && !ppc_engine_foreign(s->engine) && !s->retchan &&
+        !(s->retchan = ppc_retchan_new(give_back, s->engine)))
+        return NULL;
+    ppc_retchan *c = s && !s->destroyed ? s->retchan : NULL;
+    if (c)
+        c->give_seg = give_seg;
+    void *m = mmap(NULL, seg->cap, PROT_READ | PROT_WRITE, MAP_PRIVATE, seg->fd, 0);
+    if (m == MAP_FAILED)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    ppc_ShmMap *map = ppc_shmmap_new(m, seg->cap, 0, 1);
+    if (!map)
+        return NULL;
+    ppc_shmmap_own(map, c, seg, j->result_seg_pinned);
+    j->result_seg = NULL; /* the mapping has it now */
+    PyObject *base = PyMemoryView_FromObject((PyObject *)map);
+    Py_DECREF(map);
+    if (!base)
+        return NULL;
+    PyObject *bufs = PyList_New(nb), *obj = NULL;
+    for (uint32_t i = 0; bufs && i < nb; i++) {
+        Py_ssize_t off = (Py_ssize_t)ppc_get_u64(p + sl + (size_t)i * 16);
+        Py_ssize_t len = (Py_ssize_t)ppc_get_u64(p + sl + (size_t)i * 16 + 8);
+        PyObject *start = PyLong_FromSsize_t(off), *stop = PyLong_FromSsize_t(off + len);
+        PyObject *slice = start && stop ? PySlice_New(start, stop, NULL) : NULL;
+        PyObject *b = slice ? PyObject_GetItem(base, slice) : NULL;
+        Py_XDECREF(start);
+        Py_XDECREF(stop);
+        Py_XDECREF(slice);
+        if (!b) {
+            Py_CLEAR(bufs);
+            break;
+        }
+        PyList_SET_ITEM(bufs, i, b);
+    }
+    Py_DECREF(base);
+    if (bufs) {
+        PyObject *stream = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)sl, PyBUF_READ);
+        PyObject *kw = stream ? Py_BuildValue("{sO}", "buffers", bufs) : NULL;
+        PyObject *a = kw ? PyTuple_Pack(1, stream) : NULL;
+        obj = a ? PyObject_Call(G.pickle_loads, a, kw) : NULL;
+        Py_XDECREF(a);
+        Py_XDECREF(kw);
+        Py_XDECREF(stream);
+        Py_DECREF(bufs);
+    }
+    return obj;
+}
+
 static int is_worker_pid(ppc_Server *s, int pid)
 {
     int pids[1024];
@@ -221,7 +307,9 @@ int ppc_job_unpack(ppc_Job *self)
     if (res.outlen && print_output((const char *)res.out, res.outlen) < 0)
         return -1;
     PyObject *obj = NULL;
-    if (j->result_aux & PPC_AUX_SHM) {
+    if (j->result_aux & PPC_AUX_INARG) {
+        obj = load_inarg_result(self, &res);
+    } else if (j->result_aux & PPC_AUX_SHM) {
         obj = load_shm_result(self, &res, (j->result_aux & PPC_AUX_VM) != 0);
         if (obj && (j->result_aux & PPC_AUX_VM))
             self->server->vm_result_holes++;

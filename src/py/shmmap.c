@@ -5,7 +5,9 @@
  * result mapping also gives its segment back to the worker then, through
  * the Server's ppc_retchan; a fork since it was made turns that into a drop
  * (the child still maps it), which a pthread_atfork handler that only
- * counts forks tells. */
+ * counts forks tells. A result lying in one of the client's own argument
+ * segments (PPC_AUX_INARG) is a copy-on-write mapping of that segment,
+ * which goes back to the engine's pool the same way. */
 #include "ppc_py.h"
 #include <pthread.h>
 #include <stdatomic.h>
@@ -58,6 +60,7 @@ ppc_retchan *ppc_retchan_new(void (*give_back)(void *, int, uint64_t, int), void
     }
     c->refs = 1;
     c->give_back = give_back;
+    c->give_seg = NULL;
     c->ctx = ctx;
     return c;
 }
@@ -73,6 +76,7 @@ void ppc_retchan_close(ppc_retchan *c)
     if (!c)
         return;
     c->give_back = NULL;
+    c->give_seg = NULL;
     retchan_decref(c);
 }
 
@@ -87,12 +91,32 @@ void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id)
     m->forks = atomic_load(&forks);
 }
 
+void ppc_shmmap_own(ppc_ShmMap *m, ppc_retchan *c, ppc_shm_seg *seg, int pinned)
+{
+    pthread_once(&forks_once, count_forks_from_now);
+    if (c)
+        c->refs++;
+    m->ret = c;
+    m->seg = seg;
+    m->seg_pinned = pinned;
+    m->maker = (long)getpid();
+    m->forks = atomic_load(&forks);
+}
+
 static void ShmMap_dealloc(ppc_ShmMap *self)
 {
     if (self->addr && self->owned)
         munmap(self->addr, self->len);
     ppc_retchan *c = self->ret;
-    if (c && c->give_back && (long)getpid() == self->maker)
+    int same = (long)getpid() == self->maker && atomic_load(&forks) == self->forks;
+    if (self->seg) {
+        /* a fork's child maps it too (and a forked child's copy of the
+         * struct is its own): never reused then */
+        if (c && c->give_seg && same && !self->seg_pinned)
+            c->give_seg(c->ctx, self->seg);
+        else
+            ppc_shm_free(self->seg);
+    } else if (c && c->give_back && (long)getpid() == self->maker)
         c->give_back(c->ctx, self->ret_pid, self->ret_id, atomic_load(&forks) != self->forks);
     retchan_decref(c);
     PyObject_Free(self);
@@ -131,5 +155,7 @@ ppc_ShmMap *ppc_shmmap_new(void *addr, size_t len, int readonly, int owned)
     m->ret_id = 0;
     m->maker = 0;
     m->forks = 0;
+    m->seg = NULL;
+    m->seg_pinned = 0;
     return m;
 }

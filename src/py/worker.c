@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -402,6 +405,101 @@ static int encode_result(wstate *w, PyObject *res, ppc_fastbuf *fb, size_t *fn,
     return 0;
 }
 
+static int in_map(const ppc_ShmMap *m, const void *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)m->addr;
+    return a >= lo && a - lo <= m->len && n <= m->len - (a - lo);
+}
+
+/* The result lies in the job's argument segment m (the function returned its
+ * argument, a slice of it, or changed it in place and returned it): then it
+ * is not copied. *pick becomes an OOB blob without buffer data whose table
+ * gives offsets in the segment (PPC_AUX_INARG); the client maps the segment
+ * for the result. 1 when taken, 0 when the result is not of that kind, -1
+ * with an error set. */
+static int encode_inarg(wstate *w, PyObject *res, ppc_ShmMap *m, PyObject **pick)
+{
+    const uint8_t *lo = m->addr;
+    Py_buffer v;
+    /* a cheap first look: the result itself exports a buffer inside m */
+    if (w->proto < 5 || !PyObject_CheckBuffer(res))
+        return 0;
+    if (PyObject_GetBuffer(res, &v, PyBUF_ANY_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int inside = (size_t)v.len >= PPC_SHM_MIN_BYTES && in_map(m, v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    if (!inside)
+        return 0;
+    PyObject *bufs = PyList_New(0), *append = NULL, *kw = NULL, *a = NULL, *stream = NULL;
+    uint64_t *offs = NULL, *lens = NULL;
+    int rc = -1;
+    if (!bufs || !(append = PyObject_GetAttrString(bufs, "append")) ||
+        !(kw = Py_BuildValue("{sO}", "buffer_callback", append)) ||
+        !(a = Py_BuildValue("(OO)", res, w->proto_obj)) ||
+        !(stream = PyObject_Call(G.pickle_dumps, a, kw)))
+        goto out;
+    Py_ssize_t nb = PyList_GET_SIZE(bufs);
+    rc = 0;
+    if (nb < 1 || nb > 1024)
+        goto out;
+    offs = PyMem_Calloc((size_t)nb, sizeof *offs);
+    lens = PyMem_Calloc((size_t)nb, sizeof *lens);
+    if (!offs || !lens) {
+        PyErr_NoMemory();
+        rc = -1;
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, i), &v, PyBUF_ANY_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            goto out;
+        }
+        const uint8_t *b = v.buf;
+        size_t n = (size_t)v.len;
+        PyBuffer_Release(&v);
+        if (!in_map(m, b, n))
+            goto out; /* a buffer of its own: the usual way */
+        offs[i] = (uint64_t)(b - lo);
+        lens[i] = n;
+    }
+    size_t sl = (size_t)PyBytes_GET_SIZE(stream);
+    if (!(*pick = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sl + ppc_oob_tail_len((uint32_t)nb))))) {
+        rc = -1;
+        goto out;
+    }
+    memcpy(PyBytes_AS_STRING(*pick), PyBytes_AS_STRING(stream), sl);
+    ppc_oob_finish((uint8_t *)PyBytes_AS_STRING(*pick), sl, sl, (uint32_t)nb, offs, lens);
+    rc = 1;
+out:
+    PyMem_Free(offs);
+    PyMem_Free(lens);
+    Py_XDECREF(stream);
+    Py_XDECREF(a);
+    Py_XDECREF(kw);
+    Py_XDECREF(append);
+    Py_XDECREF(bufs);
+    return rc;
+}
+
+/* After a result in the argument segment: nothing here may write into the
+ * segment again, since the client's result reads it. When something still
+ * views our mapping (a global keeping the argument), the mapping becomes a
+ * private copy-on-write one at the same address, so a later write stays
+ * here. 0, or -1 (the mapping may be gone: the worker cannot go on). */
+static int inarg_seal(ppc_ShmMap *m, const ppc_shm_ref *r)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)r->pid, (int)r->fd);
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return -1;
+    void *p = mmap(m->addr, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, f, 0);
+    close(f);
+    return p == m->addr ? 0 : -1;
+}
+
 static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *out,
                       const char *data, size_t len, uint16_t aux, ppc_shm_seg *seg)
 {
@@ -466,6 +564,7 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
     if (n < 8)
         return -1;
     ppc_ShmMap *argmap = NULL;
+    ppc_shm_ref r = {0, 0, 0, 0};
     ppc_shm_seg *rseg = NULL;
     uint16_t raux = 0;
     ppc_fastbuf fb; /* a result written by hand */
@@ -499,7 +598,6 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
     } else {
         PyObject *args = NULL;
         if (aux & PPC_AUX_SHM) {
-            ppc_shm_ref r;
             uint32_t holes = (aux & PPC_AUX_VM) ? extra : 0;
             if (n != 8 + PPC_SHM_REF_LEN || ((aux & PPC_AUX_VM) && (!holes || holes > PPC_VM_MAX_GAPS)))
                 return -1;
@@ -537,7 +635,12 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
             Py_DECREF(args);
         }
         if (res) {
-            if (encode_result(w, res, &fb, &fn, &rseg, &pick) < 0)
+            int in = (aux & PPC_AUX_INARG) && argmap && w->lend && !(aux & PPC_AUX_VM)
+                         ? encode_inarg(w, res, argmap, &pick)
+                         : 0;
+            if (in > 0)
+                raux |= PPC_AUX_INARG;
+            else if (in < 0 || encode_result(w, res, &fb, &fn, &rseg, &pick) < 0)
                 Py_CLEAR(pick);
             Py_DECREF(res);
         }
@@ -557,6 +660,13 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
         if (argmap->exports > 0) {
             raux |= PPC_AUX_PINNED;
             forget_seg(w, argmap->id);
+            if ((raux & PPC_AUX_INARG) && inarg_seal(argmap, &r) < 0) {
+                fprintf(stderr, "ppc worker: cannot remap an argument segment: %s\n",
+                        strerror(errno));
+                _exit(70);
+            }
+        } else if (raux & PPC_AUX_INARG) {
+            forget_seg(w, argmap->id); /* the client holds it for the result */
         }
         Py_DECREF(argmap);
     }

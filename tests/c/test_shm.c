@@ -1,11 +1,15 @@
 /* test_shm.c - unit tests of shm.c: segments, growth, the pool's reuse and
  * cap, mapping a segment through /proc/<pid>/fd (here our own pid, and a
- * refused open), the OOB blob layout and its bounds checks. */
+ * refused open), prefaulting a range, the OOB blob layout and its bounds checks. */
 #define _GNU_SOURCE
 #include "ctest.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "frame.h"
 #include "shm.h"
@@ -148,6 +152,45 @@ TEST(shm_ref_roundtrip)
     ppc_shm_ref_put(b, &r);
     ppc_shm_ref_get(b, &q);
     CHECK(q.pid == 123 && q.fd == 45 && q.id == r.id && q.len == 99);
+}
+
+/* Pages of s's file present in [off, off+len), counted by mincore. */
+static size_t resident_pages(ppc_shm_seg *s, size_t off, size_t len)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = len / pg, k = 0;
+    unsigned char *v = calloc(n ? n : 1, 1);
+    if (!v || mincore(s->map + off, len, v) < 0) {
+        free(v);
+        return (size_t)-1;
+    }
+    for (size_t i = 0; i < n; i++)
+        k += v[i] & 1;
+    free(v);
+    return k;
+}
+
+TEST(shm_prefault)
+{
+    ppc_shm_seg *s = ppc_shm_create(8u << 20, 1);
+    REQUIRE(s != NULL);
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), mb = 1u << 20;
+    CHECK_EQ_U64(resident_pages(s, 0, 4 * mb), 0);
+    /* the range gets its pages, the rest of the segment none; contents stay zero */
+    ppc_shm_prefault(s, mb, 2 * mb);
+    CHECK_EQ_U64(resident_pages(s, mb, 2 * mb), 2 * mb / pg);
+    CHECK_EQ_U64(resident_pages(s, 0, mb), 0);
+    CHECK_EQ_U64(resident_pages(s, 3 * mb, mb), 0);
+    CHECK(s->map[mb] == 0 && s->map[3 * mb - 1] == 0);
+    /* data written stays when the range is prefaulted again (a reused segment) */
+    memset(s->map, 0x5a, 3 * mb);
+    ppc_shm_prefault(s, 0, 3 * mb);
+    ppc_shm_prefault(s, 0, 3 * mb);
+    CHECK(s->map[0] == 0x5a && s->map[3 * mb - 1] == 0x5a && s->map[3 * mb] == 0);
+    /* ranges past the segment are ignored */
+    ppc_shm_prefault(s, s->cap, 1);
+    ppc_shm_prefault(s, 4 * mb, SIZE_MAX);
+    CHECK_EQ_U64(resident_pages(s, 4 * mb, 4 * mb), 0);
+    ppc_shm_free(s);
 }
 
 int main(int argc, char **argv)
