@@ -7,7 +7,8 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.ppc-deps-2  # bump when the dependency list changes
+# bump the stamp's number when the dependency list changes
+STAMP := $(VENV)/.ppc-deps-2
 SRC := $(wildcard src/core/*.c src/core/*.h src/py/*.c src/py/*.h)
 EXT := pp/_ppc$(shell $(PY) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CC ?= cc

@@ -68,9 +68,11 @@ def _user_secret():
     return None
 
 
-def _destroy_at_exit(ref):
-    server = ref()
-    if server is not None:
+_live_servers = None  # a WeakSet of Servers, made with the first one
+
+
+def _destroy_at_exit():
+    for server in list(_live_servers or ()):
         server.destroy()
 
 
@@ -107,14 +109,18 @@ class Server(_ppc.Server):
                  proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
                  **node_options):
         import logging
-        import weakref
+        global _live_servers
         logger = logging.getLogger("pp")
         logger.debug("Creating server instance (pp-%s)", __version__)
         if secret is None and (ppservers or node_options.get("_listen")):
             secret = _user_secret()
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
                              raise_exceptions, **node_options)
-        atexit.register(_destroy_at_exit, weakref.ref(self))
+        if _live_servers is None:
+            import weakref
+            _live_servers = weakref.WeakSet()
+            atexit.register(_destroy_at_exit)
+        _live_servers.add(self)
         logger.debug("pp local server started with %d workers", self.get_ncpus())
 
     def get_stats(self):
