@@ -581,7 +581,7 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_resul
     uint8_t *res = NULL;
     size_t total = 0;
     uint8_t *data = ppc_result_body_new(r->kind, r->out, r->outlen, (size_t)ref.len, &res, &total);
-    ppc_vm_src src;
+    ppc_vm_src src = {0};
     if (data) {
         if (!holes) {
             memcpy(data, m, (size_t)ref.len);
@@ -592,6 +592,7 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_resul
             res = NULL;
         }
     }
+    ppc_vm_src_free(&src);
     ppc_shm_unmap(m, maplen);
     if (!data || !res)
         return -1;

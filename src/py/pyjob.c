@@ -192,6 +192,8 @@ static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes
         PyErr_SetString(PyExc_ValueError, "malformed hole table in a worker's result");
     else
         obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL);
+    if (holes)
+        ppc_vm_src_free(&src);
     ppc_shm_unmap(m, maplen);
     return obj;
 }
