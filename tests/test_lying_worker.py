@@ -1,0 +1,275 @@
+"""Workers that lie about their shared memory, through real processes.
+
+A worker's result segment stays writable by the worker (and by any process
+of the user) while the client reads it. These tests run job functions that
+attack the client the way hostile user code (or, on a ppserver, another
+client's job) could:
+
+  * a background thread in the worker finds its own result segments
+    (/proc/self/fd, memfd:ppc) and keeps flipping a length in the OOB
+    buffer table, or an offset in the hole table, between a valid value
+    and one far past the mapping while the client reads: the client must
+    not crash, and gets each result intact or a clear error;
+  * a job writes a forged RESULT frame on its worker's pipe (fd 4) that
+    names a segment of another worker (its pid, its fd, a blob written
+    there by the liar): the job fails with WorkerError naming the refusal,
+    and the Server keeps serving;
+  * a worker cannot shrink its segments under a reader (they are sealed).
+
+Each client runs in its own interpreter (run_python) so a crash is seen as
+its exit status. Without the private copies these clients die of SIGSEGV
+or SIGBUS within a few results, and the forged frame is accepted.
+"""
+import os
+import signal
+
+import pytest
+
+from conftest import check_ok
+
+# The attacker, shipped to the worker as a dependency of the job.
+FLIPPER = r'''
+def flip_forever(mode, n):
+    """Find this worker's result segments and flip one field of each
+    blob's layout between its true value and one 64 MB past it."""
+    import struct
+    import time
+    magic = struct.pack("<I", 0x42435050 if mode == "oob" else 0x56435050)
+    far = 1 << 26  # 64 MB
+    maps = {}
+    targets = {}  # (fd, field position) -> true value
+    rounds = 0
+    while True:
+        rounds += 1
+        if not targets or rounds % 20 == 0:
+            scan(mode, n, magic, far, maps, targets)
+        for (name, field), v in list(targets.items()):
+            mm = maps.get(name)
+            if mm is None:
+                continue
+            # one byte written at a time (struct.pack_into would zero the
+            # field first: a value the reader could take as true)
+            at = field + 3  # far is 1 << 26: byte 3 of the little-endian field
+            lo, hi = (v >> 24) & 0xff, ((v + far) >> 24) & 0xff
+            for _ in range(20000):
+                mm[at] = hi
+                mm[at] = lo
+        time.sleep(0)
+
+
+def scan(mode, n, magic, far, maps, targets):
+    """Map this worker's result segments; note the field to flip in each."""
+    import mmap
+    import os
+    import struct
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink("/proc/self/fd/" + name)
+            if link.startswith("/memfd:ppc (") and name not in maps:
+                fd = int(name)
+                maps[name] = mmap.mmap(fd, os.fstat(fd).st_size)
+        except (OSError, ValueError):
+            pass
+    for name, mm in list(maps.items()):
+        pos = mm.find(magic)
+        if pos < 16:
+            continue
+        if mode == "oob":
+            # trailer: u64 stream_len, u32 nbufs, u32 magic; the table before
+            nb = struct.unpack_from("<I", mm, pos - 4)[0]
+            if nb == 0 or pos - 12 - 16 * nb < 0:
+                continue
+            field = pos - 12 - 16 * nb + 8  # buffer 0's length
+            v = length = struct.unpack_from("<Q", mm, field)[0]
+        else:
+            field = pos + 16  # hole 0's offset; its length follows
+            v, length = struct.unpack_from("<QQ", mm, field)
+        # only once the worker has written it whole: buffer 0 (or hole 0)
+        # is n bytes long
+        if length == n and v < (1 << 24) and (name, field) not in targets:
+            targets[(name, field)] = v
+
+
+def lying_result(n, mode):
+    import pickle
+    import sys
+    import threading
+    if getattr(sys, "_ppc_test_flipper", None) is None:
+        sys._ppc_test_flipper = threading.Thread(target=flip_forever, args=(mode, n), daemon=True)
+        sys._ppc_test_flipper.start()
+    if mode == "oob":
+        return pickle.PickleBuffer(bytearray(b"\x07" * n))
+    return (b"\x01" * n, b"\x02" * n)
+'''
+
+CLIENT = FLIPPER + r'''
+
+import sys
+import pp
+
+mode = sys.argv[1]
+n = 3 << 20
+s = pp.Server(ncpus=1)
+intact = refused = 0
+for i in range(150):
+    try:
+        r = s.submit(lying_result, (n, mode), (flip_forever, scan))()
+    except (pp.RemoteError, pp.WorkerError) as e:
+        assert "malformed" in str(e) or "malformed" in str(e.__cause__), repr(e)
+        refused += 1
+        continue
+    if mode == "oob":
+        assert bytes(r) == b"\x07" * n, "result changed"
+    else:
+        assert r == (b"\x01" * n, b"\x02" * n), "result changed"
+    intact += 1
+# the attack ran: the worker kept flipping while we read
+assert refused > 0, "no result was refused: the flipper never hit"
+print("intact", intact, "refused", refused)
+s.destroy()
+'''
+
+
+def _check_survived(proc):
+    if proc.returncode < 0:
+        pytest.fail("the client died of signal %s\n%s" % (signal.Signals(-proc.returncode).name,
+                                                          proc.stderr[-3000:]))
+    return check_ok(proc)
+
+
+@pytest.mark.timeout(240)
+def test_oob_table_rewritten_while_client_reads(run_python):
+    out = _check_survived(run_python(CLIENT, args=("oob",), timeout=200))
+    assert "intact" in out
+
+
+@pytest.mark.timeout(240)
+def test_hole_table_rewritten_while_client_reads(run_python):
+    out = _check_survived(run_python(CLIENT, args=("holes",), timeout=200))
+    assert "intact" in out
+
+
+FORGER = r'''
+import os
+import re
+import time
+import pp
+
+
+def make_segment(n):
+    return b"\x05" * n
+
+
+def forge(job_id, pids):
+    """Write a blob (the pickle of 'forged') into a segment of the other
+    worker (the victim), then a RESULT frame for this job naming it on our
+    pipe to the client, and leave without a result of our own."""
+    import os
+    import pickle
+    import struct
+    victim_pid = [p for p in pids if p != os.getpid()][0]
+    fd = None
+    for name in os.listdir("/proc/%d/fd" % victim_pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (victim_pid, name)).startswith("/memfd:ppc ("):
+                fd = int(name)
+                break
+        except OSError:
+            pass
+    if fd is None:
+        return "no segment in the victim"
+    stream = pickle.dumps("forged", protocol=5)
+    blob = stream + struct.pack("<QII", len(stream), 0, 0x42435050)
+    with open("/proc/%d/fd/%d" % (victim_pid, fd), "r+b") as f:
+        f.write(blob)
+    ref = struct.pack("<IIQQ", victim_pid, fd, 1, len(blob))
+    payload = struct.pack("<Q", 1000) + struct.pack("<BI", 0, 0) + ref
+    header = struct.pack("<QQBBHI", len(payload), job_id, 4, 0, 2, 0)  # RESULT, aux SHM
+    os.write(4, header + payload)
+    os._exit(0)
+
+
+s = pp.Server(ncpus=2)
+# both workers make a large result, so each holds a result segment
+pids = set()
+for _ in range(50):
+    jobs = [s.submit(make_segment, (3 << 20,)) for _ in range(4)]
+    for j in jobs:
+        assert j() == b"\x05" * (3 << 20)
+    pids = set(s._worker_pids())
+    if len(pids) == 2:
+        break
+assert len(pids) == 2, pids
+# the liar is whichever worker runs the job; it names the other one
+probe = s.submit(os.getpid, ())
+probe()
+job = s.submit(forge, (probe.tid + 1, sorted(pids)))
+assert job.tid == probe.tid + 1
+try:
+    r = job()
+except pp.WorkerError as e:
+    msg = str(e)
+    assert "another process" in msg and "refused" in msg, msg
+    print("refused:", msg)
+else:
+    raise SystemExit("forged result accepted: %r" % (r,))
+# the liar left (os._exit) after its forged frame: once the Server has seen
+# it go, the Server keeps serving
+liar = int(re.search(r"worker process (\d+)", msg).group(1))
+deadline = time.monotonic() + 30
+while liar in s._worker_pids() and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert liar not in s._worker_pids()
+assert s.submit(make_segment, (10,))() == b"\x05" * 10
+assert s.submit(make_segment, (3 << 20,))() == b"\x05" * (3 << 20)
+s.destroy()
+print("served")
+'''
+
+
+@pytest.mark.timeout(120)
+def test_result_naming_another_workers_segment_is_refused(run_python):
+    out = _check_survived(run_python(FORGER, timeout=100))
+    assert "refused:" in out and "served" in out
+
+
+SHRINKER = r'''
+import pp
+
+
+def big(n):
+    return b"\x09" * n
+
+
+def shrink_own_segments():
+    """Try to cut every result segment of this worker to nothing."""
+    import os
+    tried = refused = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink("/proc/self/fd/" + name).startswith("/memfd:ppc ("):
+                continue
+        except OSError:
+            continue
+        tried += 1
+        try:
+            os.ftruncate(int(name), 0)
+        except PermissionError:
+            refused += 1
+    return tried, refused
+
+
+s = pp.Server(ncpus=1)
+assert s.submit(big, (3 << 20,))() == b"\x09" * (3 << 20)
+tried, refused = s.submit(shrink_own_segments, ())()
+assert tried > 0 and refused == tried, (tried, refused)
+assert s.submit(big, (3 << 20,))() == b"\x09" * (3 << 20)
+s.destroy()
+print("sealed", tried)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_worker_cannot_shrink_its_segments(run_python):
+    out = _check_survived(run_python(SHRINKER, timeout=100))
+    assert "sealed" in out
