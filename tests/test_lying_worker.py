@@ -6,32 +6,35 @@ attack the client the way hostile user code (or, on a ppserver, another
 client's job) could:
 
   * a background thread in the worker finds its own result segments
-    (/proc/self/fd, memfd:ppc) and keeps flipping a length in the OOB
-    buffer table, or an offset in the hole table, between a valid value
+    (/proc/self/fd, memfd:ppc) and keeps flipping the lengths in the OOB
+    buffer table, or the first offset in the hole table, between a valid value
     and one far past the mapping while the client reads: the client must
     not crash, and gets each result intact or a clear error;
   * a job writes a forged RESULT frame on its worker's pipe (fd 4) that
     names a segment of another worker (its pid, its fd, a blob written
     there by the liar): the job fails with WorkerError naming the refusal,
     and the Server keeps serving;
+  * the same flipping on a ppserver's worker: the node, which copies its
+    workers' results for remote clients, keeps running;
   * a worker cannot shrink its segments under a reader (they are sealed).
 
 Each client runs in its own interpreter (run_python) so a crash is seen as
 its exit status. Without the private copies these clients die of SIGSEGV
 or SIGBUS within a few results, and the forged frame is accepted.
 """
-import os
 import signal
 
 import pytest
 
+from clusterutil import alive, start_ppserver  # noqa: F401
 from conftest import check_ok
 
 # The attacker, shipped to the worker as a dependency of the job.
 FLIPPER = r'''
 def flip_forever(mode, n):
-    """Find this worker's result segments and flip one field of each
-    blob's layout between its true value and one 64 MB past it."""
+    """Find this worker's result segments and flip fields of each blob's
+    layout (every buffer length; the first hole's offset) between their
+    true value and one 64 MB past it, all together."""
     import struct
     import time
     magic = struct.pack("<I", 0x42435050 if mode == "oob" else 0x56435050)
@@ -42,23 +45,22 @@ def flip_forever(mode, n):
     while True:
         rounds += 1
         if not targets or rounds % 20 == 0:
-            scan(mode, n, magic, far, maps, targets)
-        for (name, field), v in list(targets.items()):
-            mm = maps.get(name)
-            if mm is None:
-                continue
-            # one byte written at a time (struct.pack_into would zero the
-            # field first: a value the reader could take as true)
-            at = field + 3  # far is 1 << 26: byte 3 of the little-endian field
-            lo, hi = (v >> 24) & 0xff, ((v + far) >> 24) & 0xff
-            for _ in range(20000):
+            scan(mode, n, maps, targets, magic)
+        # one byte written at a time (struct.pack_into would zero a field
+        # first: a value the reader could take as true); far is 1 << 26:
+        # byte 3 of the little-endian field
+        flips = [(maps[name], field + 3, (v >> 24) & 0xff, ((v + far) >> 24) & 0xff)
+                 for (name, field), v in targets.items() if name in maps]
+        for _ in range(2000):
+            for mm, at, lo, hi in flips:
                 mm[at] = hi
+            for mm, at, lo, hi in flips:
                 mm[at] = lo
         time.sleep(0)
 
 
-def scan(mode, n, magic, far, maps, targets):
-    """Map this worker's result segments; note the field to flip in each."""
+def scan(mode, n, maps, targets, magic):
+    """Map this worker's result segments; note the fields to flip in each."""
     import mmap
     import os
     import struct
@@ -74,20 +76,27 @@ def scan(mode, n, magic, far, maps, targets):
         pos = mm.find(magic)
         if pos < 16:
             continue
+        fields = []
         if mode == "oob":
             # trailer: u64 stream_len, u32 nbufs, u32 magic; the table before
             nb = struct.unpack_from("<I", mm, pos - 4)[0]
-            if nb == 0 or pos - 12 - 16 * nb < 0:
+            table = pos - 12 - 16 * nb
+            if nb == 0 or nb > 64 or table < 0:
                 continue
-            field = pos - 12 - 16 * nb + 8  # buffer 0's length
-            v = length = struct.unpack_from("<Q", mm, field)[0]
+            for i in range(nb):  # (off, len) each: the lengths
+                field = table + 16 * i + 8
+                fields.append((field, struct.unpack_from("<Q", mm, field)[0], None))
         else:
             field = pos + 16  # hole 0's offset; its length follows
-            v, length = struct.unpack_from("<QQ", mm, field)
-        # only once the worker has written it whole: buffer 0 (or hole 0)
-        # is n bytes long
-        if length == n and v < (1 << 24) and (name, field) not in targets:
-            targets[(name, field)] = v
+            fields.append((field,) + struct.unpack_from("<QQ", mm, field))
+        # only once the worker has written the table whole: every buffer
+        # (or hole 0) is n bytes long
+        for field, v, length in fields:
+            if (length if mode != "oob" else v) != n or v >= (1 << 24):
+                break
+        else:
+            for field, v, _ in fields:
+                targets.setdefault((name, field), v)
 
 
 def lying_result(n, mode):
@@ -97,8 +106,8 @@ def lying_result(n, mode):
     if getattr(sys, "_ppc_test_flipper", None) is None:
         sys._ppc_test_flipper = threading.Thread(target=flip_forever, args=(mode, n), daemon=True)
         sys._ppc_test_flipper.start()
-    if mode == "oob":
-        return pickle.PickleBuffer(bytearray(b"\x07" * n))
+    if mode == "oob":  # 32 out-of-band buffers of n bytes
+        return [pickle.PickleBuffer(bytearray(b"\x07" * n)) for _ in range(32)]
     return (b"\x01" * n, b"\x02" * n)
 '''
 
@@ -108,18 +117,22 @@ import sys
 import pp
 
 mode = sys.argv[1]
-n = 3 << 20
-s = pp.Server(ncpus=1)
+n = (3 << 20) // 32 if mode == "oob" else 3 << 20
+if len(sys.argv) > 2:  # the workers of a ppserver: addr, secret
+    s = pp.Server(ncpus=0, ppservers=(sys.argv[2],), secret=sys.argv[3])
+else:
+    s = pp.Server(ncpus=1)
 intact = refused = 0
 for i in range(150):
     try:
         r = s.submit(lying_result, (n, mode), (flip_forever, scan))()
     except (pp.RemoteError, pp.WorkerError) as e:
-        assert "malformed" in str(e) or "malformed" in str(e.__cause__), repr(e)
+        why = str(e) + " " + str(e.__cause__)
+        assert "malformed" in why or "cannot read the worker's result segment" in why, repr(e)
         refused += 1
         continue
     if mode == "oob":
-        assert bytes(r) == b"\x07" * n, "result changed"
+        assert [bytes(b) for b in r] == [b"\x07" * n] * 32, "result changed"
     else:
         assert r == (b"\x01" * n, b"\x02" * n), "result changed"
     intact += 1
@@ -147,6 +160,18 @@ def test_oob_table_rewritten_while_client_reads(run_python):
 def test_hole_table_rewritten_while_client_reads(run_python):
     out = _check_survived(run_python(CLIENT, args=("holes",), timeout=200))
     assert "intact" in out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["holes", "oob"])
+def test_ppserver_survives_tables_rewritten_by_its_worker(run_python, start_ppserver, mode):
+    """On a ppserver the engine itself copies a worker's result segment (its
+    holes filled) for the remote client: a job rewriting its tables must
+    not bring the node down."""
+    node = start_ppserver(workers=1)
+    out = _check_survived(run_python(CLIENT, args=(mode, node.addr, node.secret), timeout=200))
+    assert "intact" in out
+    assert alive(node.pid) and node.proc.poll() is None, node.log()
 
 
 FORGER = r'''
