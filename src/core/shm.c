@@ -250,24 +250,19 @@ int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
     size_t table = room - (size_t)nb * 16;
     if (sl > table)
         return -1;
-    uint64_t *bufs = NULL;
-    if (nb) {
-        uint8_t *raw = malloc((size_t)nb * 16);
-        if (!raw)
+    uint64_t *bufs = nb ? malloc((size_t)nb * 2 * sizeof *bufs) : NULL;
+    if (nb && !bufs)
+        return -1;
+    for (uint32_t i = 0; i < nb; i++) {
+        uint8_t e[16]; /* each entry read once */
+        memcpy(e, data + table + (size_t)i * 16, sizeof e);
+        uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
+        if (off > table || len > table - off) {
+            free(bufs);
             return -1;
-        memcpy(raw, data + table, (size_t)nb * 16);
-        /* decoded in place: entry i's bytes are read before entry i is written */
-        bufs = (uint64_t *)(void *)raw;
-        for (uint32_t i = 0; i < nb; i++) {
-            uint64_t off = ppc_get_u64(raw + (size_t)i * 16);
-            uint64_t len = ppc_get_u64(raw + (size_t)i * 16 + 8);
-            if (off > table || len > table - off) {
-                free(raw);
-                return -1;
-            }
-            bufs[2 * i] = off;
-            bufs[2 * i + 1] = len;
         }
+        bufs[2 * i] = off;
+        bufs[2 * i + 1] = len;
     }
     o->stream_len = (size_t)sl;
     o->nbufs = nb;
