@@ -7,16 +7,21 @@ client's job) could:
 
   * a background thread in the worker finds its own result segments
     (/proc/self/fd, memfd:ppc) and keeps flipping the lengths in the OOB
-    buffer table, or the first offset in the hole table, between a valid value
-    and one far past the mapping while the client reads: the client must
-    not crash, and gets each result intact or a clear error;
+    buffer table and the trailer's stream length, or the first offset in
+    the hole table, between a valid value and one far past the mapping
+    while the client reads: the client must not crash, and gets each result
+    intact or a clear error. Buffers of plain bytearrays and numpy arrays
+    (results the client maps copy-on-write and hands out as views) both;
   * a job writes a forged RESULT frame on its worker's pipe (fd 4) that
     names a segment of another worker (its pid, its fd, a blob written
     there by the liar): the job fails with WorkerError naming the refusal,
     and the Server keeps serving;
   * the same flipping on a ppserver's worker: the node, which copies its
     workers' results for remote clients, keeps running;
-  * a worker cannot shrink its segments under a reader (they are sealed).
+  * a worker cannot shrink its segments under a reader (they are sealed),
+    not even under a numpy result the client still holds as a view of one;
+  * a forged RESULT naming an unsealed memfd of the worker's own (which it
+    could cut short under the client's view) is refused.
 
 Each client runs in its own interpreter (run_python) so a crash is seen as
 its exit status. Without the private copies these clients die of SIGSEGV
@@ -37,7 +42,7 @@ def flip_forever(mode, n):
     true value and one 64 MB past it, all together."""
     import struct
     import time
-    magic = struct.pack("<I", 0x42435050 if mode == "oob" else 0x56435050)
+    magic = struct.pack("<I", 0x56435050 if mode == "holes" else 0x42435050)
     far = 1 << 26  # 64 MB
     maps = {}
     targets = {}  # (fd, field position) -> true value
@@ -77,7 +82,7 @@ def scan(mode, n, maps, targets, magic):
         if pos < 16:
             continue
         fields = []
-        if mode == "oob":
+        if mode != "holes":
             # trailer: u64 stream_len, u32 nbufs, u32 magic; the table before
             nb = struct.unpack_from("<I", mm, pos - 4)[0]
             table = pos - 12 - 16 * nb
@@ -85,14 +90,17 @@ def scan(mode, n, maps, targets, magic):
                 continue
             for i in range(nb):  # (off, len) each: the lengths
                 field = table + 16 * i + 8
-                fields.append((field, struct.unpack_from("<Q", mm, field)[0], None))
+                v = struct.unpack_from("<Q", mm, field)[0]
+                fields.append((field, v, v))
+            field = pos - 12  # the stream length
+            fields.append((field, struct.unpack_from("<Q", mm, field)[0], n))
         else:
             field = pos + 16  # hole 0's offset; its length follows
             fields.append((field,) + struct.unpack_from("<QQ", mm, field))
         # only once the worker has written the table whole: every buffer
         # (or hole 0) is n bytes long
         for field, v, length in fields:
-            if (length if mode != "oob" else v) != n or v >= (1 << 24):
+            if length != n or v >= (1 << 24):
                 break
         else:
             for field, v, _ in fields:
@@ -108,6 +116,9 @@ def lying_result(n, mode):
         sys._ppc_test_flipper.start()
     if mode == "oob":  # 32 out-of-band buffers of n bytes
         return [pickle.PickleBuffer(bytearray(b"\x07" * n)) for _ in range(32)]
+    if mode == "numpy":  # 32 arrays of n bytes: mapped by the client
+        import numpy
+        return [numpy.full(n, 7, dtype=numpy.uint8) for _ in range(32)]
     return (b"\x01" * n, b"\x02" * n)
 '''
 
@@ -117,7 +128,7 @@ import sys
 import pp
 
 mode = sys.argv[1]
-n = (3 << 20) // 32 if mode == "oob" else 3 << 20
+n = 3 << 20 if mode == "holes" else (3 << 20) // 32
 if len(sys.argv) > 2:  # the workers of a ppserver: addr, secret
     s = pp.Server(ncpus=0, ppservers=(sys.argv[2],), secret=sys.argv[3])
 else:
@@ -133,6 +144,10 @@ for i in range(150):
         continue
     if mode == "oob":
         assert [bytes(b) for b in r] == [b"\x07" * n] * 32, "result changed"
+    elif mode == "numpy":
+        assert len(r) == 32 and all(a.shape == (n,) and (a == 7).all() for a in r), "changed"
+        r[0][:] = 1  # a view of the mapping, writable: the write stays ours
+        assert (r[0] == 1).all()
     else:
         assert r == (b"\x01" * n, b"\x02" * n), "result changed"
     intact += 1
@@ -153,6 +168,16 @@ def _check_survived(proc):
 @pytest.mark.timeout(240)
 def test_oob_table_rewritten_while_client_reads(run_python):
     out = _check_survived(run_python(CLIENT, args=("oob",), timeout=200))
+    assert "intact" in out
+
+
+@pytest.mark.timeout(240)
+def test_numpy_result_layout_rewritten_while_client_maps_it(run_python):
+    """numpy results are mapped copy-on-write and their buffers handed out as
+    views: the layout is read once, so a flipped length or stream length
+    refuses the result, never cuts a view past the mapping."""
+    pytest.importorskip("numpy", reason="the numpy result path needs numpy")
+    out = _check_survived(run_python(CLIENT, args=("numpy",), timeout=200))
     assert "intact" in out
 
 
@@ -298,3 +323,97 @@ print("sealed", tried)
 def test_worker_cannot_shrink_its_segments(run_python):
     out = _check_survived(run_python(SHRINKER, timeout=100))
     assert "sealed" in out
+
+
+NUMPY_SHRINKER = SHRINKER.split("\n\ns = pp.Server", 1)[0] + r"""
+
+import numpy
+
+
+def array(n):
+    import numpy
+    return numpy.full(n, 9, dtype=numpy.uint8)
+
+
+s = pp.Server(ncpus=1)
+a = s.submit(array, (8 << 20,))()  # a view of the worker's segment, mapped
+tried, refused = s.submit(shrink_own_segments, ())()
+assert tried > 0 and refused == tried, (tried, refused)
+# every page of the array, after the attempt: a cut file would SIGBUS here
+assert int(a.sum()) == 9 * (8 << 20)
+a[:] = 3
+assert int(a.sum()) == 3 * (8 << 20)
+del a
+assert int(s.submit(array, (8 << 20,))().sum()) == 9 * (8 << 20)
+s.destroy()
+print("sealed", tried)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_worker_cannot_shrink_a_segment_under_a_numpy_result(run_python):
+    pytest.importorskip("numpy", reason="the numpy result path needs numpy")
+    out = _check_survived(run_python(NUMPY_SHRINKER, timeout=100))
+    assert "sealed" in out
+
+
+UNSEALED = r"""
+import os
+import time
+import pp
+
+
+def forge_unsealed(job_id):
+    # A RESULT naming a memfd of our own without seals, holding a valid
+    # blob (one out-of-band buffer); cut to nothing once the client could
+    # have mapped it.
+    import os
+    import pickle
+    import struct
+    import time
+    n = 4 << 20
+    buf = bytearray(b"\x06" * n)
+    stream = pickle.dumps(pickle.PickleBuffer(buf), protocol=5, buffer_callback=lambda b: False)
+    at = (len(stream) + 63) // 64 * 64
+    blob = (stream + b"\0" * (at - len(stream)) + bytes(buf) + struct.pack("<QQ", at, n)
+            + struct.pack("<QII", len(stream), 1, 0x42435050))
+    fd = os.memfd_create("ppc")
+    os.write(fd, blob)
+    ref = struct.pack("<IIQQ", os.getpid(), fd, 1, len(blob))
+    payload = struct.pack("<Q", 1000) + struct.pack("<BI", 0, 0) + ref
+    header = struct.pack("<QQBBHI", len(payload), job_id, 4, 0, 2, 0)  # RESULT, aux SHM
+    os.write(4, header + payload)
+    time.sleep(0.5)
+    os.ftruncate(fd, 0)
+    time.sleep(1)
+    os._exit(0)
+
+
+s = pp.Server(ncpus=1)
+probe = s.submit(os.getpid, ())
+liar = probe()
+job = s.submit(forge_unsealed, (probe.tid + 1,))
+assert job.tid == probe.tid + 1
+try:
+    r = job()
+except (pp.RemoteError, pp.WorkerError) as e:
+    print("refused:", e, "|", e.__cause__)
+else:
+    time.sleep(1.5)  # the worker has cut the file by now
+    print("accepted, length", len(bytes(r)))
+    raise SystemExit("an unsealed segment was mapped")
+# the liar leaves (os._exit) after its forged frame; then the Server serves on
+deadline = time.monotonic() + 30
+while liar in s._worker_pids() and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert liar not in s._worker_pids()
+assert s.submit(time.time, ())() > 0
+s.destroy()
+print("served")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_result_in_an_unsealed_segment_is_refused(run_python):
+    out = _check_survived(run_python(UNSEALED, timeout=100))
+    assert "refused:" in out and "served" in out
