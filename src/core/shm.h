@@ -57,8 +57,9 @@ int ppc_shm_reserve(ppc_shm_seg *s, size_t need);
 void ppc_shm_free(ppc_shm_seg *s);
 
 /* Map a peer's segment: /proc/<pid>/fd/<fd>, a file sealed against
- * shrinking that holds at least need bytes. Returns the mapping (length in *maplen) or NULL with errno
- * set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
+ * shrinking that holds at least need bytes (a file without the seal is
+ * refused with EINVAL: its owner could cut it under our views). Returns the
+ * mapping (length in *maplen) or NULL with errno set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
  * segments); PPC_MAP_LAZY: no MAP_POPULATE (a segment with holes: faulting
  * them in would allocate pages nobody writes); PPC_MAP_PRIVATE: mapped
  * copy-on-write, readable and writable, never populated (a populated

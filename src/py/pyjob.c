@@ -141,7 +141,8 @@ static int is_worker_pid(ppc_Server *s, int pid)
 
 /* Map the worker's result segment and unpickle. Without holes it is mapped
  * copy-on-write and its out-of-band buffers (numpy arrays' data) become
- * views of the mapping: writable, never written back, and the segment goes
+ * views of the mapping, cut by a private copy of the blob's layout (the
+ * worker can still write the file; sealed, it cannot shrink it): writable, never written back, and the segment goes
  * back to the worker when the mapping dies with the last of them (at once
  * when the result holds none). With holes (big bytes read from the worker's
  * memory) everything is copied and the segment goes back at once. */
