@@ -299,25 +299,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(whole.end == chunked.end);
 
     /* The raw input as an out-of-band pickle blob (a worker's result):
-     * whatever parse accepts stays inside the input. */
-    size_t sl;
-    uint32_t nb;
-    if (ppc_oob_parse(data, size, &sl, &nb) == 0) {
-        FUZZ_ASSERT(sl <= size);
-        for (uint32_t i = 0; i < nb; i++) {
-            size_t off, len;
-            ppc_oob_buf(data, size, i, &off, &len);
-            FUZZ_ASSERT(off <= size && len <= size - off);
-        }
+     * whatever load accepts stays inside the input, in a private copy. */
+    ppc_oob o;
+    if (ppc_oob_load(data, size, &o) == 0) {
+        size_t table = size - ppc_oob_tail_len(o.nbufs);
+        FUZZ_ASSERT(o.stream_len <= table && o.nbufs <= PPC_OOB_MAX_BUFS);
+        FUZZ_ASSERT(o.nbufs == 0 || ((const uint8_t *)o.bufs + 16 * (size_t)o.nbufs <= data ||
+                                     (const uint8_t *)o.bufs >= data + size));
+        for (uint32_t i = 0; i < o.nbufs; i++)
+            FUZZ_ASSERT(o.bufs[2 * i] <= table && o.bufs[2 * i + 1] <= table - o.bufs[2 * i]);
+        size_t sl;
+        uint32_t nb;
+        FUZZ_ASSERT(ppc_oob_parse(data, size, &sl, &nb) == 0 && sl == o.stream_len &&
+                    nb == o.nbufs);
+        ppc_oob_release(&o);
     }
 
     /* The raw input as a segment mapping whose blob is its first half,
      * followed by a hole table (vm.h): what parse accepts names holes
-     * inside the blob, in order, without overlap, and fits the mapping. */
+     * inside the blob, in order, without overlap, and fits the mapping;
+     * the holes are a private copy. */
     ppc_vm_src vs;
     if (ppc_vm_table_parse(data, size, size / 2, &vs) == 0) {
         FUZZ_ASSERT(vs.ngaps >= 1 && vs.ngaps <= PPC_VM_MAX_GAPS && vs.pid > 0);
-        FUZZ_ASSERT(vs.entries >= data && vs.entries + (size_t)vs.ngaps * PPC_VM_ENTRY <= data + size);
+        FUZZ_ASSERT(ppc_vm_table_at(size / 2) + ppc_vm_table_len(vs.ngaps) <= size);
         uint64_t end = 0;
         for (uint32_t i = 0; i < vs.ngaps; i++) {
             ppc_vm_gap g;
@@ -325,6 +330,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_ASSERT(g.len > 0 && g.off >= end && g.off + g.len <= size / 2);
             end = g.off + g.len;
         }
+        ppc_vm_src_free(&vs);
     }
 
     /* The raw input as a job's result body (result.h): what parse accepts

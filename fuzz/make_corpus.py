@@ -120,7 +120,35 @@ def frames_seeds():
     s["auth_short"] = frame(AUTH, a[:31])
     s["auth_wrong"] = frame(HELLO, h) + frame(CHALLENGE, c) + frame(AUTH, bytes(32))
     s["welcome_long"] = frame(WELCOME, w + b"\0")
+    # the raw input as an OOB blob (src/core/shm.h) and as a mapping whose
+    # first half is a blob followed by a hole table (src/core/vm.h)
+    s["oob_blob"] = oob_blob(b"\x80\x05stream.", [b"\x01" * 10, b"\x02" * 20])
+    s["oob_blob_huge_count"] = oob_blob(b"s.", [])[:-8] + struct.pack("<II", 0xFFFFFFFF,
+                                                                        0x42435050)
+    s["hole_table"] = hole_mapping(128, [(8, 16, 0x1000), (30, 10, 0x2000)])
+    s["hole_table_overlap"] = hole_mapping(128, [(8, 16, 0x1000), (20, 10, 0x2000)])
     return s
+
+
+def oob_blob(stream, bufs):
+    """stream, pad, buffers (64-byte aligned), table, trailer."""
+    out, table = bytearray(stream), b""
+    for b in bufs:
+        out += bytes(-len(out) % 64)
+        table += struct.pack("<QQ", len(out), len(b))
+        out += b
+    return bytes(out) + table + struct.pack("<QII", len(stream), len(bufs), 0x42435050)
+
+
+def hole_mapping(blob_len, holes, pid=1234):
+    """A blob of blob_len bytes, its hole table, padded so the blob is the
+    first half of the input (as fuzz_frames.c reads it)."""
+    at = (blob_len + 7) & ~7
+    t = struct.pack("<IIII", 0x56435050, len(holes), pid, 0)
+    for off, n, addr in holes:
+        t += struct.pack("<QQQQII", off, n, addr, 0, 0, 0)
+    body = bytes(range(blob_len)) + bytes(at - blob_len) + t
+    return body + bytes(max(0, 2 * blob_len - len(body)))
 
 
 def handshake_seed(secret=b"", hello_f=(1, 3, 11, bytes(32)), chal_f=(1, 3, 11, bytes(32), 8),

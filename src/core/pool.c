@@ -571,7 +571,7 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_resul
      * worker cannot release the segment (or its holes' objects) before
      * this function has read them */
     ppc_frame_put(&w->out, PPC_F_SHMRET, 0, 0, 0, ref.id, NULL, 0, NULL, 0);
-    if ((int)ref.pid != (int)w->pid || ref.len > p->e->opts.max_frame)
+    if (ref.len > p->e->opts.max_frame)
         return -1;
     size_t maplen;
     uint8_t *m = ppc_shm_map_peer((int)w->pid, (int)ref.fd, (size_t)ref.len,
@@ -581,7 +581,7 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_resul
     uint8_t *res = NULL;
     size_t total = 0;
     uint8_t *data = ppc_result_body_new(r->kind, r->out, r->outlen, (size_t)ref.len, &res, &total);
-    ppc_vm_src src;
+    ppc_vm_src src = {0};
     if (data) {
         if (!holes) {
             memcpy(data, m, (size_t)ref.len);
@@ -592,6 +592,7 @@ static int result_inline(ppc_pool *p, ppc_worker *w, ppc_job *j, const ppc_resul
             res = NULL;
         }
     }
+    ppc_vm_src_free(&src);
     ppc_shm_unmap(m, maplen);
     if (!data || !res)
         return -1;
@@ -630,14 +631,15 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     const uint8_t *body;
     size_t n;
     ppc_result res;
-    ppc_shm_ref ref;
+    ppc_shm_ref ref = {0, 0, 0, 0};
     if (f->type != PPC_F_RESULT ||
         ppc_result_split(f->payload, (size_t)f->len, &exec_ns, &body, &n) < 0)
         return -1;
-    /* the body is opaque to the engine, except a result in a segment: that
-     * must be one of this worker's own */
-    if ((f->aux & PPC_AUX_SHM) && (ppc_result_parse(body, n, &res) < 0 ||
-                                   ppc_result_ref(&res, &ref) < 0 || (int)ref.pid != (int)w->pid))
+    /* the body is opaque to the engine, except a result in a segment: a
+     * malformed reference breaks the protocol; one naming another process
+     * is refused below (the job fails, the worker goes on) */
+    if ((f->aux & PPC_AUX_SHM) &&
+        (ppc_result_parse(body, n, &res) < 0 || ppc_result_ref(&res, &ref) < 0))
         return -1;
     ppc_job *j = w->fl_head;
     if (!j || j->id != f->id)
@@ -675,7 +677,17 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     }
     if (j->args_seg)
         ppc_pool_args_done(p, j, (f->aux & PPC_AUX_PINNED) != 0);
-    if ((f->aux & PPC_AUX_SHM) && j->origin) {
+    if ((f->aux & PPC_AUX_SHM) && (int64_t)ref.pid != (int64_t)w->pid) {
+        /* a result segment must be the sending worker's own: the client
+         * maps only what that worker made and gives back */
+        char why[160];
+        snprintf(why, sizeof why,
+                 "worker process %d sent a result naming a segment of another process (%u): "
+                 "refused",
+                 (int)w->pid, ref.pid);
+        ppc_engine_log(e, PPC_LOG_WARNING, "%s", why);
+        ppc_job_fail(j, PPC_JOB_EWORKER, why);
+    } else if ((f->aux & PPC_AUX_SHM) && j->origin) {
         /* ppserver: the client is remote, so the result travels inline */
         if (result_inline(p, w, j, &res, (f->aux & PPC_AUX_VM) != 0) < 0)
             ppc_job_fail(j, PPC_JOB_EWORKER, "cannot read the worker's result segment");

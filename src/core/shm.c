@@ -1,5 +1,6 @@
 /* shm.c - memfd segments, peer mappings, the segment pool and the OOB blob
- * layout (see shm.h). No Python; every length from a peer is checked. */
+ * layout (see shm.h). No Python; what a peer wrote is copied out once and
+ * checked in the copy. */
 #define _GNU_SOURCE
 #include "shm.h"
 
@@ -30,8 +31,10 @@ ppc_shm_seg *ppc_shm_create(size_t min_cap, uint64_t id)
     ppc_shm_seg *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    s->fd = memfd_create("ppc", MFD_CLOEXEC);
-    if (s->fd < 0 || ftruncate(s->fd, (off_t)cap) < 0)
+    /* sealed against shrinking: a peer's mapping can never lose pages */
+    s->fd = memfd_create("ppc", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (s->fd < 0 || ftruncate(s->fd, (off_t)cap) < 0 ||
+        fcntl(s->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
         goto fail;
     s->map = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (s->map == MAP_FAILED) {
@@ -58,9 +61,8 @@ int ppc_shm_reserve(ppc_shm_seg *s, size_t need)
         return -1;
     void *m = mremap(s->map, s->cap, cap, MREMAP_MAYMOVE);
     if (m == MAP_FAILED) {
-        if (ftruncate(s->fd, (off_t)s->cap) < 0) {
-            /* the mapping still covers the old size: nothing more to do */
-        }
+        /* the file stays grown (sealed against shrinking); it is used at
+         * the old size until a later reserve maps it whole */
         return -1;
     }
     madvise(m, cap, MADV_HUGEPAGE);
@@ -99,6 +101,7 @@ void ppc_shm_free(ppc_shm_seg *s)
         munmap(s->map, s->cap);
     if (s->fd >= 0)
         close(s->fd);
+    free(s->gaps);
     free(s);
 }
 
@@ -115,8 +118,9 @@ void *ppc_shm_map_peer(int pid, int fd, size_t need, int flags, size_t *maplen)
     if (f < 0)
         return NULL;
     struct stat st;
-    if (fstat(f, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
-        (uint64_t)st.st_size < need) {
+    int seals = fcntl(f, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(f, &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_size < 0 || (uint64_t)st.st_size < need) {
         close(f);
         errno = EINVAL;
         return NULL;
@@ -196,6 +200,8 @@ ppc_shm_seg *ppc_shm_pool_get(ppc_shm_pool *p, size_t need)
     if (s) {
         s->used = 0;
         s->ngaps = 0;
+        free(s->gaps);
+        s->gaps = NULL;
     }
     return s;
 }
@@ -205,6 +211,8 @@ size_t ppc_shm_pool_put(ppc_shm_pool *p, ppc_shm_seg *s, uint64_t *dropped, size
     size_t nd = 0;
     ppc_shm_seg *gone = NULL;
     s->ngaps = 0;
+    free(s->gaps);
+    s->gaps = NULL;
     pthread_mutex_lock(&p->mu);
     s->next = p->free;
     p->free = s;
@@ -247,38 +255,58 @@ void ppc_shm_pool_destroy(ppc_shm_pool *p)
     pthread_mutex_destroy(&p->mu);
 }
 
-int ppc_oob_parse(const uint8_t *data, size_t n, size_t *stream_len, uint32_t *nbufs)
+int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
 {
+    memset(o, 0, sizeof *o);
     if (!data || n < PPC_OOB_TRAILER)
         return -1;
-    const uint8_t *t = data + n - PPC_OOB_TRAILER;
+    uint8_t t[PPC_OOB_TRAILER]; /* read once: the peer may be rewriting it */
+    memcpy(t, data + n - PPC_OOB_TRAILER, sizeof t);
     if (ppc_get_u32(t + 12) != PPC_OOB_MAGIC)
         return -1;
     uint64_t sl = ppc_get_u64(t);
     uint32_t nb = ppc_get_u32(t + 8);
     size_t room = n - PPC_OOB_TRAILER;
-    if ((uint64_t)nb > room / 16)
+    if (nb > PPC_OOB_MAX_BUFS || (uint64_t)nb > room / 16)
         return -1;
     size_t table = room - (size_t)nb * 16;
     if (sl > table)
         return -1;
+    uint64_t *bufs = nb ? malloc((size_t)nb * 2 * sizeof *bufs) : NULL;
+    if (nb && !bufs)
+        return -1;
     for (uint32_t i = 0; i < nb; i++) {
-        uint64_t off = ppc_get_u64(data + table + (size_t)i * 16);
-        uint64_t len = ppc_get_u64(data + table + (size_t)i * 16 + 8);
-        if (off > table || len > table - off)
+        uint8_t e[16]; /* each entry read once */
+        memcpy(e, data + table + (size_t)i * 16, sizeof e);
+        uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
+        if (off > table || len > table - off) {
+            free(bufs);
             return -1;
+        }
+        bufs[2 * i] = off;
+        bufs[2 * i + 1] = len;
     }
-    *stream_len = (size_t)sl;
-    *nbufs = nb;
+    o->stream_len = (size_t)sl;
+    o->nbufs = nb;
+    o->bufs = bufs;
     return 0;
 }
 
-void ppc_oob_buf(const uint8_t *data, size_t n, uint32_t i, size_t *off, size_t *len)
+void ppc_oob_release(ppc_oob *o)
 {
-    uint32_t nb = ppc_get_u32(data + n - PPC_OOB_TRAILER + 8);
-    size_t table = n - PPC_OOB_TRAILER - (size_t)nb * 16;
-    *off = (size_t)ppc_get_u64(data + table + (size_t)i * 16);
-    *len = (size_t)ppc_get_u64(data + table + (size_t)i * 16 + 8);
+    free(o->bufs);
+    memset(o, 0, sizeof *o);
+}
+
+int ppc_oob_parse(const uint8_t *data, size_t n, size_t *stream_len, uint32_t *nbufs)
+{
+    ppc_oob o;
+    if (ppc_oob_load(data, n, &o) < 0)
+        return -1;
+    *stream_len = o.stream_len;
+    *nbufs = o.nbufs;
+    ppc_oob_release(&o);
+    return 0;
 }
 
 void ppc_oob_finish(uint8_t *data, size_t at, size_t stream_len, uint32_t nbufs,

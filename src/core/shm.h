@@ -13,9 +13,17 @@
  *   u64 stream_len, u32 nbufs, u32 magic
  *
  * The trailer is at the end because the stream is written before the
- * number of buffers is known. ppc_oob_parse checks every offset and length
- * against the blob's size before anything trusts it. Nothing here knows
- * Python; the pool is thread-safe. */
+ * number of buffers is known.
+ *
+ * A peer can write a segment at any time (a worker maps its client's
+ * argument segments read-write; any process of the user can open a
+ * segment through /proc). So nothing is read from a segment twice:
+ * ppc_oob_load copies the trailer and buffer table into private memory
+ * once and checks the copy; every later use reads the copy. Segments are
+ * sealed against shrinking (F_SEAL_SHRINK) when made, and a peer's
+ * segment is mapped only when it carries that seal: a mapping of a file
+ * its owner could truncate would fault (SIGBUS) on the pages cut off.
+ * Nothing here knows Python; the pool is thread-safe. */
 #ifndef PPC_SHM_H
 #define PPC_SHM_H
 #include <pthread.h>
@@ -28,7 +36,9 @@
 #define PPC_OOB_TRAILER 16u
 #define PPC_OOB_ALIGN 64u
 #define PPC_SHM_REF_LEN 24u           /* u32 pid, u32 fd, u64 id, u64 blob length */
+#define PPC_OOB_MAX_BUFS (1u << 24)   /* out-of-band buffers in one blob, at most */
 
+struct ppc_vm_gap;
 typedef struct ppc_shm_seg {
     struct ppc_shm_seg *next;
     uint64_t id;
@@ -38,6 +48,7 @@ typedef struct ppc_shm_seg {
     size_t used; /* bytes of the blob it holds */
     uint32_t ngaps; /* holes in the blob, filled from their owner's memory (vm.h) */
     size_t backed;  /* bytes from 0 known to have pages (ppc_shm_prefault) */
+    struct ppc_vm_gap *gaps; /* our own copy of those holes (malloc'd, ngaps entries) */
 } ppc_shm_seg;
 
 /* A new segment of at least min_cap bytes (rounded up), or NULL. */
@@ -52,9 +63,10 @@ void ppc_shm_free(ppc_shm_seg *s);
  * kernel refuses, the copy faults the pages in. */
 void ppc_shm_prefault(ppc_shm_seg *s, size_t off, size_t len);
 
-/* Map a peer's segment: /proc/<pid>/fd/<fd>, whose file must hold at least
- * need bytes. Returns the mapping (length in *maplen) or NULL with errno
- * set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
+/* Map a peer's segment: /proc/<pid>/fd/<fd>, a file sealed against
+ * shrinking that holds at least need bytes (a file without the seal is
+ * refused with EINVAL: its owner could cut it under our views). Returns the
+ * mapping (length in *maplen) or NULL with errno set. flags: PPC_MAP_WRITE: PROT_WRITE too (the worker's view of argument
  * segments); PPC_MAP_LAZY: no MAP_POPULATE (a segment with holes: faulting
  * them in would allocate pages nobody writes); PPC_MAP_PRIVATE: mapped
  * copy-on-write, readable and writable, never populated (a populated
@@ -91,11 +103,21 @@ ppc_shm_seg *ppc_shm_pool_get(ppc_shm_pool *p, size_t need);
 size_t ppc_shm_pool_put(ppc_shm_pool *p, ppc_shm_seg *s, uint64_t *dropped, size_t maxdrop);
 void ppc_shm_pool_destroy(ppc_shm_pool *p);
 
-/* OOB blob layout. ppc_oob_parse: 0 when data[0..n) is a valid blob
- * (stream_len and nbufs set), -1 otherwise. ppc_oob_buf: buffer i of a
- * parsed blob (bounds already checked by parse). */
+/* A blob's trailer and buffer table, copied out of the blob and checked:
+ * stream_len <= the start of the table; each buffer inside [0, table). */
+typedef struct ppc_oob {
+    size_t stream_len;
+    uint32_t nbufs;
+    uint64_t *bufs; /* nbufs x (off, len), malloc'd (NULL when nbufs is 0) */
+} ppc_oob;
+/* Copy and check the layout of the blob data[0..n): 0, or -1 when it is
+ * malformed or memory runs out (o zeroed). The buffer count is checked
+ * against PPC_OOB_MAX_BUFS and n before anything is allocated. */
+int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o);
+void ppc_oob_release(ppc_oob *o);
+/* Only the sizes: 0 when data[0..n) is a valid blob (stream_len and nbufs
+ * set), -1 otherwise. */
 int ppc_oob_parse(const uint8_t *data, size_t n, size_t *stream_len, uint32_t *nbufs);
-void ppc_oob_buf(const uint8_t *data, size_t n, uint32_t i, size_t *off, size_t *len);
 /* Writing: the table and trailer for nbufs buffers take this many bytes. */
 static inline size_t ppc_oob_tail_len(uint32_t nbufs)
 {

@@ -1,5 +1,6 @@
-/* vm.c - gap tables and cross-process reads (see vm.h). Every offset and
- * length from a peer is checked before use. */
+/* vm.c - gap tables and cross-process reads (see vm.h). A peer's table is
+ * copied into private memory once and checked there; nothing is read from
+ * the peer's memory twice. */
 #define _GNU_SOURCE
 #include "vm.h"
 
@@ -7,7 +8,6 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <stdio.h>
@@ -31,38 +31,68 @@ void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, 
 
 int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_vm_src *src)
 {
+    memset(src, 0, sizeof *src);
     if (!map || blob_len > map_len)
         return -1;
     size_t at = ppc_vm_table_at(blob_len);
     if (at < blob_len || at > map_len || map_len - at < 16)
         return -1;
-    const uint8_t *t = map + at;
-    uint32_t n = ppc_get_u32(t + 4);
-    uint32_t pid = ppc_get_u32(t + 8);
-    if (ppc_get_u32(t) != PPC_VM_MAGIC || n == 0 || n > PPC_VM_MAX_GAPS || pid == 0 ||
-        pid > 0x7fffffffu || (ppc_get_u32(t + 12) & ~PPC_VM_F_SHARED) || (map_len - at - 16) / PPC_VM_ENTRY < n)
+    uint8_t h[16]; /* read once: the peer may be rewriting it */
+    memcpy(h, map + at, sizeof h);
+    uint32_t n = ppc_get_u32(h + 4), pid = ppc_get_u32(h + 8), flags = ppc_get_u32(h + 12);
+    if (ppc_get_u32(h) != PPC_VM_MAGIC || n == 0 || n > PPC_VM_MAX_GAPS || pid == 0 ||
+        pid > 0x7fffffffu || (flags & ~PPC_VM_F_SHARED) || (map_len - at - 16) / PPC_VM_ENTRY < n)
+        return -1;
+    ppc_vm_gap *gaps = malloc((size_t)n * sizeof *gaps);
+    if (!gaps)
         return -1;
     uint64_t end = 0;
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *e = t + 16 + (size_t)i * PPC_VM_ENTRY;
-        uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
-        if (len == 0 || off < end || off > blob_len || len > blob_len - off)
+        uint8_t e[PPC_VM_ENTRY]; /* each entry read once */
+        memcpy(e, map + at + 16 + (size_t)i * PPC_VM_ENTRY, sizeof e);
+        ppc_vm_gap *g = &gaps[i];
+        g->off = ppc_get_u64(e);
+        g->len = ppc_get_u64(e + 8);
+        g->addr = ppc_get_u64(e + 16);
+        /* in the blob, in order, without overlap */
+        if (g->len == 0 || g->off < end || g->off > blob_len || g->len > blob_len - g->off) {
+            free(gaps);
             return -1;
-        end = off + len;
+        }
+        end = g->off + g->len;
     }
     src->pid = (int)pid;
     src->ngaps = n;
-    src->unpinned = (ppc_get_u32(t + 12) & PPC_VM_F_SHARED) != 0;
-    src->entries = t + 16;
+    src->unpinned = (flags & PPC_VM_F_SHARED) != 0;
+    src->gaps = gaps;
     return 0;
+}
+
+void ppc_vm_src_free(ppc_vm_src *src)
+{
+    free(src->gaps);
+    memset(src, 0, sizeof *src);
 }
 
 void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g)
 {
-    const uint8_t *e = src->entries + (size_t)i * PPC_VM_ENTRY;
-    g->off = ppc_get_u64(e);
-    g->len = ppc_get_u64(e + 8);
-    g->addr = ppc_get_u64(e + 16);
+    *g = src->gaps[i];
+}
+
+int ppc_vm_seg_set_holes(ppc_shm_seg *s, int pid, uint32_t flags, const ppc_vm_gap *g,
+                         uint32_t n)
+{
+    ppc_vm_gap *own = n ? malloc((size_t)n * sizeof *own) : NULL;
+    if (n && !own)
+        return -1;
+    if (n)
+        memcpy(own, g, (size_t)n * sizeof *own);
+    free(s->gaps);
+    s->gaps = own;
+    s->ngaps = n;
+    if (n)
+        ppc_vm_table_put(s->map + ppc_vm_table_at(s->used), pid, flags, g, n);
+    return 0;
 }
 
 /* process_vm_readv: one copy, the owner's pages pinned while read. */
@@ -118,90 +148,12 @@ static int read_unpinned(int pid, uint8_t *d, uint64_t addr, size_t len)
 /* ---------------------------------------------- pages shared since a fork */
 
 #define PM_PRESENT (1ull << 63)
-#define PM_SWAPPED (1ull << 62)
 #define PM_EXCLUSIVE (1ull << 56) /* page mapped by this process only */
-#define PM_PFN_MASK ((1ull << 55) - 1)
-#define SAME_MIN ((size_t)1 << 16) /* below this, reading the owner is as cheap */
-#define PM_CHUNK 512u              /* pagemap entries read at once */
-
-static _Atomic uint64_t local_bytes;
-static _Atomic int pfns_shown = -1; /* -1: not known yet */
-
-uint64_t ppc_vm_local_bytes(void)
-{
-    return atomic_load(&local_bytes);
-}
 
 static size_t page_size(void)
 {
     long ps = sysconf(_SC_PAGESIZE);
     return ps > 0 ? (size_t)ps : 4096;
-}
-
-/* Whether /proc/<pid>/pagemap shows us page frame numbers (CAP_SYS_ADMIN):
- * judged once, by a page of our own that is surely present. */
-static int pfns_visible(int self_fd)
-{
-    int v = atomic_load(&pfns_shown);
-    if (v >= 0)
-        return v;
-    const char *off = getenv("PPC_VM_FRAMES"); /* 0: never (for comparisons) */
-    if (off && !strcmp(off, "0")) {
-        atomic_store(&pfns_shown, 0);
-        return 0;
-    }
-    static volatile uint64_t word = 1;
-    word++;
-    uint64_t e = 0;
-    off_t at = (off_t)((uintptr_t)&word / page_size()) * (off_t)sizeof e;
-    v = pread(self_fd, &e, sizeof e, at) == (ssize_t)sizeof e && (e & PM_PRESENT) &&
-        (e & PM_PFN_MASK) != 0;
-    atomic_store(&pfns_shown, v);
-    return v;
-}
-
-/* The whole pages [lo, hi) inside [addr, addr + len): 1 when each is
- * present in both pid and us as the same page frame, so its bytes here
- * are its bytes there. */
-static int same_pages(int pid, uint64_t lo, uint64_t hi)
-{
-    int self = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (self < 0)
-        return 0;
-    int ok = 0;
-    if (pfns_visible(self)) {
-        char path[48];
-        snprintf(path, sizeof path, "/proc/%d/pagemap", pid);
-        int peer = open(path, O_RDONLY | O_CLOEXEC);
-        if (peer >= 0) {
-            size_t ps = page_size();
-            uint64_t a[PM_CHUNK], b[PM_CHUNK];
-            ok = 1;
-            for (uint64_t p = lo; ok && p < hi;) {
-                size_t n = (size_t)((hi - p) / ps);
-                if (n > PM_CHUNK)
-                    n = PM_CHUNK;
-                off_t at = (off_t)(p / ps) * (off_t)sizeof a[0];
-                ssize_t want = (ssize_t)(n * sizeof a[0]);
-                if (pread(peer, a, (size_t)want, at) != want || pread(self, b, (size_t)want, at) != want) {
-                    ok = 0;
-                    break;
-                }
-                for (size_t i = 0; i < n; i++) {
-                    uint64_t pfn = a[i] & PM_PFN_MASK;
-                    if (!(a[i] & PM_PRESENT) || (a[i] & PM_SWAPPED) || !pfn ||
-                        !(b[i] & PM_PRESENT) || (b[i] & PM_SWAPPED) || (b[i] & PM_PFN_MASK) != pfn) {
-                        ok = 0;
-                        break;
-                    }
-                }
-                p += n * ps;
-            }
-            close(peer);
-        }
-    }
-    close(self);
-    return ok;
 }
 
 int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned)
@@ -210,23 +162,7 @@ int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned)
         errno = EFAULT;
         return -1;
     }
-    if (!unpinned)
-        return read_pinned(pid, dst, addr, len);
-    size_t ps = page_size();
-    uint64_t lo = (addr + ps - 1) & ~(uint64_t)(ps - 1), hi = (addr + len) & ~(uint64_t)(ps - 1);
-    if (len < SAME_MIN || hi <= lo || !same_pages(pid, lo, hi))
-        return read_unpinned(pid, dst, addr, len);
-    /* the same frames: the bytes are ours already (immutable while the
-     * owner keeps the object alive); the partial pages at the ends may hold
-     * other data and are read from the owner */
-    uint8_t *d = dst;
-    memcpy(d + (lo - addr), (const void *)(uintptr_t)lo, (size_t)(hi - lo));
-    atomic_fetch_add(&local_bytes, hi - lo);
-    if (lo > addr && read_unpinned(pid, d, addr, (size_t)(lo - addr)) < 0)
-        return -1;
-    if (addr + len > hi && read_unpinned(pid, d + (hi - addr), hi, (size_t)(addr + len - hi)) < 0)
-        return -1;
-    return 0;
+    return unpinned ? read_unpinned(pid, dst, addr, len) : read_pinned(pid, dst, addr, len);
 }
 
 int ppc_vm_maybe_shared(const void *p, size_t len)
@@ -296,13 +232,10 @@ void ppc_vm_fill_own(ppc_shm_seg *s)
 {
     if (!s || !s->ngaps)
         return;
-    ppc_vm_src src;
-    if (ppc_vm_table_parse(s->map, s->cap, s->used, &src) == 0) {
-        for (uint32_t i = 0; i < src.ngaps; i++) {
-            ppc_vm_gap g;
-            ppc_vm_gap_get(&src, i, &g);
-            memcpy(s->map + g.off, (const void *)(uintptr_t)g.addr, (size_t)g.len);
-        }
-    }
+    for (uint32_t i = 0; s->gaps && i < s->ngaps; i++)
+        memcpy(s->map + s->gaps[i].off, (const void *)(uintptr_t)s->gaps[i].addr,
+               (size_t)s->gaps[i].len);
+    free(s->gaps);
+    s->gaps = NULL;
     s->ngaps = 0;
 }

@@ -21,8 +21,12 @@
  * flags: PPC_VM_F_SHARED when some of the bytes sit on pages the owner
  * shares copy-on-write (data older than a fork): the reader then reads
  * without pinning (see ppc_vm_read).
- * Holes lie inside the blob, in increasing order, without overlap; the
- * parser checks that before anything trusts them. Nothing here knows Python. */
+ * Holes lie inside the blob, in increasing order, without overlap. The
+ * table sits in memory its peer can still write, so ppc_vm_table_parse
+ * copies it into private memory once and checks the copy; everything after
+ * reads only the copy. The owner of a segment never reads its own table
+ * back: it keeps its holes privately (ppc_vm_seg_set_holes). Nothing here
+ * knows Python. */
 #ifndef PPC_VM_H
 #define PPC_VM_H
 #include <stddef.h>
@@ -41,12 +45,13 @@ typedef struct ppc_vm_gap {
 } ppc_vm_gap;
 #define PPC_VM_ENTRY 24u
 
-/* A parsed table: where the holes of a blob are and whose memory fills them. */
+/* A parsed table: where the holes of a blob are and whose memory fills
+ * them, in private memory (ppc_vm_src_free releases it). */
 typedef struct ppc_vm_src {
     int pid;
     uint32_t ngaps;
-    int unpinned;           /* how to read (ppc_vm_read): the table's PPC_VM_F_SHARED */
-    const uint8_t *entries; /* ngaps x PPC_VM_ENTRY bytes, checked by ppc_vm_table_parse */
+    int unpinned;     /* how to read (ppc_vm_read): the table's PPC_VM_F_SHARED */
+    ppc_vm_gap *gaps; /* ngaps entries, malloc'd, checked by ppc_vm_table_parse */
 } ppc_vm_src;
 
 static inline size_t ppc_vm_table_at(size_t blob_len)
@@ -60,32 +65,32 @@ static inline size_t ppc_vm_table_len(uint32_t ngaps)
 
 /* Write a table of n gaps for process pid at p. */
 void ppc_vm_table_put(uint8_t *p, int pid, uint32_t flags, const ppc_vm_gap *g, uint32_t n);
-/* The table after a blob of blob_len bytes in a mapping of map_len bytes:
- * 0 with *src filled, or -1 when it is missing, truncated or names holes
- * outside the blob, out of order or overlapping. */
+/* The table after a blob of blob_len bytes in a mapping of map_len bytes,
+ * copied out and checked: 0 with *src filled (free it with
+ * ppc_vm_src_free), or -1 (*src zeroed) when it is missing, truncated,
+ * has more than PPC_VM_MAX_GAPS holes, names holes outside the blob, out
+ * of order or overlapping, or memory runs out. */
 int ppc_vm_table_parse(const uint8_t *map, size_t map_len, size_t blob_len, ppc_vm_src *src);
+void ppc_vm_src_free(ppc_vm_src *src);
 void ppc_vm_gap_get(const ppc_vm_src *src, uint32_t i, ppc_vm_gap *g);
+/* The owner's side: write the table of n holes (for process pid) after the
+ * blob of s (s->used bytes, room reserved by the caller) and keep a private
+ * copy of the holes in s (ppc_vm_fill_own reads that, never the table a
+ * peer can write). 0, or -1 when memory runs out (nothing written). */
+int ppc_vm_seg_set_holes(ppc_shm_seg *s, int pid, uint32_t flags, const ppc_vm_gap *g,
+                         uint32_t n);
 
 /* Copy len bytes at addr in process pid to dst. 0, or -1 with errno set
  * (EPERM/EACCES/ENOSYS: no access at all; EFAULT: a bad address; ESRCH or
- * ENOENT: the process is gone). Two ways:
+ * ENOENT: the process is gone). Two ways, both unprivileged:
  * - pinned (process_vm_readv): one copy, the fastest, but pinning a page the
  *   owner shares copy-on-write with another process breaks the sharing:
  *   the kernel copies the page in the owner first, and flushes TLBs on
  *   every CPU the owner runs on, for each page;
  * - unpinned (/proc/<pid>/mem): page references without pins, the data
  *   copied through a kernel page. A forked worker reads its client this
- *   way when the table says the owner's pages are shared.
- * Unpinned, whole pages that are the very physical pages this process has
- * at the same addresses (copy-on-write sharing since a fork: the forked
- * worker already holds the client's old data) are copied from our own
- * memory, 2-4x faster. That is judged by page frame numbers in both
- * processes' /proc/<pid>/pagemap, exact but shown only to a process with
- * CAP_SYS_ADMIN; elsewhere every page is read from the owner. */
+ *   way when the table says the owner's pages are shared. */
 int ppc_vm_read(int pid, void *dst, uint64_t addr, size_t len, int unpinned);
-/* Bytes ppc_vm_read copied from our own memory since the process started:
- * for tests. */
-uint64_t ppc_vm_local_bytes(void);
 /* 1 when a page of ours in [p, p + len) is also mapped by another process
  * (copy-on-write after a fork), judged by its first, middle and last pages
  * in /proc/self/pagemap ("exclusively mapped" bit); 1 too when that cannot
@@ -110,7 +115,8 @@ int ppc_vm_probe(int pid, uint64_t addr);
 int ppc_vm_copy_blob(uint8_t *dst, const uint8_t *map, size_t blob_len, const ppc_vm_src *src);
 
 /* Fill the holes of a segment of our own from our own memory (the objects
- * must still be alive): afterwards it is an ordinary segment. */
+ * must still be alive), as the private copy in s names them: afterwards it
+ * is an ordinary segment. */
 void ppc_vm_fill_own(ppc_shm_seg *s);
 
 #endif

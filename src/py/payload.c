@@ -18,19 +18,27 @@
  * when the stream is not of that shape. */
 static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
 {
-    size_t i = 0;
-    if (n < 8 || p[0] != 0x80 || p[1] < 4)
+    /* the opcodes before and after the bytes, copied once: p may be
+     * memory a peer can write */
+    uint8_t h[16], tl[16];
+    if (n < 8)
         return NULL;
-    i = 2;
-    if (p[i] == 0x95) /* FRAME */
+    size_t hn = n < sizeof h ? n : sizeof h;
+    memcpy(h, p, hn);
+    if (h[0] != 0x80 || h[1] < 4)
+        return NULL;
+    size_t i = 2;
+    if (h[i] == 0x95) /* FRAME */
         i += 9;
-    if (i + 5 > n || p[i] != 'B')
+    if (i + 5 > hn || h[i] != 'B')
         return NULL;
-    size_t len = (size_t)p[i + 1] | (size_t)p[i + 2] << 8 | (size_t)p[i + 3] << 16 |
-                 (size_t)p[i + 4] << 24;
+    size_t len = (size_t)h[i + 1] | (size_t)h[i + 2] << 8 | (size_t)h[i + 3] << 16 |
+                 (size_t)h[i + 4] << 24;
     size_t at = i + 5;
-    if (len < PPC_SHM_MIN_BYTES || len > n - at)
+    if (len < PPC_SHM_MIN_BYTES || len > n - at || n - at - len > sizeof tl)
         return NULL;
+    size_t tn = n - at - len;
+    memcpy(tl, p + at + len, tn);
     /* the bytes may be a hole: then they come from the owner's memory */
     ppc_vm_gap g = {0, 0, 0};
     if (vm) {
@@ -40,18 +48,18 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
         if (g.off != at || g.len != len)
             return NULL;
     }
-    size_t k = at + len;
-    if (k + 9 <= n && p[k] == 0x95) /* FRAME: the pickler starts one after a big write */
+    size_t k = 0;
+    if (k + 9 <= tn && tl[k] == 0x95) /* FRAME: the pickler starts one after a big write */
         k += 9;
-    if (k < n && p[k] == 0x94) /* MEMOIZE */
+    if (k < tn && tl[k] == 0x94) /* MEMOIZE */
         k++;
-    int tuple = k < n && p[k] == 0x85; /* TUPLE1 */
+    int tuple = k < tn && tl[k] == 0x85; /* TUPLE1 */
     if (tuple) {
         k++;
-        if (k < n && p[k] == 0x94)
+        if (k < tn && tl[k] == 0x94)
             k++;
     }
-    if (k + 1 != n || p[k] != '.')
+    if (k + 1 != tn || tl[k] != '.')
         return NULL;
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
     if (!b)
@@ -77,6 +85,9 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
     return t;
 }
 
+static PyObject *loads_blob(const uint8_t *p, size_t n, PyObject *exporter,
+                            const ppc_vm_src *vm, int shared);
+
 /* A blob with holes, in any other shape: a private copy with the holes
  * filled from the owner's memory, loaded from there. */
 static PyObject *loads_holes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
@@ -90,33 +101,50 @@ static PyObject *loads_holes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
     if (rc < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else
-        o = ppc_loads_blob(cp, n, NULL, NULL);
+        o = loads_blob(cp, n, NULL, NULL, 0);
     PyMem_RawFree(cp);
     return o;
 }
 
 PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm)
 {
-    size_t sl;
-    uint32_t nb;
-    if (ppc_oob_parse(p, n, &sl, &nb) < 0) {
+    return loads_blob(p, n, exporter, vm, 1);
+}
+
+/* shared: p is memory a peer can write (a segment, or a copy-on-write
+ * mapping of one whose pages we have not written yet), so the layout is
+ * copied out once (ppc_oob_load) and the stream is unpickled from a
+ * private copy; buffers are copied, or views when exporter is given (their
+ * bytes may change, their bounds cannot). */
+static PyObject *loads_blob(const uint8_t *p, size_t n, PyObject *exporter,
+                            const ppc_vm_src *vm, int shared)
+{
+    ppc_oob o;
+    if (ppc_oob_load(p, n, &o) < 0) {
         PyErr_SetString(PyExc_ValueError, "malformed out-of-band pickle blob");
         return NULL;
     }
+    size_t sl = o.stream_len;
+    uint32_t nb = o.nbufs;
     if (nb == 0) {
         PyObject *b = big_bytes(p, sl, vm);
-        if (b || PyErr_Occurred())
+        if (b || PyErr_Occurred()) {
+            ppc_oob_release(&o);
             return b;
+        }
     }
-    if (vm)
+    if (vm) {
+        ppc_oob_release(&o);
         return loads_holes(p, n, vm);
+    }
     PyObject *base = exporter ? PyMemoryView_FromObject(exporter) : NULL;
-    if (exporter && !base)
+    if (exporter && !base) {
+        ppc_oob_release(&o);
         return NULL;
+    }
     PyObject *bufs = PyList_New(nb), *res = NULL;
     for (uint32_t i = 0; bufs && i < nb; i++) {
-        size_t off, len;
-        ppc_oob_buf(p, n, i, &off, &len);
+        size_t off = (size_t)o.bufs[2 * i], len = (size_t)o.bufs[2 * i + 1];
         PyObject *b;
         if (base) {
             PyObject *start = PyLong_FromSize_t(off), *stop = PyLong_FromSize_t(off + len);
@@ -134,20 +162,26 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
         }
         PyList_SET_ITEM(bufs, i, b);
     }
+    ppc_oob_release(&o);
     if (bufs) {
-        PyObject *stream = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)sl, PyBUF_READ);
+        PyObject *stream = shared ? PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)sl)
+                                  : PyMemoryView_FromMemory((char *)p, (Py_ssize_t)sl, PyBUF_READ);
         PyObject *kw = stream ? Py_BuildValue("{sO}", "buffers", bufs) : NULL;
         PyObject *a = kw ? PyTuple_Pack(1, stream) : NULL;
         res = a ? PyObject_Call(G.pickle_loads, a, kw) : NULL;
         Py_XDECREF(a);
         Py_XDECREF(kw);
-        if (stream) {
+        if (stream && !shared) {
+            /* the unpickler's error, if any, survives the release */
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
             PyObject *rr = PyObject_CallMethod(stream, "release", NULL);
             if (!rr)
                 PyErr_Clear();
             Py_XDECREF(rr);
-            Py_DECREF(stream);
+            PyErr_Restore(t, v, tb);
         }
+        Py_XDECREF(stream);
     }
     Py_XDECREF(bufs);
     if (base) {
@@ -162,7 +196,7 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
 PyObject *ppc_loads_inline(const uint8_t *p, size_t n, int oob)
 {
     if (oob)
-        return ppc_loads_blob(p, n, NULL, NULL);
+        return loads_blob(p, n, NULL, NULL, 0);
     PyObject *o = ppc_fast_loads(p, n);
     if (o)
         return o;

@@ -227,7 +227,8 @@ static int is_worker_pid(ppc_Server *s, int pid)
 
 /* Map the worker's result segment and unpickle. Without holes it is mapped
  * copy-on-write and its out-of-band buffers (numpy arrays' data) become
- * views of the mapping: writable, never written back, and the segment goes
+ * views of the mapping, cut by a private copy of the blob's layout (the
+ * worker can still write the file; sealed, it cannot shrink it): writable, never written back, and the segment goes
  * back to the worker when the mapping dies with the last of them (at once
  * when the result holds none). With holes (big bytes read from the worker's
  * memory) everything is copied and the segment goes back at once. */
@@ -278,6 +279,8 @@ static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes
         PyErr_SetString(PyExc_ValueError, "malformed hole table in a worker's result");
     else
         obj = ppc_loads_blob(m, (size_t)r.len, NULL, holes ? &src : NULL);
+    if (holes)
+        ppc_vm_src_free(&src);
     ppc_shm_unmap(m, maplen);
     return obj;
 }

@@ -122,7 +122,7 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
     wr->gaps = NULL;
     wr->ngaps = wr->capgaps = 0;
     wr->vmflags = 0;
-    seg->ngaps = 0;
+    ppc_vm_seg_set_holes(seg, 0, 0, NULL, 0); /* none yet (cannot fail) */
     PyObject *bufs = PyList_New(0), *pk = NULL, *r = NULL, *append = NULL;
     Py_ssize_t ret = -1;
     uint64_t *offs = NULL, *lens = NULL;
@@ -177,10 +177,10 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
     Py_END_ALLOW_THREADS
     ppc_oob_finish(seg->map, at, stream_len, (uint32_t)nb, offs, lens);
     seg->used = total;
-    if (wr->ngaps) {
-        ppc_vm_table_put(seg->map + ppc_vm_table_at(total), (int)getpid(), wr->vmflags, wr->gaps,
-                         wr->ngaps);
-        seg->ngaps = wr->ngaps;
+    /* the table for the reader; our own list of the holes for us (vm.h) */
+    if (wr->ngaps && ppc_vm_seg_set_holes(seg, (int)getpid(), wr->vmflags, wr->gaps, wr->ngaps) < 0) {
+        PyErr_NoMemory();
+        goto out;
     }
     ret = (Py_ssize_t)total;
 out:

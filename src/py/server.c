@@ -835,17 +835,19 @@ static int shm_usable(ppc_Server *self)
 }
 
 /* Does the stream of a segment with holes mention __main__ outside them?
- * (the holes are bytes objects' data, not pickle opcodes) */
+ * (the holes are bytes objects' data, not pickle opcodes) The holes are
+ * the segment's private list, never its table, which a worker that mapped
+ * the segment before could rewrite. */
 static int holes_mention_main(ppc_shm_seg *seg, size_t stream_len)
 {
-    ppc_vm_src src;
-    if (ppc_vm_table_parse(seg->map, seg->cap, seg->used, &src) < 0)
-        return 1;
     size_t at = 0;
-    for (uint32_t i = 0; i <= src.ngaps; i++) {
+    for (uint32_t i = 0; i <= seg->ngaps; i++) {
         ppc_vm_gap g = {stream_len, 0, 0};
-        if (i < src.ngaps)
-            ppc_vm_gap_get(&src, i, &g);
+        if (i < seg->ngaps) {
+            if (!seg->gaps)
+                return 1;
+            g = seg->gaps[i];
+        }
         size_t end = g.off < stream_len ? (size_t)g.off : stream_len;
         /* a name split by a hole is impossible: a hole is a whole opcode payload */
         if (end > at && memmem(seg->map + at, end - at, "__main__", 8))

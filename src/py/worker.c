@@ -538,18 +538,24 @@ static int put_result(wstate *w, uint64_t id, uint64_t ns, int kind, PyObject *o
     return 0;
 }
 
-/* The holes of an argument blob in mapping m: their table, checked, and
- * whether we can read the client at all. 1: src filled; 0: reading the
- * client is refused (the job goes back with its holes filled: only jobs
- * sent before the client heard so from our INIT reply); -1: error. */
+/* The holes of an argument blob in mapping m: their table, copied and
+ * checked, and whether we can read the client at all. 1: src filled (the
+ * caller frees it); 0: reading the client is refused (the job goes back
+ * with its holes filled: only jobs sent before the client heard so from
+ * our INIT reply); -1: error. */
 static int arg_holes(wstate *w, ppc_ShmMap *m, size_t blob_len, uint32_t holes, ppc_vm_src *src)
 {
     if (ppc_vm_table_parse(m->addr, m->len, blob_len, src) < 0 || src->ngaps != holes ||
         src->pid != (int)getppid()) {
+        ppc_vm_src_free(src);
         PyErr_SetString(PyExc_ValueError, "malformed hole table in the job's arguments");
         return -1;
     }
-    return w->vm_args;
+    if (!w->vm_args) {
+        ppc_vm_src_free(src);
+        return 0;
+    }
+    return 1;
 }
 
 /* The client can read our memory: results may leave holes. */
@@ -619,9 +625,12 @@ static int on_job(wstate *w, uint64_t id, uint16_t aux, uint32_t extra, const ui
                            ? 0
                            : -1;
             }
-            if (hr > 0)
+            if (hr > 0) {
                 args = ppc_loads_blob(argmap->addr, (size_t)r.len, (PyObject *)argmap,
                                       holes ? &src : NULL);
+                if (holes)
+                    ppc_vm_src_free(&src);
+            }
         } else {
             args = ppc_loads_inline(p + 8, n - 8, aux & PPC_AUX_OOB);
         }

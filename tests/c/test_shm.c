@@ -1,11 +1,17 @@
 /* test_shm.c - unit tests of shm.c: segments, growth, the pool's reuse and
- * cap, mapping a segment through /proc/<pid>/fd (here our own pid, and a
- * refused open), prefaulting a range, the OOB blob layout and its bounds checks. */
+ * cap, mapping a segment through /proc/<pid>/fd (here our own pid, a
+ * refused open, a file that could shrink), the seal that keeps a segment
+ * from shrinking, prefaulting a range, the OOB blob layout and its bounds
+ * checks, and the loader's private copy (a layout rewritten after loading,
+ * or all the while by another thread, changes nothing the reader uses). */
 #define _GNU_SOURCE
 #include "ctest.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -67,6 +73,28 @@ TEST(shm_map_peer_self)
     CHECK(ppc_shm_map_peer(getpid(), pfd[0], 1, 0, &len) == NULL);
     close(pfd[0]);
     close(pfd[1]);
+    /* a memfd without the seal: its owner could shrink it under our mapping */
+    int f = memfd_create("loose", MFD_CLOEXEC);
+    REQUIRE(f >= 0);
+    REQUIRE(ftruncate(f, 1 << 20) == 0);
+    errno = 0;
+    CHECK(ppc_shm_map_peer(getpid(), f, 5, 0, &len) == NULL && errno == EINVAL);
+    close(f);
+    ppc_shm_free(s);
+}
+
+/* A segment cannot shrink (nor take other seals), only grow: a peer that
+ * maps it never loses pages under its reads. */
+TEST(shm_segment_sealed_against_shrinking)
+{
+    ppc_shm_seg *s = ppc_shm_create(1u << 20, 1);
+    REQUIRE(s != NULL);
+    int seals = fcntl(s->fd, F_GET_SEALS);
+    CHECK(seals >= 0 && (seals & F_SEAL_SHRINK) && (seals & F_SEAL_SEAL));
+    CHECK(ftruncate(s->fd, 4096) < 0 && errno == EPERM);
+    CHECK(fcntl(s->fd, F_ADD_SEALS, F_SEAL_GROW) < 0);
+    CHECK_EQ_INT(ppc_shm_reserve(s, 5u << 20), 0);
+    s->map[s->cap - 1] = 7;
     ppc_shm_free(s);
 }
 
@@ -114,10 +142,22 @@ TEST(oob_layout_roundtrip_and_bounds)
     REQUIRE(ppc_oob_parse(blob, n, &sl, &nb) == 0);
     CHECK_EQ_U64(sl, 6);
     CHECK_EQ_INT(nb, 2);
-    size_t off, len;
-    ppc_oob_buf(blob, n, 1, &off, &len);
-    CHECK_EQ_U64(off, o2);
-    CHECK_EQ_U64(len, 20);
+    ppc_oob o;
+    REQUIRE(ppc_oob_load(blob, n, &o) == 0);
+    CHECK_EQ_U64(o.stream_len, 6);
+    REQUIRE(o.nbufs == 2 && o.bufs != NULL);
+    CHECK_EQ_U64(o.bufs[0], o1);
+    CHECK_EQ_U64(o.bufs[1], 10);
+    CHECK_EQ_U64(o.bufs[2], o2);
+    CHECK_EQ_U64(o.bufs[3], 20);
+    /* loaded once: rewriting the blob's table and trailer changes nothing */
+    uint8_t keep[512];
+    memcpy(keep, blob, n);
+    memset(blob + at, 0xff, n - at);
+    CHECK(o.stream_len == 6 && o.nbufs == 2 && o.bufs[2] == o2 && o.bufs[3] == 20);
+    memcpy(blob, keep, n);
+    ppc_oob_release(&o);
+    CHECK(o.bufs == NULL && o.nbufs == 0);
     /* every truncation is refused or still in bounds */
     for (size_t k = 0; k < n; k++)
         CHECK(ppc_oob_parse(blob, k, &sl, &nb) < 0);
@@ -143,6 +183,89 @@ TEST(oob_layout_roundtrip_and_bounds)
     memcpy(s0, "abc", 3);
     ppc_oob_finish(s0, 3, 3, 0, NULL, NULL);
     CHECK(ppc_oob_parse(s0, 3 + PPC_OOB_TRAILER, &sl, &nb) == 0 && sl == 3 && nb == 0);
+    ppc_oob o0;
+    CHECK(ppc_oob_load(s0, 3 + PPC_OOB_TRAILER, &o0) == 0 && o0.bufs == NULL);
+    ppc_oob_release(&o0);
+}
+
+/* Counts beyond the limit or the blob's room are refused before anything
+ * is allocated: a count of 2^24 + 1 in a blob big enough for it, and the
+ * largest u32 in a small one. */
+TEST(oob_hostile_counts)
+{
+    size_t n = ((size_t)PPC_OOB_MAX_BUFS + 1) * 16 + PPC_OOB_TRAILER;
+    uint8_t *big = calloc(1, n);
+    REQUIRE(big != NULL);
+    ppc_put_u32(big + n - 8, PPC_OOB_MAX_BUFS + 1); /* the trailer: stream 0, count, magic */
+    ppc_put_u32(big + n - 4, PPC_OOB_MAGIC);
+    ppc_oob o;
+    CHECK(ppc_oob_load(big, n, &o) < 0 && o.bufs == NULL);
+    free(big);
+    uint8_t small[64] = {0};
+    ppc_oob_finish(small, 64 - PPC_OOB_TRAILER, 0, 0, NULL, NULL);
+    ppc_put_u32(small + 64 - 8, 0xffffffffu);
+    CHECK(ppc_oob_load(small, 64, &o) < 0);
+}
+
+/* Another thread flips the table and trailer while the reader loads and
+ * copies the buffers out, again and again: whatever load accepts stays
+ * inside the blob (ASan would report a read past it otherwise). */
+struct oob_flipper {
+    uint8_t *tail; /* the table (2 entries) and trailer */
+    atomic_int stop;
+};
+
+static void *flip_oob(void *arg)
+{
+    struct oob_flipper *f = arg;
+    uint32_t x = 777;
+    while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
+        x = x * 1103515245u + 12345u;
+        volatile uint8_t *t = f->tail;
+        int at = (int)((x >> 8) % 48); /* any byte of 2 entries + trailer */
+        if (at == 44 || at == 45 || at == 46 || at == 47)
+            continue; /* keep the magic: most rounds get past it */
+        t[at] = (uint8_t)(x >> 20);
+        if ((x >> 28) == 0) { /* now and then the count back to a small one */
+            t[40] = 2;
+            t[41] = t[42] = t[43] = 0;
+        }
+    }
+    return NULL;
+}
+
+TEST(oob_rewritten_while_read)
+{
+    size_t at = 256, n = at + ppc_oob_tail_len(2);
+    uint8_t *blob = calloc(1, n);
+    REQUIRE(blob != NULL);
+    uint64_t offs[2] = {64, 128}, lens[2] = {32, 100};
+    ppc_oob_finish(blob, at, 10, 2, offs, lens);
+    struct oob_flipper f = {blob + at, 0};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, flip_oob, &f) == 0);
+    int accepted = 0;
+    unsigned sum = 0;
+    for (int round = 0; round < 200000; round++) {
+        ppc_oob o;
+        if (ppc_oob_load(blob, n, &o) < 0)
+            continue;
+        accepted++;
+        size_t table = n - ppc_oob_tail_len(o.nbufs);
+        CHECK(o.stream_len <= table);
+        for (uint32_t i = 0; i < o.nbufs; i++) {
+            uint64_t off = o.bufs[2 * i], len = o.bufs[2 * i + 1];
+            CHECK(off <= table && len <= table - off);
+            for (uint64_t k = 0; k < len; k++) /* every byte: ASan checks them */
+                sum += blob[off + k];
+        }
+        ppc_oob_release(&o);
+    }
+    atomic_store(&f.stop, 1);
+    pthread_join(th, NULL);
+    CHECK(accepted > 0);
+    (void)sum;
+    free(blob);
 }
 
 TEST(shm_ref_roundtrip)
