@@ -13,6 +13,7 @@ weakref, pickle) are imported by those calls, not here. The ``pp`` logger
 """
 import atexit
 import os
+import sys
 import time
 
 from . import _ppc
@@ -108,10 +109,15 @@ class Server(_ppc.Server):
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
                  proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
                  **node_options):
-        import logging
         global _live_servers
-        logger = logging.getLogger("pp")
-        logger.debug("Creating server instance (pp-%s)", __version__)
+        # Debug lines only where logging is in use: a program that never
+        # imported logging has no handler that could show them, and importing
+        # it would be most of a new Server's cost. Messages that matter
+        # (warnings, errors) import it when they come (src/py/server.c).
+        logging = sys.modules.get("logging")
+        logger = logging.getLogger("pp") if logging else None
+        if logger:
+            logger.debug("Creating server instance (pp-%s)", __version__)
         if secret is None and (ppservers or node_options.get("_listen")):
             secret = _user_secret()
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
@@ -121,7 +127,8 @@ class Server(_ppc.Server):
             _live_servers = weakref.WeakSet()
             atexit.register(_destroy_at_exit)
         _live_servers.add(self)
-        logger.debug("pp local server started with %d workers", self.get_ncpus())
+        if logger:
+            logger.debug("pp local server started with %d workers", self.get_ncpus())
 
     def get_stats(self):
         """Node name -> Statistics (ncpus, njobs, time)."""

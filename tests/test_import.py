@@ -90,6 +90,46 @@ def test_errors_still_reach_the_pp_logger(run_python, ok, tmp_path):
     assert out.strip() == "ok"
 
 
+def test_server_imports_logging_only_for_a_message(run_python, ok):
+    # A Server whose jobs go well never imports logging (its import is most of
+    # a new Server's cost); the first message imports it, and a handler the
+    # program added after making the Server receives it.
+    out = ok(run_python("""
+        import sys
+
+        import pp
+
+
+        def square(x):
+            return x * x
+
+
+        def bad_callback(result):
+            raise RuntimeError("late handler sees %d" % result)
+
+
+        s = pp.Server(1)
+        assert s.submit(square, (3,))() == 9
+        print("logging" in sys.modules)
+
+        import logging
+        records = []
+
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+
+
+        logging.getLogger("pp").addHandler(Keep())
+        s.submit(square, (4,), callback=bad_callback)
+        s.wait()
+        s.destroy()
+        print(any("late handler sees 16" in m for m in records))
+    """))
+    assert out.split() == ["False", "True"]
+
+
 def test_default_protocol_is_pickles_highest(run_python, ok):
     out = ok(run_python("""
         import inspect

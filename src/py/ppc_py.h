@@ -40,7 +40,6 @@ typedef struct {
     PyObject *events;     /* capsule shared with the events thread: it owns the
                              engine, so the thread never keeps the Server alive */
     struct ppc_events *ev; /* its contents */
-    PyObject *logger;
     PyObject *ppservers;
     PyObject *secret;
     PyObject *last_key[4]; /* func, depfuncs, modules, globals flag of the */

@@ -28,7 +28,7 @@
 /* What the events thread shares with its Server (see events_main). */
 typedef struct ppc_events {
     ppc_engine *engine; /* owned: freed when the capsule goes */
-    PyObject *logger;
+    PyObject *logger; /* the "pp" logger, looked up at the first message (ev_logger) */
     int raise_exceptions;
     unsigned long tid; /* the thread's ident once it runs; 0 before */
 } ppc_events;
@@ -317,12 +317,35 @@ static int fork_workers(int n, ppc_prestarted *out)
 /* ------------------------------------------------------------------------
  * The events thread: callbacks in completion order, log forwarding. */
 
+/* The "pp" logger, looked up at the first message: a Server that never
+ * logs never imports logging (its import is most of a new Server's cost).
+ * Borrowed reference, or NULL with the error written as unraisable. */
+static PyObject *ev_logger(ppc_events *self)
+{
+    if (!self->logger) {
+        PyObject *get = ppc_import_attr("logging", "getLogger");
+        self->logger = get ? PyObject_CallFunction(get, "s", "pp") : NULL;
+        Py_XDECREF(get);
+        if (!self->logger)
+            PyErr_WriteUnraisable(NULL);
+    }
+    return self->logger;
+}
+
+/* The result r of a call of one of logger's methods: a failure of the
+ * logging itself is written as unraisable, never lost or raised. */
+static void log_done(PyObject *logger, PyObject *r)
+{
+    if (!r)
+        PyErr_WriteUnraisable(logger);
+    Py_XDECREF(r);
+}
+
 static void log_message(ppc_events *self, int level, const char *msg)
 {
-    PyObject *r = PyObject_CallMethod(self->logger, "log", "is", level, msg);
-    if (!r)
-        PyErr_WriteUnraisable(self->logger);
-    Py_XDECREF(r);
+    PyObject *logger = ev_logger(self);
+    if (logger)
+        log_done(logger, PyObject_CallMethod(logger, "log", "is", level, msg));
 }
 
 /* Run one job's callback on the event thread: callback(*callbackargs,
@@ -345,13 +368,12 @@ static void run_callback(ppc_events *self, ppc_job *j)
     PyObject *value = NULL;
     if (jo->exc && self->raise_exceptions) {
         PyObject *s = PyObject_Repr(jo->exc);
-        PyObject *r = PyObject_CallMethod(self->logger, "error", "sKO",
-                                          "job %d raised %r; its callback was not called",
-                                          (unsigned long long)j->id, s ? s : Py_None);
+        PyObject *logger = ev_logger(self);
+        if (logger)
+            log_done(logger, PyObject_CallMethod(logger, "error", "sKO",
+                                                 "job %d raised %r; its callback was not called",
+                                                 (unsigned long long)j->id, s ? s : Py_None));
         Py_XDECREF(s);
-        if (!r)
-            PyErr_WriteUnraisable(self->logger);
-        Py_XDECREF(r);
         Py_DECREF(jo);
         return;
     }
@@ -376,14 +398,13 @@ static void run_callback(ppc_events *self, ppc_job *j)
             PyErr_NormalizeException(&t, &exc, &tb);
             if (tb && exc)
                 PyException_SetTraceback(exc, tb);
-            PyObject *meth = PyObject_GetAttrString(self->logger, "error");
+            PyObject *logger = ev_logger(self);
+            PyObject *meth = logger ? PyObject_GetAttrString(logger, "error") : NULL;
             PyObject *pa = Py_BuildValue("(sO)", "exception in the callback of a job: %r",
                                          exc ? exc : Py_None);
             PyObject *pk = Py_BuildValue("{sO}", "exc_info", exc ? exc : Py_None);
-            PyObject *rr = meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL;
-            if (!rr)
-                PyErr_WriteUnraisable(self->logger);
-            Py_XDECREF(rr);
+            if (logger)
+                log_done(logger, meth && pa && pk ? PyObject_Call(meth, pa, pk) : NULL);
             Py_XDECREF(meth);
             Py_XDECREF(pa);
             Py_XDECREF(pk);
@@ -458,8 +479,6 @@ static int adopt_engine(ppc_Server *self, ppc_engine *e)
         return -1;
     }
     ev->engine = e;
-    ev->logger = self->logger;
-    Py_INCREF(ev->logger);
     ev->raise_exceptions = self->raise_exceptions;
     self->events = cap;
     self->ev = ev;
@@ -609,12 +628,7 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
     Py_XSETREF(self->group_names, PyList_New(0));
     if (!self->fn_cache || !self->fn_volatile || !self->groups || !self->group_names)
         return -1;
-    PyObject *logging_getLogger = ppc_import_attr("logging", "getLogger");
-    if (!logging_getLogger)
-        return -1;
-    Py_XSETREF(self->logger, PyObject_CallFunction(logging_getLogger, "s", "pp"));
-    Py_DECREF(logging_getLogger);
-    return self->logger ? 0 : -1;
+    return 0;
 }
 
 static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *o, opts_mem *m)
@@ -1322,7 +1336,6 @@ static int Server_traverse(ppc_Server *self, visitproc visit, void *arg)
     Py_VISIT(self->groups);
     Py_VISIT(self->group_names);
     Py_VISIT(self->event_thread);
-    Py_VISIT(self->logger);
     for (int i = 0; i < 4; i++)
         Py_VISIT(self->last_key[i]);
     Py_VISIT(self->last_cap);
@@ -1340,7 +1353,6 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->groups);
     Py_CLEAR(self->group_names);
     Py_CLEAR(self->event_thread);
-    Py_CLEAR(self->logger);
     Py_CLEAR(self->ppservers);
     Py_CLEAR(self->secret);
     Py_CLEAR(self->vm_held);
