@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -96,6 +97,15 @@ def alive(pid):
 # (paste it after their `import os, time`)
 SCRIPT_HELPERS = (inspect.getsource(_wait_until).replace("def _wait_until", "def wait_until")
                   + "\n\n" + inspect.getsource(alive))
+
+
+def assert_nothing_pending(server):
+    """wait() returns at once: no job was left behind (a job counted but
+    never run, or never finished, would make it wait forever)."""
+    waiter = threading.Thread(target=server.wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait() did not return: a job was left pending"
 
 
 def kill_workers_mid_job(server, job, after):
