@@ -1,8 +1,9 @@
 """Large arguments and results through shared memory (src/core/shm.c,
-src/py/segwrite.c, payload.c, shmmap.c): bytes and numpy payloads, nested structures, pinned
-arguments, segment reuse with many jobs in flight, a worker killed
-mid-job, a ppserver on loopback, the pipe fallback when /proc/<pid>/fd is
-refused, no fd or mapping left behind after destroy(), and large results
+src/py/segwrite.c, payload.c, shmmap.c): bytes and numpy payloads, nested
+structures, pinned arguments, segment reuse with many jobs in flight, a
+worker killed mid-job, a ppserver on loopback, the pipe fallback when
+/proc/<pid>/fd is refused (simulated through pp.Server(_test=...)), no fd
+or mapping left behind after destroy(), and large results
 waiting in workers: restart=True, a shrinking pool, a worker killed before
 its result was taken; numpy results as copy-on-write views of the worker's
 segment (their lifetime, forks, the lending cap), other out-of-band

@@ -1,5 +1,6 @@
 /* wmodule.c - pp._ppcw, the worker processes' extension module: only the
- * receive / execute / reply loop (worker.c) and the frame codec, so a
+ * receive / execute / reply loop (worker.c) and what it needs (frames, the
+ * result layout, segments, the payload codec, function shipping), so a
  * worker starts fast (no engine, no libcrypto). */
 #include "ppc_py.h"
 
