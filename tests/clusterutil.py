@@ -16,6 +16,7 @@ import sys
 import time
 
 import conftest
+from conftest import alive  # noqa: F401 (the cluster suites import it from here)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,16 +88,6 @@ def children(pid):
         if int(fields[1]) == pid:
             out.append(int(d))
     return out
-
-
-def alive(pid):
-    """True when pid exists and is not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read()
-    except OSError:
-        return False
-    return st[st.rindex(")") + 2] != "Z"
 
 
 class Wire:

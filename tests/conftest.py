@@ -8,7 +8,11 @@ Everything here uses real worker processes: no mocks. Provides
     is the environment it uses);
   * ``wait_until``: poll a condition with a generous deadline;
   * ``kill_workers_mid_job``: SIGKILL a server's workers under a running
-    job and check that the job fails with WorkerError.
+    job and check that the job fails with WorkerError;
+  * plain helpers: ``alive(pid)``, ``mapping_of(addr)`` (its /proc/self/maps
+    line), ``fork_checker`` (a forked child checks what it kept while the
+    parent goes on), ``run_script`` (a script file in a child interpreter)
+    and ``SCRIPT_HELPERS`` (wait_until and alive as source for such scripts).
 Every test without its own ``timeout`` marker gets one (60 s), so a hang
 fails the test instead of stalling the run.
 
@@ -16,10 +20,12 @@ Only the standard library, pytest and pp are imported here: this file is
 also loaded when the Makefile runs tests/test_asan_subset.py against an
 AddressSanitizer build of the extension.
 """
+import inspect
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -62,7 +68,7 @@ def fresh_server():
         s.destroy()
 
 
-def _wait_until(pred, timeout=10.0, interval=0.01):
+def _wait_until(pred, timeout=20.0, interval=0.01):
     """Poll pred() until it is true; return its last value (falsy on timeout)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,6 +81,31 @@ def _wait_until(pred, timeout=10.0, interval=0.01):
 @pytest.fixture
 def wait_until():
     return _wait_until
+
+
+def alive(pid):
+    """True when pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            st = f.read()
+    except OSError:
+        return False
+    return st[st.rindex(")") + 2] != "Z"
+
+
+# wait_until and alive for the scripts tests run in child interpreters
+# (paste it after their `import os, time`)
+SCRIPT_HELPERS = (inspect.getsource(_wait_until).replace("def _wait_until", "def wait_until")
+                  + "\n\n" + inspect.getsource(alive))
+
+
+def assert_nothing_pending(server):
+    """wait() returns at once: no job was left behind (a job counted but
+    never run, or never finished, would make it wait forever)."""
+    waiter = threading.Thread(target=server.wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait() did not return: a job was left pending"
 
 
 def kill_workers_mid_job(server, job, after):
@@ -96,6 +127,20 @@ def child_env():
     env["PYTHONPATH"] = root + (os.pathsep + old if old else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def run_script(source, tmp_path, timeout=60, env_extra=None, env_drop=()):
+    """Write source to tmp_path/script.py and run it in a child interpreter
+    (child_env() less env_drop, plus env_extra) -> CompletedProcess."""
+    env = child_env()
+    for k in env_drop:
+        env.pop(k, None)
+    env.update(env_extra or {})
+    path = os.path.join(str(tmp_path), "script.py")
+    with open(path, "w") as f:
+        f.write(source)
+    return subprocess.run([sys.executable, path], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(name="child_env")
@@ -144,3 +189,37 @@ def check_ok(proc):
 @pytest.fixture
 def ok():
     return check_ok
+
+
+def mapping_of(addr):
+    """The /proc/self/maps line whose mapping holds address addr, or None."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line.strip()
+    return None
+
+
+def fork_checker(check):
+    """Fork a child that waits, then exits 0 if check() is true. Returns a
+    function that lets the child go and tells whether it exited 0: the
+    parent changes what it likes in between."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            os.read(rd, 1)
+            ok = bool(check())
+        finally:
+            os._exit(0 if ok else 1)
+
+    def verdict():
+        os.write(wr, b"g")
+        _, st = os.waitpid(pid, 0)
+        os.close(rd)
+        os.close(wr)
+        return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+
+    return verdict

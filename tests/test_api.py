@@ -11,26 +11,17 @@ import math
 import os
 import pickle
 import re
-import threading
 import time
 
 import pytest
 
 import pp
+from conftest import assert_nothing_pending
 import helpers_mod as H
 
 
 def autodetected():
     return len(os.sched_getaffinity(0))
-
-
-def assert_nothing_pending(server):
-    """wait() returns at once: a rejected submit left no job behind (one
-    counted but never run would make wait() block forever)."""
-    waiter = threading.Thread(target=server.wait)
-    waiter.start()
-    waiter.join(10)
-    assert not waiter.is_alive(), "wait() did not return: a job was left pending"
 
 
 # --------------------------------------------------------------- module

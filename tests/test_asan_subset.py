@@ -105,7 +105,11 @@ def test_submit_argument_errors(srv):
         srv.submit(pow, (2, 3), globals=[])
     with pytest.raises(TypeError):
         srv.submit(len, (threading.Lock(),))
-    assert srv._active_tasks() == 0
+    # none of them left a job behind: wait() returns at once
+    waiter = threading.Thread(target=srv.wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait() did not return: a job was left pending"
 
 
 @pytest.mark.timeout(120)

@@ -18,6 +18,7 @@ import signal
 import pytest
 
 import pp
+from conftest import fork_checker, mapping_of
 
 MB = 1 << 20
 
@@ -45,17 +46,6 @@ def pair(n, seed):
     return (a, a[::-1], {"k": make(n, seed + 1)})
 
 
-def mapping_of(obj):
-    """The /proc/self/maps line whose mapping holds obj, or None."""
-    a = id(obj)
-    with open("/proc/self/maps") as f:
-        for line in f:
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if lo <= a < hi:
-                return line.strip()
-    return None
-
-
 def ready(fresh_server, n, **kw):
     """A server whose workers have heard that results may leave holes (the
     client tells them once it has probed them: jobs sent before may not)."""
@@ -70,7 +60,7 @@ def test_result_is_an_ordinary_object_of_ours(fresh_server):
     s = ready(fresh_server, 1)
     r = s.submit(make, (3 * MB + 5, 1))()
     assert type(r) is bytes and r == expect(3 * MB + 5, 1)
-    line = mapping_of(r)
+    line = mapping_of(id(r))
     # anonymous memory of ours, no file of the worker's behind it
     assert line is not None and "memfd:" not in line and "/proc/" not in line, line
     assert hash(r) == hash(bytes(r)) and (r + b"!")[-1:] == b"!"
@@ -108,25 +98,13 @@ def test_client_fork_keeps_what_it_saw(fresh_server):
     n = 4 * MB
     r = s.submit(make, (n, 8))()
     want = hashlib.sha256(expect(n, 8)).hexdigest()
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            os.read(rd, 1)
-            ok = hashlib.sha256(r).hexdigest() == want
-        finally:
-            os._exit(0 if ok else 1)
+    child_ok = fork_checker(lambda: hashlib.sha256(r).hexdigest() == want)
     # the parent drops its result and makes the worker reuse its memory
     del r
     gc.collect()
     for k in range(3):
         assert s.submit(make, (n, 9 + k))() == expect(n, 9 + k)
-    os.write(wr, b"g")
-    _, st = os.waitpid(pid, 0)
-    os.close(rd)
-    os.close(wr)
-    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "the forked child saw changed data"
+    assert child_ok(), "the forked child saw changed data"
 
 
 def test_worker_killed_while_result_is_held(fresh_server):

@@ -25,6 +25,7 @@ import time
 import pytest
 
 import pp
+from conftest import assert_nothing_pending
 import helpers_mod as H
 
 
@@ -288,15 +289,6 @@ def test_missing_from_import_raises_import_error(server):
 
 
 # --------------------------------------------------------------- unpicklable arguments
-
-def assert_nothing_pending(server):
-    """wait() returns at once: no job was left behind (a job counted but
-    never run would make it wait forever)."""
-    waiter = threading.Thread(target=server.wait)
-    waiter.start()
-    waiter.join(10)
-    assert not waiter.is_alive(), "wait() did not return: a job was left pending"
-
 
 @pytest.mark.parametrize("arg, exc", [(threading.Lock(), TypeError),
                                       (lambda: 0, pickle.PicklingError),

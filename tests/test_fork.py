@@ -10,14 +10,11 @@ while the child lives.
 Each check runs in a child interpreter (a script) with a timeout, so a hang
 is a test failure rather than a stuck suite.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from conftest import check_ok, child_env
+from conftest import SCRIPT_HELPERS, check_ok, run_script
 
 PRELUDE = '''
 import multiprocessing, os, select, signal, sys, time
@@ -26,21 +23,7 @@ import pp
 def square(x):
     return x * x
 
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read()
-    except FileNotFoundError:
-        return False
-    return st[st.rindex(")") + 2] != "Z"
-
-def wait_until(pred, timeout=10):
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+''' + SCRIPT_HELPERS + '''
 
 def child_holding_fds():
     """Fork a child that sleeps until its stdin-like pipe is closed; it
@@ -57,13 +40,7 @@ def child_holding_fds():
 
 
 def run(body, timeout=60, tmp_path=None, env_extra=None):
-    env = child_env()
-    env.update(env_extra or {})
-    path = os.path.join(str(tmp_path), "script.py")
-    with open(path, "w") as f:
-        f.write(PRELUDE + textwrap.dedent(body))
-    return subprocess.run([sys.executable, path], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(PRELUDE + textwrap.dedent(body), tmp_path, timeout, env_extra)
 
 
 @pytest.mark.parametrize("start", ["auto", "spawn"])

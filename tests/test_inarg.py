@@ -16,6 +16,7 @@ import time
 import pytest
 
 import pp
+from conftest import fork_checker
 
 np = pytest.importorskip("numpy", reason="the shortcut is for numpy arrays")
 
@@ -131,25 +132,13 @@ def test_client_fork_keeps_what_it_saw(fresh_server):
     s = fresh_server(1)
     r = s.submit(echo, (data(5),))()
     want = data(5).tobytes()
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            os.read(rd, 1)
-            ok = r.tobytes() == want
-        finally:
-            os._exit(0 if ok else 1)
+    child_ok = fork_checker(lambda: r.tobytes() == want)
     # the parent drops its result; new jobs would reuse the segment
     del r
     gc.collect()
     for k in range(4):
         assert np.array_equal(s.submit(echo, (data(40 + k),))(), data(40 + k))
-    os.write(wr, b"g")
-    _, st = os.waitpid(pid, 0)
-    os.close(rd)
-    os.close(wr)
-    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "the forked child saw changed data"
+    assert child_ok(), "the forked child saw changed data"
 
 
 def test_result_outlives_its_worker_and_the_server(fresh_server):

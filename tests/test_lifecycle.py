@@ -9,12 +9,9 @@ when the last of them goes.
 Each check runs in a child interpreter, so that counting the process's
 threads, children and descriptors sees only what the check made.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import check_ok, child_env
+from conftest import check_ok, run_script
 
 PRELUDE = '''
 import gc, os, sys, time
@@ -61,13 +58,7 @@ base = settle((-1, -1, -1), 0.5)
 
 
 def run(body, tmp_path, timeout=90, env_extra=None):
-    env = child_env()
-    env.update(env_extra or {})
-    path = os.path.join(str(tmp_path), "script.py")
-    with open(path, "w") as f:
-        f.write(PRELUDE + textwrap.dedent(body))
-    return subprocess.run([sys.executable, path], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(PRELUDE + textwrap.dedent(body), tmp_path, timeout, env_extra)
 
 
 def test_dropped_servers_are_freed(tmp_path):

@@ -24,6 +24,7 @@ import time
 import pytest
 
 import pp
+from conftest import assert_nothing_pending
 import helpers_mod as H
 
 
@@ -174,7 +175,7 @@ def test_one_server_many_threads(server):
     assert sorted(results) == [0, 1, 2, 3]
     for t, pairs in results.items():
         assert pairs == [(i, t * 1000 + i) for i in range(200)]
-    assert server._active_tasks() == 0
+    assert_nothing_pending(server)
 
 
 @pytest.mark.timeout(90)

@@ -171,7 +171,7 @@ def test_sigterm_while_jobs_run_stops_promptly_and_reaps(start_ppserver):
     c = client(node)
     try:
         jobs = [c.submit(J.sleep_then, (i, 30)) for i in range(4)]
-        assert wait_until(lambda: c._active_tasks() and node.addr in c.get_active_nodes(), 10)
+        assert wait_until(lambda: node.addr in c.get_active_nodes(), 10)
         time.sleep(0.5)
         workers = node.workers()
         assert len(workers) == 2

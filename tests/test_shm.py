@@ -1,8 +1,9 @@
 """Large arguments and results through shared memory (src/core/shm.c,
-src/py/segwrite.c, payload.c, shmmap.c): bytes and numpy payloads, nested structures, pinned
-arguments, segment reuse with many jobs in flight, a worker killed
-mid-job, a ppserver on loopback, the pipe fallback when /proc/<pid>/fd is
-refused, no fd or mapping left behind after destroy(), and large results
+src/py/segwrite.c, payload.c, shmmap.c): bytes and numpy payloads, nested
+structures, pinned arguments, segment reuse with many jobs in flight, a
+worker killed mid-job, a ppserver on loopback, the pipe fallback when
+/proc/<pid>/fd is refused (simulated through pp.Server(_test=...)), no fd
+or mapping left behind after destroy(), and large results
 waiting in workers: restart=True, a shrinking pool, a worker killed before
 its result was taken; numpy results as copy-on-write views of the worker's
 segment (their lifetime, forks, the lending cap), other out-of-band
@@ -14,7 +15,7 @@ import time
 import pytest
 
 import pp
-from conftest import kill_workers_mid_job
+from conftest import fork_checker, kill_workers_mid_job, mapping_of
 
 try:
     import numpy as np
@@ -275,15 +276,6 @@ def _private_maps():
         return [line for line in f if "memfd:ppc" in line and line.split()[1] == "rw-p"]
 
 
-def _mapping_of(addr):
-    with open("/proc/self/maps") as f:
-        for line in f:
-            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-            if lo <= addr < hi:
-                return line.strip()
-    return None
-
-
 def fill(n, v):
     import numpy as np
     return np.full(n // 8, float(v))
@@ -304,7 +296,7 @@ def test_numpy_result_is_a_writable_view_of_the_workers_segment(fresh_server):
     s = fresh_server(1)
     before = len(_private_maps())
     r = s.submit(fill, (8 * MB, 3))()
-    line = _mapping_of(r.ctypes.data)
+    line = mapping_of(r.ctypes.data)
     assert line and "memfd:ppc" in line and line.split()[1] == "rw-p", line
     assert r.flags.writeable and float(r.sum()) == 3.0 * r.size
     r[:] = 1.0  # copy-on-write: ours alone
@@ -375,26 +367,14 @@ def test_client_fork_keeps_its_view_of_a_mapped_array(fresh_server):
     import gc
     s = fresh_server(1)
     r = s.submit(fill, (4 * MB, 11))()
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            os.read(rd, 1)
-            ok = r.min() == 11.0 and r.max() == 11.0
-        finally:
-            os._exit(0 if ok else 1)
+    child_ok = fork_checker(lambda: r.min() == 11.0 and r.max() == 11.0)
     # the parent drops its array: the worker must not reuse the segment,
     # which the child still maps
     del r
     gc.collect()
     for v in range(6):
         assert float(s.submit(fill, (4 * MB, v))()[0]) == float(v)
-    os.write(wr, b"g")
-    _, st = os.waitpid(pid, 0)
-    os.close(rd)
-    os.close(wr)
-    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "the child's array changed"
+    assert child_ok(), "the child's array changed"
 
 
 @needs_numpy

@@ -9,14 +9,13 @@ ignored, and dead ones are reaped and replaced.
 Every check runs in a child interpreter, so that this process's own
 threads (pytest, other tests' servers) do not decide the start mode.
 """
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import check_ok, child_env
+from conftest import SCRIPT_HELPERS, check_ok, child_env, run_script
 
 PRELUDE = '''
 import os, signal, sys, time, threading
@@ -47,26 +46,13 @@ def fresh(pid):
     ppid, pgid, cmd, _ = proc_info(pid)
     return ppid == os.getpid() and cmd != MY_CMD and b"_ppcw" in cmd
 
-def wait_until(pred, timeout=20):
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
+''' + SCRIPT_HELPERS + '''
 '''
 
 
 def run(body, env_extra=None, timeout=60, tmp_path=None):
-    env = child_env()
-    env.pop("PPC_START", None)
-    env.update(env_extra or {})
-    src = PRELUDE + textwrap.dedent(body)
-    path = os.path.join(str(tmp_path), "script.py")
-    with open(path, "w") as f:
-        f.write(src)
-    return subprocess.run([sys.executable, path], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(PRELUDE + textwrap.dedent(body), tmp_path, timeout, env_extra,
+                      env_drop=("PPC_START",))
 
 
 def test_first_workers_are_forks_of_a_single_threaded_client(tmp_path):

@@ -7,8 +7,7 @@ a worker killed mid-job (its replacement reads them), the kernel refusing
 cross-process reads as Yama's ptrace_scope 1 does (a worker may not read
 its parent, the client) and as 2 does (nobody may read anybody), simulated
 through pp.Server(_test=...), a client that may not read its workers, the
-feature off,
-a ppserver on loopback in both directions, and a __main__ class next to a
+feature off, a ppserver on loopback in both directions, and a __main__ class next to a
 big bytes object."""
 import gc
 import hashlib

@@ -20,43 +20,33 @@ import tempfile
 
 import common
 
+# The child script; only the import and the pool's three lines differ.
+CHILD_TEMPLATE = """
+import time
+t_start = time.perf_counter()
+import %(module)s
+t_import = time.perf_counter()
+
+
+def trivial(x):
+    return x + 1
+
+
+if __name__ == "__main__":
+    %(make)s
+    r = %(run)s
+    t_first = time.perf_counter()
+    print(t_start, t_import, t_first, r, flush=True)
+    %(stop)s
+"""
 CHILD = {
-    "mp": """
-import time
-t_start = time.perf_counter()
-import multiprocessing
-t_import = time.perf_counter()
-
-
-def trivial(x):
-    return x + 1
-
-
-if __name__ == "__main__":
-    pool = multiprocessing.Pool()
-    r = pool.apply_async(trivial, (1,)).get()
-    t_first = time.perf_counter()
-    print(t_start, t_import, t_first, r, flush=True)
-    pool.terminate()
-""",
-    "pp": """
-import time
-t_start = time.perf_counter()
-import pp
-t_import = time.perf_counter()
-
-
-def trivial(x):
-    return x + 1
-
-
-if __name__ == "__main__":
-    job_server = pp.Server()
-    r = job_server.submit(trivial, (1,))()
-    t_first = time.perf_counter()
-    print(t_start, t_import, t_first, r, flush=True)
-    job_server.destroy()
-"""}
+    "mp": CHILD_TEMPLATE % {"module": "multiprocessing", "make": "pool = multiprocessing.Pool()",
+                            "run": "pool.apply_async(trivial, (1,)).get()",
+                            "stop": "pool.terminate()"},
+    "pp": CHILD_TEMPLATE % {"module": "pp", "make": "job_server = pp.Server()",
+                            "run": "job_server.submit(trivial, (1,))()",
+                            "stop": "job_server.destroy()"},
+}
 
 
 def main(args):

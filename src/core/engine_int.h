@@ -1,4 +1,5 @@
-/* engine_int.h - state shared by the engine's own files (engine.c, pool.c).
+/* engine_int.h - state shared by the engine's own files (engine.c, pool.c,
+ * remote.c, serve.c, conn.c, discover.c).
  *
  * Not a public header. The engine thread owns everything below that is not
  * marked "locked"; fields marked locked are shared with caller threads and

@@ -49,20 +49,6 @@ static struct PyModuleDef module_def = {
     "The C engine of pp: job server, worker loop and function shipping.", -1, module_methods,
     NULL, NULL, NULL, NULL};
 
-/* The module relies on the GIL (globals, the objects the engine thread
- * hands back): say so, and a free-threaded CPython 3.13+ keeps the GIL on
- * while it is imported. Single-phase init: PyUnstable_Module_SetGIL, which
- * exists on free-threaded builds only. */
-static int declare_gil_used(PyObject *m)
-{
-#if PY_VERSION_HEX >= 0x030D0000 && defined(Py_GIL_DISABLED)
-    return PyUnstable_Module_SetGIL(m, Py_MOD_GIL_USED);
-#else
-    (void)m;
-    return 0;
-#endif
-}
-
 static int add_exc(PyObject *m, PyObject **slot, const char *name, PyObject *base, const char *doc)
 {
     char full[128];
@@ -84,7 +70,7 @@ static PyObject *init_module(const char *name)
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
-    if (declare_gil_used(m) < 0)
+    if (ppc_declare_gil_used(m) < 0)
         goto fail;
     G.str_default = PyUnicode_InternFromString("default");
     G.empty_tuple = PyTuple_New(0);

@@ -66,10 +66,11 @@ static PyObject *big_bytes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
         return NULL;
     char *d = PyBytes_AS_STRING(b);
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)
-                                   : ppc_fill_fresh(d, len, p + at, 0, 0, 0);
-    Py_END_ALLOW_THREADS if (rc < 0)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    rc = vm ? ppc_fill_fresh(d, len, NULL, vm->pid, g.addr, vm->unpinned)
+            : ppc_fill_fresh(d, len, p + at, 0, 0, 0);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(b);
         return NULL;
@@ -96,8 +97,10 @@ static PyObject *loads_holes(const uint8_t *p, size_t n, const ppc_vm_src *vm)
     if (!cp)
         return PyErr_NoMemory();
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = ppc_vm_copy_blob(cp, p, n, vm);
-    Py_END_ALLOW_THREADS PyObject *o = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ppc_vm_copy_blob(cp, p, n, vm);
+    Py_END_ALLOW_THREADS
+    PyObject *o = NULL;
     if (rc < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else

@@ -240,5 +240,6 @@ static inline size_t ppc_pickle_copy_unframed(uint8_t *dst, const char *p, size_
 
 PyObject *ppc_import_attr(const char *module, const char *attr);
 int ppc_globals_init(void); /* pickle.dumps/loads into G */
+int ppc_declare_gil_used(PyObject *m); /* Py_MOD_GIL_USED on free-threaded builds */
 
 #endif

@@ -49,9 +49,14 @@ int ppc_wait_interruptible(ppc_engine *e, ppc_job *j, uint32_t group, int is_gro
 {
     for (;;) {
         int done;
-        Py_BEGIN_ALLOW_THREADS if (is_group) done = ppc_engine_wait_group(e, group, WAIT_SLICE_MS);
-        else done = ppc_engine_wait_job(e, j, WAIT_SLICE_MS);
-        Py_END_ALLOW_THREADS if (done) return 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (is_group)
+            done = ppc_engine_wait_group(e, group, WAIT_SLICE_MS);
+        else
+            done = ppc_engine_wait_job(e, j, WAIT_SLICE_MS);
+        Py_END_ALLOW_THREADS
+        if (done)
+            return 0;
         if (PyErr_CheckSignals() < 0)
             return -1;
     }
@@ -254,11 +259,14 @@ static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes
         return NULL;
     size_t maplen = 0;
     void *m;
-    Py_BEGIN_ALLOW_THREADS m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len,
-                                                holes ? PPC_MAP_LAZY : lend ? PPC_MAP_PRIVATE : 0,
-                                                &maplen);
-    Py_END_ALLOW_THREADS if (!m)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    m = ppc_shm_map_peer((int)r.pid, (int)r.fd, (size_t)r.len,
+                         holes  ? PPC_MAP_LAZY
+                         : lend ? PPC_MAP_PRIVATE
+                                : 0,
+                         &maplen);
+    Py_END_ALLOW_THREADS
+    if (!m) {
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
     }

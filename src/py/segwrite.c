@@ -75,7 +75,8 @@ static PyObject *SegWriter_write(SegWriter *self, PyObject *arg)
     }
     /* a big copy without the GIL: other threads may run meanwhile */
     if (n >= (1u << 20)) {
-        Py_BEGIN_ALLOW_THREADS ppc_shm_prefault(self->seg, self->pos, n);
+        Py_BEGIN_ALLOW_THREADS
+        ppc_shm_prefault(self->seg, self->pos, n);
         memcpy(self->seg->map + self->pos, b.buf, n);
         Py_END_ALLOW_THREADS
     } else {
@@ -168,8 +169,8 @@ Py_ssize_t ppc_pickle_into_seg(PyObject *obj, int proto, ppc_shm_seg *seg, PyObj
         PyErr_NoMemory();
         goto out;
     }
-    Py_BEGIN_ALLOW_THREADS for (Py_ssize_t i = 0; i < nb; i++)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nb; i++) {
         if (lens[i] >= (1u << 20))
             ppc_shm_prefault(seg, offs[i], (size_t)lens[i]);
         memcpy(seg->map + offs[i], views[i].buf, (size_t)lens[i]);
@@ -204,9 +205,11 @@ int ppc_bytes_into_seg(const char *p, size_t n, ppc_shm_seg *seg)
         PyErr_NoMemory();
         return -1;
     }
-    Py_BEGIN_ALLOW_THREADS ppc_shm_prefault(seg, 0, n);
+    Py_BEGIN_ALLOW_THREADS
+    ppc_shm_prefault(seg, 0, n);
     memcpy(seg->map, p, n);
-    Py_END_ALLOW_THREADS ppc_oob_finish(seg->map, n, n, 0, NULL, NULL);
+    Py_END_ALLOW_THREADS
+    ppc_oob_finish(seg->map, n, n, 0, NULL, NULL);
     seg->used = total;
     return 0;
 }

@@ -432,8 +432,11 @@ static PyObject *events_main(PyObject *cap, PyObject *noargs)
     for (;;) {
         ppc_event x;
         int kind;
-        Py_BEGIN_ALLOW_THREADS kind = ppc_engine_next_event(e, -1, &x);
-        Py_END_ALLOW_THREADS if (kind == PPC_EV_STOP) break;
+        Py_BEGIN_ALLOW_THREADS
+        kind = ppc_engine_next_event(e, -1, &x);
+        Py_END_ALLOW_THREADS
+        if (kind == PPC_EV_STOP)
+            break;
         if (kind == PPC_EV_LOG) {
             log_message(ev, x.level, x.msg);
         } else if (kind == PPC_EV_JOB) {
@@ -454,7 +457,8 @@ static void events_free(PyObject *cap)
         return;
     if (ev->engine) {
         ppc_engine *e = ev->engine;
-        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e); /* nothing in a forked child */
+        Py_BEGIN_ALLOW_THREADS
+        ppc_engine_free(e); /* nothing in a forked child */
         Py_END_ALLOW_THREADS
     }
     Py_XDECREF(ev->logger);
@@ -474,8 +478,11 @@ static int adopt_engine(ppc_Server *self, ppc_engine *e)
     PyObject *cap = ev ? PyCapsule_New(ev, "ppc_events", events_free) : NULL;
     if (!cap) {
         PyMem_Free(ev);
-        Py_BEGIN_ALLOW_THREADS ppc_engine_free(e);
-        Py_END_ALLOW_THREADS if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_BEGIN_ALLOW_THREADS
+        ppc_engine_free(e);
+        Py_END_ALLOW_THREADS
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
         return -1;
     }
     ev->engine = e;
@@ -720,8 +727,10 @@ static int start(ppc_Server *self, ppc_engine_opts *o)
     self->forked = o->nprestarted;
     char err[256] = "";
     ppc_engine *e;
-    Py_BEGIN_ALLOW_THREADS e = ppc_engine_new(o, err, sizeof err);
-    Py_END_ALLOW_THREADS PyMem_Free(pre); /* the engine owns the workers either way */
+    Py_BEGIN_ALLOW_THREADS
+    e = ppc_engine_new(o, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(pre); /* the engine owns the workers either way */
     if (!e) {
         PyErr_Format(PyExc_OSError, "cannot start the job server: %s", err);
         return -1;
@@ -1136,8 +1145,11 @@ static PyObject *Server_wait(ppc_Server *self, PyObject *args, PyObject *kw)
         /* In a callback: the callback being run is itself pending, and the
          * jobs left may need this thread for theirs. Waiting would never end. */
         int done;
-        Py_BEGIN_ALLOW_THREADS done = ppc_engine_wait_group(self->engine, gid, 0);
-        Py_END_ALLOW_THREADS if (done) Py_RETURN_NONE;
+        Py_BEGIN_ALLOW_THREADS
+        done = ppc_engine_wait_group(self->engine, gid, 0);
+        Py_END_ALLOW_THREADS
+        if (done)
+            Py_RETURN_NONE;
         PyErr_SetString(PyExc_RuntimeError,
                         "wait() called from a callback would wait for itself: callbacks run on "
                         "one thread, and the jobs being waited for need it; wait from another "
@@ -1287,8 +1299,10 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
         Py_RETURN_NONE; /* a forked child's copy: the parent's engine is not ours to stop */
     ppc_retchan_close(self->retchan); /* mapped results outlive the workers */
     self->retchan = NULL;
-    Py_BEGIN_ALLOW_THREADS ppc_engine_stop(self->engine);
-    Py_END_ALLOW_THREADS ppc_server_sweep_pins(self, 1); /* workers are gone */
+    Py_BEGIN_ALLOW_THREADS
+    ppc_engine_stop(self->engine);
+    Py_END_ALLOW_THREADS
+    ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
      * that thread (destroy() called from a callback). */
     if (self->event_thread) {
@@ -1372,7 +1386,8 @@ static void Server_dealloc(ppc_Server *self)
     self->retchan = NULL;
     if (self->engine && !self->destroyed && !ppc_engine_foreign(self->engine)) {
         ppc_engine *e = self->engine;
-        Py_BEGIN_ALLOW_THREADS ppc_engine_stop(e);
+        Py_BEGIN_ALLOW_THREADS
+        ppc_engine_stop(e);
         Py_END_ALLOW_THREADS
     }
     self->engine = NULL;

@@ -80,27 +80,30 @@ void ppc_retchan_close(ppc_retchan *c)
     retchan_decref(c);
 }
 
-void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id)
-{
-    pthread_once(&forks_once, count_forks_from_now);
-    c->refs++;
-    m->ret = c;
-    m->ret_pid = pid;
-    m->ret_id = seg_id;
-    m->maker = (long)getpid();
-    m->forks = atomic_load(&forks);
-}
-
-void ppc_shmmap_own(ppc_ShmMap *m, ppc_retchan *c, ppc_shm_seg *seg, int pinned)
+/* Tie m to its return channel c (may be NULL) and note which process,
+ * after how many forks, made it. */
+static void shmmap_bind(ppc_ShmMap *m, ppc_retchan *c)
 {
     pthread_once(&forks_once, count_forks_from_now);
     if (c)
         c->refs++;
     m->ret = c;
-    m->seg = seg;
-    m->seg_pinned = pinned;
     m->maker = (long)getpid();
     m->forks = atomic_load(&forks);
+}
+
+void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id)
+{
+    shmmap_bind(m, c);
+    m->ret_pid = pid;
+    m->ret_id = seg_id;
+}
+
+void ppc_shmmap_own(ppc_ShmMap *m, ppc_retchan *c, ppc_shm_seg *seg, int pinned)
+{
+    shmmap_bind(m, c);
+    m->seg = seg;
+    m->seg_pinned = pinned;
 }
 
 static void ShmMap_dealloc(ppc_ShmMap *self)

@@ -78,9 +78,10 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 {
     while (n > 0) {
         ssize_t w;
-        Py_BEGIN_ALLOW_THREADS w = write(fd, p, n);
-        Py_END_ALLOW_THREADS if (w < 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        w = write(fd, p, n);
+        Py_END_ALLOW_THREADS
+        if (w < 0) {
             if (errno == EINTR)
                 continue;
             return -1;
@@ -275,9 +276,10 @@ static ppc_ShmMap *map_args(wstate *w, const uint8_t *refp, ppc_shm_ref *r, uint
     size_t maplen;
     void *addr;
     int flags = PPC_MAP_WRITE | (holes ? PPC_MAP_LAZY : 0);
-    Py_BEGIN_ALLOW_THREADS addr = ppc_shm_map_peer((int)r->pid, (int)r->fd, need, flags, &maplen);
-    Py_END_ALLOW_THREADS if (!addr)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    addr = ppc_shm_map_peer((int)r->pid, (int)r->fd, need, flags, &maplen);
+    Py_END_ALLOW_THREADS
+    if (!addr) {
         Py_DECREF(key);
         return NULL;
     }
@@ -831,8 +833,11 @@ int ppc_worker_run(int fd_in, int fd_out, PyObject *ns)
             goto out;
         }
         ssize_t r;
-        Py_BEGIN_ALLOW_THREADS r = read(w.fd_in, w.in.data + w.in.len, w.in.cap - w.in.len);
-        Py_END_ALLOW_THREADS if (r < 0 && errno == EINTR) continue;
+        Py_BEGIN_ALLOW_THREADS
+        r = read(w.fd_in, w.in.data + w.in.len, w.in.cap - w.in.len);
+        Py_END_ALLOW_THREADS
+        if (r < 0 && errno == EINTR)
+            continue;
         if (r <= 0)
             goto done; /* EOF: the client closed us */
         w.in.len += (size_t)r;
