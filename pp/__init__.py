@@ -123,8 +123,8 @@ class Server(_ppc.Server):
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
                              raise_exceptions, **node_options)
         if _live_servers is None:
-            import weakref
-            _live_servers = weakref.WeakSet()
+            from _weakrefset import WeakSet  # weakref.WeakSet, without weakref's import cost
+            _live_servers = WeakSet()
             atexit.register(_destroy_at_exit)
         _live_servers.add(self)
         if logger:

@@ -36,7 +36,7 @@ typedef struct {
     PyObject *fn_volatile;/* blob bytes -> capsule, for blobs holding state */
     PyObject *groups;     /* group object -> int */
     PyObject *group_names;/* list: int -> group object */
-    PyObject *event_thread;
+    int events_started; /* its events thread runs (server.c events_thread) */
     PyObject *events;     /* capsule shared with the events thread: it owns the
                              engine, so the thread never keeps the Server alive */
     struct ppc_events *ev; /* its contents */

@@ -31,6 +31,9 @@ typedef struct ppc_events {
     PyObject *logger; /* the "pp" logger, looked up at the first message (ev_logger) */
     int raise_exceptions;
     unsigned long tid; /* the thread's ident once it runs; 0 before */
+    pthread_mutex_t mu; /* done: the thread has left events_main (join) */
+    pthread_cond_t cv;
+    int done;
 } ppc_events;
 
 static int detect_ncpus(void)
@@ -421,12 +424,8 @@ static void run_callback(ppc_events *self, ppc_job *j)
  * while this thread waits; the thread then drains what is left, sees
  * PPC_EV_STOP and ends, and the last of the two frees the engine. A
  * pending callback keeps its Server alive through its Job object. */
-static PyObject *events_main(PyObject *cap, PyObject *noargs)
+static void events_main(ppc_events *ev)
 {
-    (void)noargs;
-    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
-    if (!ev)
-        return NULL;
     ppc_engine *e = ev->engine;
     ev->tid = PyThread_get_thread_ident();
     for (;;) {
@@ -444,11 +443,48 @@ static PyObject *events_main(PyObject *cap, PyObject *noargs)
             ppc_engine_callback_done(e, x.job);
         }
     }
-    Py_RETURN_NONE;
 }
 
-static PyMethodDef events_main_def = {"pp_events", events_main, METH_NOARGS,
-                                      "Body of the library's events thread."};
+/* The events thread: a plain thread of the interpreter (started in C, so a
+ * new Server neither imports threading nor waits for the thread to be
+ * scheduled), daemon-like at exit as threading's daemon threads are; the
+ * atexit handler's destroy() ends it first. It owns a reference to the
+ * capsule, dropped last: the capsule may be the final one. */
+static void events_thread(void *arg)
+{
+    PyObject *cap = arg;
+    PyGILState_STATE g = PyGILState_Ensure();
+    ppc_events *ev = PyCapsule_GetPointer(cap, "ppc_events");
+    if (ev) {
+        events_main(ev);
+        pthread_mutex_lock(&ev->mu);
+        ev->done = 1;
+        pthread_cond_broadcast(&ev->cv);
+        pthread_mutex_unlock(&ev->mu);
+    } else {
+        PyErr_WriteUnraisable(cap);
+    }
+    Py_DECREF(cap);
+    PyGILState_Release(g);
+}
+
+/* Wait up to secs for the events thread to finish (GIL released): 1 when it
+ * has, 0 on time-out. */
+static int events_join(ppc_events *ev, double secs)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)secs;
+    int done;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&ev->mu);
+    while (!ev->done && pthread_cond_timedwait(&ev->cv, &ev->mu, &until) == 0)
+        ;
+    done = ev->done;
+    pthread_mutex_unlock(&ev->mu);
+    Py_END_ALLOW_THREADS
+    return done;
+}
 
 static void events_free(PyObject *cap)
 {
@@ -462,6 +498,8 @@ static void events_free(PyObject *cap)
         Py_END_ALLOW_THREADS
     }
     Py_XDECREF(ev->logger);
+    pthread_cond_destroy(&ev->cv);
+    pthread_mutex_destroy(&ev->mu);
     PyMem_Free(ev);
 }
 
@@ -475,6 +513,10 @@ int ppc_server_in_callback(ppc_Server *s)
 static int adopt_engine(ppc_Server *self, ppc_engine *e)
 {
     ppc_events *ev = PyMem_Calloc(1, sizeof *ev);
+    if (ev) {
+        pthread_mutex_init(&ev->mu, NULL);
+        pthread_cond_init(&ev->cv, NULL);
+    }
     PyObject *cap = ev ? PyCapsule_New(ev, "ppc_events", events_free) : NULL;
     if (!cap) {
         PyMem_Free(ev);
@@ -739,28 +781,14 @@ static int start(ppc_Server *self, ppc_engine_opts *o)
         return -1;
 
     /* The library's one Python thread: callbacks and log forwarding. */
-    PyObject *Thread = ppc_import_attr("threading", "Thread");
-    if (!Thread)
-        return -1;
-    PyObject *target = PyCFunction_New(&events_main_def, self->events);
-    PyObject *kwargs = target ? Py_BuildValue("{sOsssO}", "target", target, "name", "pp-events",
-                                              "daemon", Py_True)
-                              : NULL;
-    PyObject *empty = PyTuple_New(0);
-    PyObject *th = kwargs && empty ? PyObject_Call(Thread, empty, kwargs) : NULL;
-    Py_XDECREF(empty);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(target);
-    Py_DECREF(Thread);
-    if (!th)
-        return -1;
-    PyObject *r = PyObject_CallMethod(th, "start", NULL);
-    if (!r) {
-        Py_DECREF(th);
+    Py_INCREF(self->events); /* the thread's own reference */
+    unsigned long tid = PyThread_start_new_thread(events_thread, self->events);
+    if (tid == PYTHREAD_INVALID_THREAD_ID) {
+        Py_DECREF(self->events);
+        PyErr_SetString(PyExc_RuntimeError, "cannot start the pp events thread");
         return -1;
     }
-    Py_DECREF(r);
-    Py_XSETREF(self->event_thread, th);
+    self->events_started = 1;
     return 0;
 }
 
@@ -1305,22 +1333,9 @@ static PyObject *Server_destroy(ppc_Server *self, PyObject *noargs)
     ppc_server_sweep_pins(self, 1); /* workers are gone */
     /* Let the event thread deliver what is left, then end, unless we are
      * that thread (destroy() called from a callback). */
-    if (self->event_thread) {
-        PyObject *cur = ppc_import_attr("threading", "current_thread");
-        PyObject *me = cur ? PyObject_CallNoArgs(cur) : NULL;
-        Py_XDECREF(cur);
-        if (!me)
-            return NULL;
-        if (me != self->event_thread) {
-            PyObject *r = PyObject_CallMethod(self->event_thread, "join", "d", 5.0);
-            if (!r) {
-                Py_DECREF(me);
-                return NULL;
-            }
-            Py_DECREF(r);
-        }
-        Py_DECREF(me);
-    }
+    if (self->events_started && !ppc_server_in_callback(self) && !events_join(self->ev, 5.0) &&
+        PyErr_WarnEx(PyExc_RuntimeWarning, "the pp events thread did not end within 5 s", 1) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1349,7 +1364,6 @@ static int Server_traverse(ppc_Server *self, visitproc visit, void *arg)
     Py_VISIT(self->fn_volatile);
     Py_VISIT(self->groups);
     Py_VISIT(self->group_names);
-    Py_VISIT(self->event_thread);
     for (int i = 0; i < 4; i++)
         Py_VISIT(self->last_key[i]);
     Py_VISIT(self->last_cap);
@@ -1366,7 +1380,6 @@ static int Server_clear(ppc_Server *self)
     Py_CLEAR(self->proto_obj);
     Py_CLEAR(self->groups);
     Py_CLEAR(self->group_names);
-    Py_CLEAR(self->event_thread);
     Py_CLEAR(self->ppservers);
     Py_CLEAR(self->secret);
     Py_CLEAR(self->vm_held);
