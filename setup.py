@@ -15,7 +15,7 @@ ldextra = os.environ.get("PPC_EXTRA_LDFLAGS", "").split()
 SHARED = ["src/py/pyutil.c", "src/py/fastpickle.c", "src/py/shmmap.c", "src/py/segwrite.c",
           "src/py/payload.c", "src/py/ship.c"]
 WORKER = ["src/py/worker.c", "src/py/wmodule.c", "src/core/buf.c", "src/core/frame.c",
-          "src/core/result.c", "src/core/shm.c", "src/core/vm.c"] + SHARED
+          "src/core/proc.c", "src/core/result.c", "src/core/shm.c", "src/core/vm.c"] + SHARED
 
 setup(
     ext_modules=[

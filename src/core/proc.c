@@ -4,8 +4,9 @@
  * The registry is a locked list of fds. Its fork handler (pthread_atfork,
  * installed on first use) takes the lock before fork so the list is whole
  * in the child, then in the child closes every fd on it and counts the
- * fork. It allocates nothing, touches no engine and calls nothing else:
- * the only state it changes is the list and the counter. */
+ * fork, and in the parent counts the forks it made. It allocates nothing,
+ * touches no engine and calls nothing else: the only state it changes is
+ * the list and the two counters. */
 #define _GNU_SOURCE
 #include "proc.h"
 
@@ -27,7 +28,8 @@ static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
 static int *reg_fds;
 static size_t reg_n, reg_cap;
-static atomic_uint fork_gen;
+static atomic_uint fork_gen;   /* forks this process came out of */
+static atomic_uint forks_made; /* forks this process made */
 
 static void at_prepare(void)
 {
@@ -36,6 +38,7 @@ static void at_prepare(void)
 
 static void at_parent(void)
 {
+    atomic_fetch_add(&forks_made, 1);
     pthread_mutex_unlock(&reg_mu);
 }
 
@@ -109,6 +112,12 @@ void ppc_fd_forget(int fd)
 unsigned ppc_fork_generation(void)
 {
     return atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
+unsigned ppc_forks_made(void)
+{
+    pthread_once(&reg_once, reg_init);
+    return atomic_load_explicit(&forks_made, memory_order_relaxed);
 }
 
 /* A pipe with both ends close-on-exec, >= 10 (clear of the numbers a

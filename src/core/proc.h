@@ -37,6 +37,10 @@ void ppc_fd_forget(int fd);
 /* Counts the forks this process came out of (0 in the original process):
  * an engine made under another value belongs to an ancestor. */
 unsigned ppc_fork_generation(void);
+/* Counts the forks this process has made since the first call (which
+ * installs the fork handler): a mapping made before one is shared with the
+ * child (shmmap.c). */
+unsigned ppc_forks_made(void);
 
 /* Both pipes of a worker, every end close-on-exec, >= 10 and registered,
  * the worker-to-us pipe and the us-to-worker pipe enlarged. 0, or -1 with

@@ -4,13 +4,11 @@
  * segment), counting its exports, unmapped when the object dies. A lent
  * result mapping also gives its segment back to the worker then, through
  * the Server's ppc_retchan; a fork since it was made turns that into a drop
- * (the child still maps it), which a pthread_atfork handler that only
- * counts forks tells. A result lying in one of the client's own argument
+ * (the child still maps it), which proc.c's fork handler tells
+ * (ppc_forks_made). A result lying in one of the client's own argument
  * segments (PPC_AUX_INARG) is a copy-on-write mapping of that segment,
  * which goes back to the engine's pool the same way. */
 #include "ppc_py.h"
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -34,21 +32,6 @@ static void ShmMap_releasebuffer(ppc_ShmMap *self, Py_buffer *view)
 {
     (void)view;
     self->exports--;
-}
-
-/* Forks of this process, counted once a result segment was mapped: a
- * mapping made before a fork is shared with the child, whose view must not
- * change when the parent gives the segment back (see ppc_shmmap_lent). The
- * handler only counts. */
-static atomic_ulong forks;
-static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
-static void count_fork(void)
-{
-    atomic_fetch_add(&forks, 1);
-}
-static void count_forks_from_now(void)
-{
-    pthread_atfork(NULL, count_fork, NULL);
 }
 
 ppc_retchan *ppc_retchan_new(void (*give_back)(void *, int, uint64_t, int), void *ctx)
@@ -84,12 +67,11 @@ void ppc_retchan_close(ppc_retchan *c)
  * after how many forks, made it. */
 static void shmmap_bind(ppc_ShmMap *m, ppc_retchan *c)
 {
-    pthread_once(&forks_once, count_forks_from_now);
     if (c)
         c->refs++;
     m->ret = c;
     m->maker = (long)getpid();
-    m->forks = atomic_load(&forks);
+    m->forks = ppc_forks_made();
 }
 
 void ppc_shmmap_lent(ppc_ShmMap *m, ppc_retchan *c, int pid, uint64_t seg_id)
@@ -111,7 +93,7 @@ static void ShmMap_dealloc(ppc_ShmMap *self)
     if (self->addr && self->owned)
         munmap(self->addr, self->len);
     ppc_retchan *c = self->ret;
-    int same = (long)getpid() == self->maker && atomic_load(&forks) == self->forks;
+    int same = (long)getpid() == self->maker && ppc_forks_made() == self->forks;
     if (self->seg) {
         /* a fork's child maps it too (and a forked child's copy of the
          * struct is its own): never reused then */
@@ -120,7 +102,7 @@ static void ShmMap_dealloc(ppc_ShmMap *self)
         else
             ppc_shm_free(self->seg);
     } else if (c && c->give_back && (long)getpid() == self->maker)
-        c->give_back(c->ctx, self->ret_pid, self->ret_id, atomic_load(&forks) != self->forks);
+        c->give_back(c->ctx, self->ret_pid, self->ret_id, ppc_forks_made() != self->forks);
     retchan_decref(c);
     PyObject_Free(self);
 }
