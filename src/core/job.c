@@ -80,3 +80,15 @@ void ppc_job_fail(ppc_job *j, int status, const char *msg)
         j->result_len = n;
     }
 }
+
+ppc_job *ppc_job_list_reverse(ppc_job *head)
+{
+    ppc_job *rev = NULL;
+    while (head) {
+        ppc_job *nx = head->next;
+        head->next = rev;
+        rev = head;
+        head = nx;
+    }
+    return rev;
+}

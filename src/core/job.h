@@ -76,5 +76,9 @@ void ppc_job_incref(ppc_job *j);
 void ppc_job_decref(ppc_job *j);
 /* Replace the result with a copy of a message (for failures). */
 void ppc_job_fail(ppc_job *j, int status, const char *msg);
+/* Reverse a list linked by next; returns the new head. (Requeueing a
+ * node's in-flight jobs at the front of the run queue, in their order,
+ * takes them last to first.) */
+ppc_job *ppc_job_list_reverse(ppc_job *head);
 
 #endif

@@ -308,13 +308,7 @@ static void worker_gone(ppc_pool *p, ppc_worker *w, const char *why)
      * order. The running one (the head) waits for the exit status. */
     ppc_job *head = w->fl_head;
     if (head && head->next) {
-        ppc_job *rev = NULL;
-        for (ppc_job *x = head->next; x;) {
-            ppc_job *nx = x->next;
-            x->next = rev;
-            rev = x;
-            x = nx;
-        }
+        ppc_job *rev = ppc_job_list_reverse(head->next);
         while (rev) {
             ppc_job *nx = rev->next;
             ppc_engine_requeue_front(e, rev);

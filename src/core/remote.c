@@ -91,15 +91,9 @@ static void set_state(ppc_engine *e, ppc_rnode *r, int st)
 static int settle_jobs(ppc_engine *e, ppc_rnode *r)
 {
     int n = 0;
-    ppc_job *rev = NULL, *j = r->fl_head;
+    ppc_job *rev = ppc_job_list_reverse(r->fl_head);
     r->fl_head = r->fl_tail = NULL;
     r->inflight = 0;
-    while (j) {
-        ppc_job *nx = j->next;
-        j->next = rev;
-        rev = j;
-        j = nx;
-    }
     while (rev) {
         ppc_job *nx = rev->next;
         rev->next = NULL;
