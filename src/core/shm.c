@@ -255,7 +255,10 @@ void ppc_shm_pool_destroy(ppc_shm_pool *p)
     pthread_mutex_destroy(&p->mu);
 }
 
-int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
+/* area: where the buffers must lie, as a length from offset 0 of the
+ * blob, or of another area when the caller says so; NULL: in the blob,
+ * before the table. */
+static int oob_load(const uint8_t *data, size_t n, const size_t *area, ppc_oob *o)
 {
     memset(o, 0, sizeof *o);
     if (!data || n < PPC_OOB_TRAILER)
@@ -272,6 +275,7 @@ int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
     size_t table = room - (size_t)nb * 16;
     if (sl > table)
         return -1;
+    size_t lim = area ? *area : table;
     uint64_t *bufs = nb ? malloc((size_t)nb * 2 * sizeof *bufs) : NULL;
     if (nb && !bufs)
         return -1;
@@ -279,7 +283,7 @@ int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
         uint8_t e[16]; /* each entry read once */
         memcpy(e, data + table + (size_t)i * 16, sizeof e);
         uint64_t off = ppc_get_u64(e), len = ppc_get_u64(e + 8);
-        if (off > table || len > table - off) {
+        if (off > lim || len > lim - off) {
             free(bufs);
             return -1;
         }
@@ -290,6 +294,16 @@ int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
     o->nbufs = nb;
     o->bufs = bufs;
     return 0;
+}
+
+int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o)
+{
+    return oob_load(data, n, NULL, o);
+}
+
+int ppc_oob_load_in(const uint8_t *data, size_t n, size_t area_len, ppc_oob *o)
+{
+    return oob_load(data, n, &area_len, o);
 }
 
 void ppc_oob_release(ppc_oob *o)

@@ -114,6 +114,10 @@ typedef struct ppc_oob {
  * malformed or memory runs out (o zeroed). The buffer count is checked
  * against PPC_OOB_MAX_BUFS and n before anything is allocated. */
 int ppc_oob_load(const uint8_t *data, size_t n, ppc_oob *o);
+/* The same for a blob whose buffers lie in another area of area_len bytes
+ * (a result naming ranges of its job's argument segment): each buffer
+ * inside [0, area_len) instead. */
+int ppc_oob_load_in(const uint8_t *data, size_t n, size_t area_len, ppc_oob *o);
 void ppc_oob_release(ppc_oob *o);
 /* Only the sizes: 0 when data[0..n) is a valid blob (stream_len and nbufs
  * set), -1 otherwise. */

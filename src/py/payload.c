@@ -114,6 +114,29 @@ PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const p
     return loads_blob(p, n, exporter, vm, 1);
 }
 
+PyObject *ppc_oob_views(PyObject *exporter, const ppc_oob *o)
+{
+    PyObject *base = PyMemoryView_FromObject(exporter);
+    PyObject *bufs = base ? PyList_New(o->nbufs) : NULL;
+    for (uint32_t i = 0; bufs && i < o->nbufs; i++) {
+        uint64_t off = o->bufs[2 * i], len = o->bufs[2 * i + 1];
+        PyObject *start = PyLong_FromUnsignedLongLong(off);
+        PyObject *stop = PyLong_FromUnsignedLongLong(off + len);
+        PyObject *slice = start && stop ? PySlice_New(start, stop, NULL) : NULL;
+        PyObject *b = slice ? PyObject_GetItem(base, slice) : NULL;
+        Py_XDECREF(start);
+        Py_XDECREF(stop);
+        Py_XDECREF(slice);
+        if (!b) {
+            Py_CLEAR(bufs);
+            break;
+        }
+        PyList_SET_ITEM(bufs, i, b);
+    }
+    Py_XDECREF(base);
+    return bufs;
+}
+
 /* shared: p is memory a peer can write (a segment, or a copy-on-write
  * mapping of one whose pages we have not written yet), so the layout is
  * copied out once (ppc_oob_load) and the stream is unpickled from a
@@ -140,25 +163,10 @@ static PyObject *loads_blob(const uint8_t *p, size_t n, PyObject *exporter,
         ppc_oob_release(&o);
         return loads_holes(p, n, vm);
     }
-    PyObject *base = exporter ? PyMemoryView_FromObject(exporter) : NULL;
-    if (exporter && !base) {
-        ppc_oob_release(&o);
-        return NULL;
-    }
-    PyObject *bufs = PyList_New(nb), *res = NULL;
-    for (uint32_t i = 0; bufs && i < nb; i++) {
+    PyObject *bufs = exporter ? ppc_oob_views(exporter, &o) : PyList_New(nb), *res = NULL;
+    for (uint32_t i = 0; !exporter && bufs && i < nb; i++) {
         size_t off = (size_t)o.bufs[2 * i], len = (size_t)o.bufs[2 * i + 1];
-        PyObject *b;
-        if (base) {
-            PyObject *start = PyLong_FromSize_t(off), *stop = PyLong_FromSize_t(off + len);
-            PyObject *slice = start && stop ? PySlice_New(start, stop, NULL) : NULL;
-            Py_XDECREF(start);
-            Py_XDECREF(stop);
-            b = slice ? PyObject_GetItem(base, slice) : NULL;
-            Py_XDECREF(slice);
-        } else {
-            b = PyByteArray_FromStringAndSize((const char *)p + off, (Py_ssize_t)len);
-        }
+        PyObject *b = PyByteArray_FromStringAndSize((const char *)p + off, (Py_ssize_t)len);
         if (!b) {
             Py_CLEAR(bufs);
             break;
@@ -187,12 +195,6 @@ static PyObject *loads_blob(const uint8_t *p, size_t n, PyObject *exporter,
         Py_XDECREF(stream);
     }
     Py_XDECREF(bufs);
-    if (base) {
-        PyObject *t, *v, *tb;
-        PyErr_Fetch(&t, &v, &tb);
-        Py_DECREF(base);
-        PyErr_Restore(t, v, tb);
-    }
     return res;
 }
 

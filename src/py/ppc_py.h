@@ -179,6 +179,9 @@ size_t ppc_big_estimate(PyObject *o, int depth);
 /* Load an OOB blob p[0..n); exporter: object whose buffer starts at p (its
  * views become the buffers), or NULL to copy buffers into bytearrays; vm:
  * the blob's holes and whose memory fills them, or NULL. */
+/* A list of views of exporter's buffer, one per range of o (the buffers
+ * of an out-of-band pickle), or NULL with an error. */
+PyObject *ppc_oob_views(PyObject *exporter, const ppc_oob *o);
 PyObject *ppc_loads_blob(const uint8_t *p, size_t n, PyObject *exporter, const ppc_vm_src *vm);
 /* A payload that travelled inline (in the frame): an out-of-band blob when
  * oob, else a pickle, read by hand when fastpickle.c takes it. */

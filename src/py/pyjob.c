@@ -147,30 +147,36 @@ static void give_seg(void *engine, ppc_shm_seg *seg)
  * back; the segment goes back to our pool when the mapping dies. The
  * worker's blob (private memory here) is checked whole: its stream, and
  * every buffer inside the argument blob the segment holds. */
+static PyObject *load_inarg_views(ppc_Job *self, ppc_shm_seg *seg, const uint8_t *p,
+                                  const ppc_oob *o);
+
 static PyObject *load_inarg_result(ppc_Job *self, const ppc_result *res)
 {
     ppc_job *j = self->job;
     ppc_shm_seg *seg = j->result_seg;
     const uint8_t *p = res->data;
     size_t n = res->datalen;
-    uint64_t sl = 0;
-    uint32_t nb = 0;
-    int ok = seg && n >= PPC_OOB_TRAILER && ppc_get_u32(p + n - 4) == PPC_OOB_MAGIC;
-    if (ok) {
-        sl = ppc_get_u64(p + n - PPC_OOB_TRAILER);
-        nb = ppc_get_u32(p + n - 8);
-        ok = nb >= 1 && nb <= (n - PPC_OOB_TRAILER) / 16 &&
-             sl == n - PPC_OOB_TRAILER - (size_t)nb * 16;
-    }
-    for (uint32_t i = 0; ok && i < nb; i++) {
-        uint64_t off = ppc_get_u64(p + sl + (size_t)i * 16);
-        uint64_t len = ppc_get_u64(p + sl + (size_t)i * 16 + 8);
-        ok = off <= seg->used && len <= seg->used - off;
-    }
-    if (!ok) {
+    ppc_oob o; /* the blob is stream, table, trailer: no buffer of its own */
+    if (!seg || ppc_oob_load_in(p, n, seg->used, &o) < 0) {
         PyErr_SetString(PyExc_ValueError, "malformed result in the argument segment");
         return NULL;
     }
+    if (o.nbufs == 0 || o.stream_len != n - ppc_oob_tail_len(o.nbufs)) {
+        ppc_oob_release(&o);
+        PyErr_SetString(PyExc_ValueError, "malformed result in the argument segment");
+        return NULL;
+    }
+    PyObject *obj = load_inarg_views(self, seg, p, &o);
+    ppc_oob_release(&o);
+    return obj;
+}
+
+/* The rest of load_inarg_result, once the layout o is checked. */
+static PyObject *load_inarg_views(ppc_Job *self, ppc_shm_seg *seg, const uint8_t *p,
+                                  const ppc_oob *o)
+{
+    ppc_job *j = self->job;
+    size_t sl = o->stream_len;
     ppc_Server *s = self->server;
     if (s && !s->destroyed && s->engine && !ppc_engine_foreign(s->engine) && !s->retchan &&
         !(s->retchan = ppc_retchan_new(give_back, s->engine)))
@@ -186,27 +192,8 @@ static PyObject *load_inarg_result(ppc_Job *self, const ppc_result *res)
         return NULL;
     ppc_shmmap_own(map, c, seg, j->result_seg_pinned);
     j->result_seg = NULL; /* the mapping has it now */
-    PyObject *base = PyMemoryView_FromObject((PyObject *)map);
+    PyObject *bufs = ppc_oob_views((PyObject *)map, o), *obj = NULL;
     Py_DECREF(map);
-    if (!base)
-        return NULL;
-    PyObject *bufs = PyList_New(nb), *obj = NULL;
-    for (uint32_t i = 0; bufs && i < nb; i++) {
-        Py_ssize_t off = (Py_ssize_t)ppc_get_u64(p + sl + (size_t)i * 16);
-        Py_ssize_t len = (Py_ssize_t)ppc_get_u64(p + sl + (size_t)i * 16 + 8);
-        PyObject *start = PyLong_FromSsize_t(off), *stop = PyLong_FromSsize_t(off + len);
-        PyObject *slice = start && stop ? PySlice_New(start, stop, NULL) : NULL;
-        PyObject *b = slice ? PyObject_GetItem(base, slice) : NULL;
-        Py_XDECREF(start);
-        Py_XDECREF(stop);
-        Py_XDECREF(slice);
-        if (!b) {
-            Py_CLEAR(bufs);
-            break;
-        }
-        PyList_SET_ITEM(bufs, i, b);
-    }
-    Py_DECREF(base);
     if (bufs) {
         PyObject *stream = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)sl, PyBUF_READ);
         PyObject *kw = stream ? Py_BuildValue("{sO}", "buffers", bufs) : NULL;
