@@ -19,15 +19,20 @@ CORE_SRC := $(wildcard src/core/*.c)
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
 TEST_DEPS := pytest pytest-timeout numpy pillow
+# Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
+APT_BUILD := build-essential python3-dev python3-venv libssl-dev
+# ... and those only the tests need
+APT_TEST :=
 # warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
 TEST_CFLAGS := -Werror
 
-.PHONY: all venv build demo demo-cluster test test-c test-py test-py-one test-packaging test-asan \
+.PHONY: all sysdeps-test venv build demo demo-cluster test test-c test-py test-py-one test-packaging test-asan \
 	bench clean
 
 all: build
 
 $(STAMP):
+	sh tools/sysdeps.sh $(APT_BUILD)
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
@@ -127,7 +132,10 @@ test-asan: $(STAMP)
 
 -include fuzz/fuzz.mk
 
-test: build test-c test-py test-packaging test-asan fuzz-smoke
+sysdeps-test:
+	sh tools/sysdeps.sh $(APT_BUILD) $(APT_TEST)
+
+test: sysdeps-test build test-c test-py test-packaging test-asan fuzz-smoke
 
 bench: build
 	bash bench/run.sh
