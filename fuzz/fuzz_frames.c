@@ -6,7 +6,7 @@
  * engine's readers do (src/core/pool.c on_readable: reserve room for the
  * announced frame, read, parse, consume), and every complete frame is
  * decoded: HELLO / CHALLENGE / AUTH / WELCOME payloads with the auth.h
- * decoders, every payload and the raw input with ppc_announce_verify.
+ * decoders (discovery datagrams: fuzz_announce.c).
  *
  * Besides "no crash, no leak, no out-of-bounds access" (ASan, UBSan,
  * LeakSanitizer) it checks:
@@ -155,10 +155,6 @@ static void decode_payload(pass *ps, const ppc_frame *f)
     default:
         break;
     }
-    /* Any payload may be a (forged) announcement. */
-    uint16_t port = 0;
-    if (ppc_announce_verify(SECRET, FUZZ_SECRET_LEN, p, n, FUZZ_NOW, FUZZ_MAX_AGE, &port) == 0)
-        FUZZ_ASSERT(n == PPC_ANNOUNCE_LEN && port == (uint16_t)(p[6] | p[7] << 8));
 }
 
 /* A complete frame at stream offset `at` of the input. */
@@ -343,22 +339,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ppc_shm_ref ref;
         if (ppc_result_ref(&rr, &ref) == 0)
             FUZZ_ASSERT(rr.datalen == PPC_SHM_REF_LEN && ref.len > 0);
-    }
-
-    /* The raw input as a discovery datagram. */
-    uint16_t port = 0;
-    if (ppc_announce_verify(SECRET, FUZZ_SECRET_LEN, data, size, FUZZ_NOW, FUZZ_MAX_AGE, &port) ==
-        0) {
-        FUZZ_ASSERT(size == PPC_ANNOUNCE_LEN);
-        FUZZ_ASSERT(port == (uint16_t)(data[6] | data[7] << 8));
-        uint64_t t = ppc_get_u64(data + 8);
-        FUZZ_ASSERT(t >= FUZZ_NOW - FUZZ_MAX_AGE && t <= FUZZ_NOW + FUZZ_MAX_AGE);
-        /* the same datagram fails under another secret or far from its time */
-        FUZZ_ASSERT(ppc_announce_verify((const uint8_t *)"other", 5, data, size, FUZZ_NOW,
-                                        FUZZ_MAX_AGE, &port) < 0);
-        FUZZ_ASSERT(ppc_announce_verify(SECRET, FUZZ_SECRET_LEN, data, size,
-                                        FUZZ_NOW + 2 * FUZZ_MAX_AGE + 1, FUZZ_MAX_AGE,
-                                        &port) < 0);
     }
     return 0;
 }

@@ -11,7 +11,6 @@
 #include "frame.h"
 
 static const uint8_t HELLO_MAGIC[4] = {'P', 'P', 'C', 1};
-static const uint8_t ANN_MAGIC[4] = {'P', 'P', 'C', 'A'};
 
 int ppc_random(uint8_t *buf, size_t n)
 {
@@ -93,34 +92,5 @@ int ppc_challenge_decode(const uint8_t *p, size_t n, ppc_challenge *c)
         return -1;
     memcpy(c->proof, p + PPC_HELLO_LEN, PPC_MAC_LEN);
     c->ncpus = ppc_get_u32(p + PPC_HELLO_LEN + PPC_MAC_LEN);
-    return 0;
-}
-
-int ppc_announce_encode(const uint8_t *secret, size_t secret_len, uint16_t port, uint64_t now,
-                        uint8_t out[PPC_ANNOUNCE_LEN])
-{
-    memcpy(out, ANN_MAGIC, 4);
-    put_u16(out + 4, PPC_PROTO_VERSION);
-    put_u16(out + 6, port);
-    ppc_put_u64(out + 8, now);
-    if (ppc_random(out + 16, 16) < 0)
-        return -1;
-    return ppc_auth_proof(secret, secret_len, "ppc-announce", out, 32, NULL, 0, out + 32);
-}
-
-int ppc_announce_verify(const uint8_t *secret, size_t secret_len, const uint8_t *p, size_t n,
-                        uint64_t now, uint64_t max_age_s, uint16_t *port)
-{
-    if (n != PPC_ANNOUNCE_LEN || memcmp(p, ANN_MAGIC, 4) != 0 ||
-        get_u16(p + 4) != PPC_PROTO_VERSION)
-        return -1;
-    uint8_t mac[PPC_MAC_LEN];
-    if (ppc_auth_proof(secret, secret_len, "ppc-announce", p, 32, NULL, 0, mac) < 0 ||
-        !ppc_auth_equal(mac, p + 32))
-        return -1;
-    uint64_t t = ppc_get_u64(p + 8);
-    if ((t > now && t - now > max_age_s) || (now > t && now - t > max_age_s))
-        return -1;
-    *port = get_u16(p + 6);
     return 0;
 }

@@ -16,10 +16,8 @@
  *   server proof = HMAC(secret, "ppc-server" || client nonce || server nonce)
  *   client proof = HMAC(secret, "ppc-client" || client nonce || server nonce)
  *
- * Discovery announcements (UDP) carry
- *   magic "PPCA", u16 version, u16 tcp port, u64 unix time, u8[16] nonce,
- *   u8[32] HMAC(secret, "ppc-announce" || all preceding bytes)
- * Decoders check every length; nothing is allocated. */
+ * Decoders check every length; nothing is allocated. (Discovery
+ * announcements: announce.h.) */
 #ifndef PPC_AUTH_H
 #define PPC_AUTH_H
 #include <stddef.h>
@@ -32,7 +30,6 @@
 #define PPC_CHALLENGE_LEN (PPC_HELLO_LEN + PPC_MAC_LEN + 4)
 #define PPC_AUTH_LEN PPC_MAC_LEN
 #define PPC_WELCOME_LEN 4
-#define PPC_ANNOUNCE_LEN (4 + 2 + 2 + 8 + 16 + PPC_MAC_LEN)
 
 typedef struct ppc_hello {
     uint16_t version;
@@ -62,12 +59,5 @@ void ppc_challenge_encode(const ppc_challenge *c, uint8_t out[PPC_CHALLENGE_LEN]
 /* Decoders: 0 on success, -1 when the length or magic is wrong. */
 int ppc_hello_decode(const uint8_t *p, size_t n, ppc_hello *h);
 int ppc_challenge_decode(const uint8_t *p, size_t n, ppc_challenge *c);
-
-/* Announcements: encode with a fresh nonce; verify checks the MAC and
- * that the time is within max_age_s of now. 0 / -1. */
-int ppc_announce_encode(const uint8_t *secret, size_t secret_len, uint16_t port, uint64_t now,
-                        uint8_t out[PPC_ANNOUNCE_LEN]);
-int ppc_announce_verify(const uint8_t *secret, size_t secret_len, const uint8_t *p, size_t n,
-                        uint64_t now, uint64_t max_age_s, uint16_t *port);
 
 #endif

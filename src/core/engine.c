@@ -197,14 +197,14 @@ static int runnable(ppc_engine *e, uint32_t flags, const char **why)
         return 1;
     if (ppc_remote_may_run(e, flags))
         return 1;
-    if (e->opts.discover && ppc_now_ms() - e->created_ms < 5000)
+    if (ppc_discover_window_open(e))
         return 1; /* nodes may still announce themselves */
     if (e->nrn > 0)
         *why = "no node can run the job: the local pool has no workers and every remote "
                "node is unreachable or refused us (see the pp logger)";
     else if (e->opts.discover)
         *why = "no node can run the job: the local pool has no workers and no ppserver "
-               "announced itself within 5 s of autodiscovery (is one running with -a and "
+               "announced itself in the discovery window (is one running with -a and "
                "the same secret, reachable by broadcast?)";
     return 0;
 }
@@ -525,6 +525,7 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     if ((o->announce || o->discover) && o->discover_port > 0 &&
         ppc_discover_start(e, err, errlen) < 0)
         goto fail;
+    e->opts.discover_patterns = NULL; /* the caller's: parsed by now */
     /* The engine thread takes no signals: SIGPIPE on a dead worker's pipe
      * becomes EPIPE, and the caller's handlers (Ctrl-C) stay with it. */
     sigset_t all, old;
@@ -621,6 +622,7 @@ void ppc_engine_free(ppc_engine *e)
     ppc_remote_free(e);
     ppc_fd_close(e->listen_fd);
     ppc_fd_close(e->udp_fd);
+    ppc_discover_free(e);
     free(e->secret_copy);
     free(e->listen_host_copy);
     free(e->broadcast_copy);

@@ -71,6 +71,16 @@ typedef struct ppc_engine_opts {
     /* tests: reap exited workers by polling on the loop's timer, as where
      * pidfd_open is missing (ENOSYS) */
     int test_no_pidfd;
+
+    /* discovery (discfilter.h): the "*" entries of ppservers ("*", "*:port",
+     * "192.168.1.*[:port]"), NULL-terminated; none with discover set: "*".
+     * Tests may shorten the defaults (0: default): the window a client
+     * listens for (5000 ms), how old an unasked announcement may be (60 s),
+     * how long a discovered node may stay unreachable (30000 ms). */
+    const char *const *discover_patterns;
+    int discover_window_ms;
+    int announce_max_age_s;
+    int discover_expire_ms;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -158,5 +168,9 @@ void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *id
 
 /* Process ids of the live local workers; returns count (<= max). */
 int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max);
+
+/* Discovery: open a new window (a query, then listen; thread-safe). -1
+ * when this engine does not discover. */
+int ppc_engine_rescan(ppc_engine *e);
 
 #endif

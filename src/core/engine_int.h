@@ -199,6 +199,8 @@ struct ppc_engine {
      * batch runs are dropped by ppc_engine_forget (no stale pointer read) */
     struct epoll_event *batch;
     int batch_n;
+    /* discovery state (discover.c) */
+    struct ppc_disc *disc;
 };
 
 /* engine.c services for the nodes */
@@ -246,6 +248,9 @@ int ppc_discover_start(ppc_engine *e, char *err, size_t errlen);
 void ppc_discover_event(ppc_engine *e);
 int ppc_discover_tick(ppc_engine *e);
 void ppc_discover_stop(ppc_engine *e);
+void ppc_discover_free(ppc_engine *e);
+/* 1 while a client's discovery window is open (or about to open) */
+int ppc_discover_window_open(ppc_engine *e);
 
 /* pool.c: the local worker pool node */
 ppc_pool *ppc_pool_new(ppc_engine *e);

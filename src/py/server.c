@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../core/discfilter.h"
 
 /* What the events thread shares with its Server (see events_main). */
 typedef struct ppc_events {
@@ -67,8 +68,9 @@ static int parse_ncpus(PyObject *o)
     return (int)n;
 }
 
-/* pp's ppservers entries: "host", "host:port", "*", "*:port",
- * "192.168.1.*". Checked here so a typo fails at once. */
+/* pp's ppservers entries: "host", "host:port", and the discovery entries
+ * "*", "*:port", "192.168.1.*", "192.168.1.*:port" (discfilter.h). Checked
+ * here so a typo fails at once. */
 static int check_ppservers(PyObject *t)
 {
     if (!PyTuple_Check(t)) {
@@ -84,6 +86,16 @@ static int check_ppservers(PyObject *t)
         const char *c = PyUnicode_AsUTF8(s);
         if (!c)
             return -1;
+        ppc_disc_filter f;
+        int w = ppc_disc_filter_parse(c, &f);
+        if (w < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "ppservers entry %R: a discovery entry is \"*\", \"*:port\" or a "
+                         "subnet such as \"192.168.1.*\" (optionally with :port)", s);
+            return -1;
+        }
+        if (w == 1)
+            continue;
         const char *colon = strrchr(c, ':');
         size_t hostlen = colon ? (size_t)(colon - c) : strlen(c);
         if (hostlen == 0) {
@@ -92,7 +104,7 @@ static int check_ppservers(PyObject *t)
         }
         for (size_t k = 0; k < hostlen; k++) {
             char ch = c[k];
-            if (!(ch == '.' || ch == '-' || ch == '*' || ch == '_' || (ch >= '0' && ch <= '9') ||
+            if (!(ch == '.' || ch == '-' || ch == '_' || (ch >= '0' && ch <= '9') ||
                   (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'))) {
                 PyErr_Format(PyExc_ValueError, "ppservers entry %R: invalid host name", s);
                 return -1;
@@ -119,6 +131,17 @@ static int test_switch(ppc_Server *self, const char *name)
 {
     PyObject *v = self->test ? PyDict_GetItemString(self->test, name) : NULL;
     return v && PyObject_IsTrue(v) == 1;
+}
+
+/* An integer of pp.Server(_test={...}), or 0 when absent or not an int.
+ * Known: discovery_window_ms, announce_max_age_s, discover_expire_ms. */
+static int test_int(ppc_Server *self, const char *name)
+{
+    PyObject *v = self->test ? PyDict_GetItemString(self->test, name) : NULL;
+    long n = v && PyLong_Check(v) ? PyLong_AsLong(v) : 0;
+    if (n == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    return n > 0 && n < 1000000000 ? (int)n : 0;
 }
 
 /* Read by workers at start to learn whether they may read our memory. */
@@ -561,6 +584,7 @@ typedef struct opts_mem {
     const char *cargv[8];
     const char **cenv;
     const char **nodes;
+    const char **patterns; /* discovery entries of ppservers */
 } opts_mem;
 
 static void opts_mem_free(opts_mem *m)
@@ -570,6 +594,7 @@ static void opts_mem_free(opts_mem *m)
     Py_XDECREF(m->env);
     PyMem_Free(m->cenv);
     PyMem_Free(m->nodes);
+    PyMem_Free(m->patterns);
 }
 
 static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_args *a)
@@ -738,17 +763,26 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
         PyErr_NoMemory();
         return -1;
     }
-    Py_ssize_t nn = 0;
+    if (!(m->patterns = PyMem_Calloc((size_t)nps + 1, sizeof(char *)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t nn = 0, np = 0;
     for (Py_ssize_t i = 0; i < nps; i++) {
         const char *c = PyUnicode_AsUTF8(PyTuple_GET_ITEM(self->ppservers, i));
         if (!c)
             return -1;
         if (strchr(c, '*'))
-            o->discover = 1;
+            m->patterns[np++] = c; /* checked by check_ppservers */
         else
             m->nodes[nn++] = c;
     }
     o->ppservers = m->nodes;
+    o->discover = np > 0;
+    o->discover_patterns = m->patterns;
+    o->discover_window_ms = test_int(self, "discovery_window_ms");
+    o->announce_max_age_s = test_int(self, "announce_max_age_s");
+    o->discover_expire_ms = test_int(self, "discover_expire_ms");
     return 0;
 }
 
@@ -1298,6 +1332,23 @@ static PyObject *Server_active_tasks(ppc_Server *self, PyObject *noargs)
     return PyLong_FromSize_t(self->engine ? ppc_engine_pending(self->engine) : 0);
 }
 
+static PyObject *Server_rescan(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
+    if (!self->engine || self->destroyed) {
+        PyErr_SetString(G.DestroyedServerError, "server instance has been destroyed");
+        return NULL;
+    }
+    if (ppc_engine_rescan(self->engine) < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "rescan() needs autodiscovery: a \"*\" entry in ppservers");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Server_worker_pids(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
@@ -1432,6 +1483,9 @@ static PyMethodDef Server_methods[] = {
      "Number of jobs submitted and not yet done."},
     {"_server_info", (PyCFunction)Server_server_info, METH_NOARGS,
      "ppserver: (port, clients connected, seconds without a client)."},
+    {"rescan", (PyCFunction)Server_rescan, METH_NOARGS,
+     "Autodiscovery: query for ppservers again and listen for announcements "
+     "for the discovery window (5 s); returns at once."},
     {"_worker_pids", (PyCFunction)Server_worker_pids, METH_NOARGS,
      "Process ids of the live local workers."},
     {"destroy", (PyCFunction)Server_destroy, METH_NOARGS,

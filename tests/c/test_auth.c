@@ -1,6 +1,6 @@
 /* test_auth.c - unit tests of src/core/auth.c: HMAC-SHA256 proofs (RFC 4231
- * vectors), constant-time MAC comparison, HELLO / CHALLENGE payload codecs
- * and discovery announcements (MAC, freshness window, exact lengths).
+ * vectors), constant-time MAC comparison and HELLO / CHALLENGE payload
+ * codecs (announcements: test_announce.c).
  * Decoders are given heap copies of exactly the length they are told, so
  * that a read past it is an ASan error in the -asan build. */
 #define _GNU_SOURCE
@@ -343,124 +343,6 @@ TEST(handshake_proofs)
     REQUIRE(ppc_auth_proof(wrong, sizeof wrong - 1, "ppc-server", ch.nonce, PPC_NONCE_LEN,
                            got.h.nonce, PPC_NONCE_LEN, want) == 0);
     CHECK(!ppc_auth_equal(want, got.proof));
-}
-
-/* ------------------------------------------------------- announcements */
-
-#define NOW 1700000000ull
-
-TEST(announce_roundtrip)
-{
-    uint8_t a[PPC_ANNOUNCE_LEN], b[PPC_ANNOUNCE_LEN];
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 35000, NOW, a) == 0);
-    CHECK_MEM(a, 4, "PPCA", 4);
-    CHECK_EQ_INT(a[4] | a[5] << 8, PPC_PROTO_VERSION);
-    CHECK_EQ_INT(a[6] | a[7] << 8, 35000);
-    CHECK_EQ_U64(ppc_get_u64(a + 8), NOW);
-    uint16_t port = 0;
-    uint8_t *c = exact_copy(a, sizeof a);
-    REQUIRE(c != NULL);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, c, sizeof a, NOW, 30, &port), 0);
-    free(c);
-    CHECK_EQ_INT(port, 35000);
-    /* a fresh nonce each time; both verify */
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 35000, NOW, b) == 0);
-    CHECK(memcmp(a + 16, b + 16, 16) != 0);
-    port = 0;
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, b, sizeof b, NOW, 30, &port), 0);
-    CHECK_EQ_INT(port, 35000);
-    /* edge ports */
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 0xffff, NOW, a) == 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW, 0, &port), 0);
-    CHECK_EQ_INT(port, 0xffff);
-    /* an empty secret works on both sides (and only with an empty secret) */
-    REQUIRE(ppc_announce_encode(NULL, 0, 1, NOW, a) == 0);
-    CHECK_EQ_INT(ppc_announce_verify(NULL, 0, a, sizeof a, NOW, 0, &port), 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW, 0, &port), -1);
-}
-
-TEST(announce_rejects_wrong_secret)
-{
-    uint8_t a[PPC_ANNOUNCE_LEN];
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 4000, NOW, a) == 0);
-    uint16_t port = 77;
-    static const uint8_t other[] = "shared secreT";
-    CHECK_EQ_INT(ppc_announce_verify(other, SECRET_LEN, a, sizeof a, NOW, 60, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN - 1, a, sizeof a, NOW, 60, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(NULL, 0, a, sizeof a, NOW, 60, &port), -1);
-    CHECK_EQ_INT(port, 77); /* untouched on failure */
-}
-
-TEST(announce_rejects_each_flipped_byte)
-{
-    uint8_t a[PPC_ANNOUNCE_LEN];
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 4000, NOW, a) == 0);
-    static const uint8_t masks[] = {0x01, 0x80, 0xff};
-    for (size_t i = 0; i < PPC_ANNOUNCE_LEN; i++) {
-        for (size_t m = 0; m < sizeof masks; m++) {
-            uint16_t port = 77;
-            a[i] ^= masks[m];
-            CHECK_MSG(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW, UINT64_MAX,
-                                          &port) == -1,
-                      "byte %zu ^ 0x%02x accepted", i, masks[m]);
-            CHECK_EQ_INT(port, 77);
-            a[i] ^= masks[m];
-        }
-    }
-    uint16_t port = 0;
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW, 60, &port), 0);
-}
-
-TEST(announce_time_window)
-{
-    uint8_t a[PPC_ANNOUNCE_LEN];
-    uint16_t port;
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 9, NOW, a) == 0);
-    /* within max_age either way, edges included */
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW + 60, 60, &port), 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW - 60, 60, &port), 0);
-    /* stale, or from too far in the future */
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW + 61, 60, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW - 61, 60, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW + 86400, 60, &port),
-                 -1);
-    /* max_age 0: the very second only */
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW, 0, &port), 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW + 1, 0, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, NOW - 1, 0, &port), -1);
-    /* no wrap-around at the ends of u64 time */
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 9, UINT64_MAX, a) == 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, 0, 10, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, UINT64_MAX - 10, 10, &port),
-                 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, 0, UINT64_MAX, &port), 0);
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 9, 0, a) == 0);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, UINT64_MAX, 10, &port), -1);
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, a, sizeof a, 10, 10, &port), 0);
-}
-
-TEST(announce_rejects_wrong_length)
-{
-    uint8_t a[PPC_ANNOUNCE_LEN + 2];
-    memset(a, 0, sizeof a);
-    REQUIRE(ppc_announce_encode(SECRET, SECRET_LEN, 4000, NOW, a) == 0);
-    for (size_t n = 0; n <= PPC_ANNOUNCE_LEN + 1; n++) {
-        if (n == PPC_ANNOUNCE_LEN)
-            continue;
-        uint16_t port = 77;
-        uint8_t *c = exact_copy(a, n);
-        REQUIRE(c != NULL);
-        CHECK_MSG(ppc_announce_verify(SECRET, SECRET_LEN, c, n, NOW, 60, &port) == -1,
-                  "length %zu accepted", n);
-        CHECK_EQ_INT(port, 77);
-        free(c);
-    }
-    /* a HELLO is not an announcement, whatever its length */
-    uint8_t hello[PPC_HELLO_LEN];
-    ppc_hello h = {.version = PPC_PROTO_VERSION};
-    ppc_hello_encode(&h, hello);
-    uint16_t port;
-    CHECK_EQ_INT(ppc_announce_verify(SECRET, SECRET_LEN, hello, sizeof hello, NOW, 60, &port), -1);
 }
 
 int main(int argc, char **argv) { return ctest_main(argc, argv); }
