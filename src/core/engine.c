@@ -49,8 +49,20 @@ static void wake_locked(ppc_engine *e)
     }
 }
 
+/* Bounded: below the level nothing is formatted or allocated; past
+ * PPC_LOG_MAX_QUEUED waiting messages a message is only counted, and the
+ * count goes out as one message once the queue has drained. */
 void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
 {
+    if (level < atomic_load_explicit(&e->log_level, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&e->mu);
+    int full = e->nlog >= PPC_LOG_MAX_QUEUED;
+    if (full)
+        e->log_dropped++;
+    pthread_mutex_unlock(&e->mu);
+    if (full)
+        return;
     ppc_logmsg *m = malloc(sizeof *m);
     if (!m)
         return;
@@ -66,8 +78,14 @@ void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
     else
         e->log_head = m;
     e->log_tail = m;
+    e->nlog++;
     pthread_cond_signal(&e->cv_ev);
     pthread_mutex_unlock(&e->mu);
+}
+
+void ppc_engine_set_log_level(ppc_engine *e, int level)
+{
+    atomic_store_explicit(&e->log_level, level, memory_order_relaxed);
 }
 
 void ppc_engine_forget(ppc_engine *e, const void *obj, size_t size)
@@ -452,6 +470,7 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
     }
     e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
     e->created_ms = ppc_now_ms();
+    atomic_init(&e->log_level, o->log_level);
     e->fork_gen = ppc_fork_generation();
     /* a ppserver's ids for what it relays to its workers: apart from the
      * ids its own Server gives its local jobs and functions (from 1) */
@@ -744,10 +763,20 @@ int ppc_engine_next_event(ppc_engine *e, int timeout_ms, ppc_event *ev)
             e->log_head = m->next;
             if (!e->log_head)
                 e->log_tail = NULL;
+            e->nlog--;
             ev->kind = PPC_EV_LOG;
             ev->level = m->level;
             memcpy(ev->msg, m->msg, sizeof ev->msg);
             free(m);
+            break;
+        }
+        if (e->log_dropped) {
+            ev->kind = PPC_EV_LOG;
+            ev->level = PPC_LOG_WARNING;
+            snprintf(ev->msg, sizeof ev->msg,
+                     "%llu log message(s) dropped: more than %d were waiting",
+                     (unsigned long long)e->log_dropped, PPC_LOG_MAX_QUEUED);
+            e->log_dropped = 0;
             break;
         }
         if (e->cb_head) {

@@ -81,6 +81,9 @@ typedef struct ppc_engine_opts {
     int discover_window_ms;
     int announce_max_age_s;
     int discover_expire_ms;
+    /* log messages below this level are not queued (see also
+     * ppc_engine_set_log_level); 0 queues every level */
+    int log_level;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -172,5 +175,10 @@ int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max);
 /* Discovery: open a new window (a query, then listen; thread-safe). -1
  * when this engine does not discover. */
 int ppc_engine_rescan(ppc_engine *e);
+/* Log messages below level are dropped before they are queued; at most
+ * PPC_LOG_MAX_QUEUED wait for ppc_engine_next_event, the others are counted
+ * and reported as one message (thread-safe). */
+#define PPC_LOG_MAX_QUEUED 256
+void ppc_engine_set_log_level(ppc_engine *e, int level);
 
 #endif

@@ -201,6 +201,10 @@ struct ppc_engine {
     int batch_n;
     /* discovery state (discover.c) */
     struct ppc_disc *disc;
+    /* the log queue's bounds (ppc_engine_log) */
+    size_t nlog;          /* locked: messages queued */
+    uint64_t log_dropped; /* locked: dropped since the queue last drained */
+    atomic_int log_level; /* below it nothing is queued */
 };
 
 /* engine.c services for the nodes */

@@ -144,6 +144,27 @@ static int test_int(ppc_Server *self, const char *name)
     return n > 0 && n < 1000000000 ? (int)n : 0;
 }
 
+/* The effective level of the "pp" logger where the logging module is
+ * loaded; else WARNING, the level of a logger nobody configured. The engine
+ * queues nothing below it. Never imports logging. */
+static int pp_log_level(void)
+{
+    PyObject *mods = PyImport_GetModuleDict(); /* borrowed */
+    PyObject *logging = mods ? PyDict_GetItemString(mods, "logging") : NULL;
+    if (!logging)
+        return PPC_LOG_WARNING;
+    PyObject *lg = PyObject_CallMethod(logging, "getLogger", "s", "pp");
+    PyObject *r = lg ? PyObject_CallMethod(lg, "getEffectiveLevel", NULL) : NULL;
+    long l = r && PyLong_Check(r) ? PyLong_AsLong(r) : -1;
+    Py_XDECREF(r);
+    Py_XDECREF(lg);
+    if (l < 0 || PyErr_Occurred()) {
+        PyErr_Clear();
+        return PPC_LOG_WARNING;
+    }
+    return l > 1000 ? 1000 : (int)l;
+}
+
 /* Read by workers at start to learn whether they may read our memory. */
 static const uint64_t client_probe = PPC_VM_PROBE;
 
@@ -455,12 +476,16 @@ static void events_main(ppc_events *ev)
         ppc_event x;
         int kind;
         Py_BEGIN_ALLOW_THREADS
-        kind = ppc_engine_next_event(e, -1, &x);
+        kind = ppc_engine_next_event(e, 1000, &x);
         Py_END_ALLOW_THREADS
         if (kind == PPC_EV_STOP)
             break;
-        if (kind == PPC_EV_LOG) {
+        if (kind == PPC_EV_NONE) {
+            /* the engine filters by level: follow the pp logger's changes */
+            ppc_engine_set_log_level(e, pp_log_level());
+        } else if (kind == PPC_EV_LOG) {
             log_message(ev, x.level, x.msg);
+            ppc_engine_set_log_level(e, pp_log_level());
         } else if (kind == PPC_EV_JOB) {
             run_callback(ev, x.job);
             ppc_engine_callback_done(e, x.job);
@@ -783,6 +808,7 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
     o->discover_window_ms = test_int(self, "discovery_window_ms");
     o->announce_max_age_s = test_int(self, "announce_max_age_s");
     o->discover_expire_ms = test_int(self, "discover_expire_ms");
+    o->log_level = pp_log_level();
     return 0;
 }
 

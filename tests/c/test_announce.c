@@ -1,11 +1,14 @@
 /* test_announce.c - unit tests of discovery's plain-C parts: the
- * announcement and query codecs and key (announce.c) and the ppservers
- * discovery entries (discfilter.c). */
+ * announcement and query codecs and key (announce.c), the ppservers
+ * discovery entries (discfilter.c), and the engine's bounded, level-filtered
+ * log queue that strangers' datagrams could otherwise grow (engine.c). */
 #define _GNU_SOURCE
 #include "ctest.h"
 
 #include "announce.h"
 #include "discfilter.h"
+#include "engine.h"
+#include "engine_int.h"
 
 static uint8_t *exact_copy(const uint8_t *p, size_t n)
 {
@@ -168,6 +171,77 @@ TEST(discovery_entries)
                          "1.2.3.*:5:6", "a.*", "1234.*", "*:60000 ", " *"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK_MSG(ppc_disc_filter_parse(bad[i], &f) == -1, "%s accepted", bad[i]);
+}
+
+/* ------------------------------------------------------------ log queue */
+
+static ppc_engine *plain_engine(int level)
+{
+    ppc_engine_opts o;
+    memset(&o, 0, sizeof o);
+    o.listen_port = -1;
+    o.log_level = level;
+    char err[256] = "";
+    ppc_engine *e = ppc_engine_new(&o, err, sizeof err);
+    if (!e)
+        fprintf(stderr, "ppc_engine_new: %s\n", err);
+    return e;
+}
+
+static int drain(ppc_engine *e, ppc_event *last, int *below)
+{
+    int n = 0;
+    ppc_event ev;
+    while (ppc_engine_next_event(e, 0, &ev) == PPC_EV_LOG) {
+        n++;
+        if (below && ev.level < *below)
+            (*below)++;
+        *last = ev;
+    }
+    return n;
+}
+
+TEST(log_queue_is_bounded_and_reports_drops)
+{
+    ppc_engine *e = plain_engine(PPC_LOG_DEBUG);
+    REQUIRE(e != NULL);
+    for (int i = 0; i < 100000; i++)
+        ppc_engine_log(e, PPC_LOG_INFO, "message %d", i);
+    ppc_event last;
+    int n = drain(e, &last, NULL);
+    CHECK_EQ_INT(n, PPC_LOG_MAX_QUEUED + 1);
+    CHECK_EQ_INT(last.level, PPC_LOG_WARNING);
+    char want[64];
+    snprintf(want, sizeof want, "%d log message(s) dropped", 100000 - PPC_LOG_MAX_QUEUED);
+    CHECK_MSG(strstr(last.msg, want) != NULL, "last message: %s", last.msg);
+    /* drained: room again, and no second report */
+    ppc_engine_log(e, PPC_LOG_INFO, "after");
+    n = drain(e, &last, NULL);
+    CHECK_EQ_INT(n, 1);
+    CHECK(strcmp(last.msg, "after") == 0);
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
+}
+
+TEST(log_queue_filters_by_level)
+{
+    ppc_engine *e = plain_engine(PPC_LOG_WARNING);
+    REQUIRE(e != NULL);
+    for (int i = 0; i < 1000; i++) {
+        ppc_engine_log(e, PPC_LOG_DEBUG, "debug %d", i);
+        ppc_engine_log(e, PPC_LOG_INFO, "info %d", i);
+    }
+    ppc_engine_log(e, PPC_LOG_WARNING, "warning");
+    ppc_event last;
+    CHECK_EQ_INT(drain(e, &last, NULL), 1); /* nothing dropped: never queued */
+    CHECK(strcmp(last.msg, "warning") == 0);
+    ppc_engine_set_log_level(e, PPC_LOG_INFO);
+    ppc_engine_log(e, PPC_LOG_DEBUG, "debug");
+    ppc_engine_log(e, PPC_LOG_INFO, "info");
+    CHECK_EQ_INT(drain(e, &last, NULL), 1);
+    CHECK(strcmp(last.msg, "info") == 0);
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
 }
 
 int main(int argc, char **argv) { return ctest_main(argc, argv); }
