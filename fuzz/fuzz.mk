@@ -13,10 +13,10 @@
 FUZZ_MK := $(lastword $(MAKEFILE_LIST))
 FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
 
-FUZZ_TARGETS := fuzz_frames fuzz_handshake
+FUZZ_TARGETS := fuzz_frames fuzz_handshake fuzz_announce
 # Only the sources the targets exercise: coverage feedback stays on them,
 # and clang-only warnings elsewhere in src/core cannot break the fuzz build.
-FUZZ_CORE := src/core/auth.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
+FUZZ_CORE := src/core/announce.c src/core/discfilter.c src/core/auth.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
 FUZZ_DEPS := $(FUZZ_CORE) $(wildcard src/core/*.h) fuzz/fuzz_common.h $(FUZZ_MK)
 FUZZ_OUT := build/fuzz
 

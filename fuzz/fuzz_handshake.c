@@ -53,12 +53,6 @@ static uint32_t rd32(reader *r)
     rd(r, b, 4);
     return ppc_get_u32(b);
 }
-static uint64_t rd64(reader *r)
-{
-    uint8_t b[8];
-    rd(r, b, 8);
-    return ppc_get_u64(b);
-}
 
 /* HMAC pads a key shorter than the block (64 bytes for SHA-256) with
  * zeros, so two secrets that differ only in trailing zero bytes are the

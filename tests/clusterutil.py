@@ -24,7 +24,6 @@ HDR = struct.Struct("<QQBBHI")  # u64 len, u64 id, u8 type, u8 flags, u16 aux, u
 F_INIT, F_FUNC, F_JOB, F_RESULT = 1, 2, 3, 4
 F_HELLO, F_CHALLENGE, F_AUTH, F_WELCOME, F_PING, F_PONG, F_ERROR, F_BYE = range(16, 24)
 MAGIC = b"PPC\x01"
-ANN_MAGIC = b"PPCA"
 def _proto_version():
     """The wire protocol version, read from the C header that defines it."""
     import re
@@ -57,12 +56,6 @@ def mac(secret, label, *parts):
 
 def hello_payload(nonce, version=PROTO_VERSION, py=sys.version_info[:2]):
     return MAGIC + struct.pack("<HBB", version, py[0], py[1]) + nonce
-
-
-def announcement(secret, port, when=None, version=PROTO_VERSION):
-    body = ANN_MAGIC + struct.pack("<HHQ", version, port, int(time.time() if when is None else when))
-    body += os.urandom(16)
-    return body + mac(secret, "ppc-announce", body)
 
 
 def rss_kb(pid):
