@@ -89,7 +89,9 @@ class Server(_ppc.Server):
     process when it is single-threaded, the others fresh interpreters
     (PPC_START=spawn in the environment: all fresh interpreters).
     ppservers: remote nodes, "host", "host:port" (default port 60000), or
-    "*" to use the nodes that announce themselves on the network.
+    "*" to use the nodes that announce themselves on the network ("*:port":
+    only on that port, "192.168.1.*[:port]": only from that subnet); they
+    are heard for 5 s from start and after each rescan().
     secret: the cluster's shared secret (str or bytes); when None, the
     PP_SECRET environment variable or pp_secret in ~/.pythonrc.py. Remote
     nodes cannot be used without one.

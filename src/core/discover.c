@@ -106,7 +106,7 @@ static void summary(ppc_engine *e, int64_t now, int force)
         total += d->count[i];
     if (!total || (!force && now - d->last_summary < SUMMARY_MS))
         return;
-    char msg[200];
+    char msg[320]; /* every reason fits; the log line is cut at 255 */
     size_t off = 0;
     for (int i = 0; i < C_N && off < sizeof msg; i++) {
         if (!d->count[i])
