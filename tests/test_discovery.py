@@ -418,6 +418,29 @@ def test_junk_flood_in_window_memory_flat(tmp_path):
             p.wait()
 
 
+@pytest.mark.timeout(30)
+def test_log_level_filters_in_the_engine_and_follows_the_logger(caplog):
+    """The engine queues nothing below the pp logger's level (tested in C,
+    tests/c/test_announce.c); here: lowering the logger's level after the
+    Server was made reaches the engine within ~1 s, else its INFO summaries
+    would stay filtered."""
+    caplog.set_level(logging.INFO, logger="pp")  # the capturing handler's level
+    logging.getLogger("pp").setLevel(logging.WARNING)  # the logger's (restored by caplog)
+    udp = free_port(socket.SOCK_DGRAM)
+    tx = udp_from("127.0.0.2")
+    try:
+        with client(udp, discovery_window_ms=20000):
+            tx.sendto(b"junk", ("127.0.0.1", udp))
+            time.sleep(1.0)
+            assert "discovery: ignored" not in caplog.text
+            logging.getLogger("pp").setLevel(logging.INFO)
+            time.sleep(1.5)
+            tx.sendto(b"junk", ("127.0.0.1", udp))
+            assert wait_until(lambda: "discovery: ignored" in caplog.text, 8), caplog.text
+    finally:
+        tx.close()
+
+
 def port_taken(udp):
     """True when some socket holds UDP port udp (a bind without
     SO_REUSEADDR fails)."""
