@@ -19,6 +19,7 @@ without the secret (127.0.0.2 is the attacker's address on loopback):
   * "127.0.0.*" refuses announcements from outside that subnet, "*:port"
     connects only to that port, malformed entries are refused;
   * a discovered node that dies expires; rescan() finds it again;
+  * the engine follows the pp logger's level when it changes;
   * across two network namespaces joined by a veth pair (10.213.7.0/24,
     inside the namespaces only), when running as root with ``ip``: the
     client finds the node by broadcast and runs jobs there, and the node
