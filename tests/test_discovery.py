@@ -329,6 +329,8 @@ def test_query_flood_gets_few_answers_no_larger_than_queries(start_ppserver, tmp
                 answers.append((s, data, src))
             time.sleep(0.005)
         elapsed = time.monotonic() - t0
+        print("query flood: %d queries from %d sources, %d answers in %.1f s"
+              % (sent, len(senders), len(answers), elapsed))
         assert answers, "no query was answered"
         # global bucket: 50 at once, 50 a second; per source one per 0.5 s
         assert len(answers) <= min(sent, 50 + 50 * elapsed + 5), (len(answers), elapsed)
