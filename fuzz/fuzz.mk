@@ -16,7 +16,7 @@ FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
 FUZZ_TARGETS := fuzz_frames fuzz_handshake
 # Only the sources the targets exercise: coverage feedback stays on them,
 # and clang-only warnings elsewhere in src/core cannot break the fuzz build.
-FUZZ_CORE := src/core/auth.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
+FUZZ_CORE := src/core/auth.c src/core/tls.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
 FUZZ_DEPS := $(FUZZ_CORE) $(wildcard src/core/*.h) fuzz/fuzz_common.h $(FUZZ_MK)
 FUZZ_OUT := build/fuzz
 
@@ -34,7 +34,7 @@ FUZZ_APT_PACKAGES := clang libclang-rt-dev
 
 FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -O1 -g -fno-omit-frame-pointer \
   -fno-sanitize-recover=all -Isrc/core
-FUZZ_LIBS := -lcrypto -lpthread
+FUZZ_LIBS := -lssl -lcrypto -lpthread
 FUZZ_LF_FLAGS := -max_len=16384 -malloc_limit_mb=64 -timeout=10 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
 

@@ -71,6 +71,10 @@ typedef struct ppc_engine_opts {
     /* tests: reap exited workers by polling on the loop's timer, as where
      * pidfd_open is missing (ENOSYS) */
     int test_no_pidfd;
+
+    /* TLS certificate mode (tls.h): all three, PEM files, read at start;
+     * NULL: PSK mode from the secret */
+    const char *certfile, *keyfile, *cafile;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
