@@ -415,8 +415,11 @@ void ppc_serve_event(ppc_engine *e, ppc_sconn *s, uint32_t events)
         if (rc < 0) {
             char why[200];
             snprintf(why, sizeof why, "%s", ppc_conn_why(&s->c, "TLS handshake failed"));
-            ppc_engine_log(e, PPC_LOG_WARNING, "client %s refused: %s (wrong secret or certificate?)",
-                           s->peer, why);
+            /* a peer that just went away is not worth a warning */
+            int eof = strstr(why, "eof") || strstr(why, "closed") || strstr(why, "reset");
+            ppc_engine_log(e, eof ? PPC_LOG_DEBUG : PPC_LOG_WARNING,
+                           "client %s refused: %s%s", s->peer, why,
+                           eof ? "" : " (wrong secret or certificate?)");
             sconn_close(e, s, why);
             return;
         }
