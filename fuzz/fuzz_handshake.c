@@ -138,7 +138,7 @@ static void check_preamble(const uint8_t raw[PPC_TLS_PREAMBLE_LEN], uint8_t mode
     uint8_t salt[PPC_TLS_SALT_LEN], enc[PPC_TLS_PREAMBLE_LEN + 1];
     /* arbitrary bytes: accepted only when they are a canonical preamble */
     if (ppc_tls_preamble_decode(raw, PPC_TLS_PREAMBLE_LEN, &mode, salt) == 0) {
-        FUZZ_ASSERT(mode == PPC_TLS_PSK || mode == PPC_TLS_CERT);
+        FUZZ_ASSERT(mode == PPC_TLS_PSK || mode == PPC_TLS_CERT || mode == PPC_TLS_PLAIN);
         ppc_tls_preamble_encode(mode, salt, enc);
         FUZZ_ASSERT(memcmp(enc, raw, PPC_TLS_PREAMBLE_LEN) == 0);
     }
@@ -153,7 +153,7 @@ static void check_preamble(const uint8_t raw[PPC_TLS_PREAMBLE_LEN], uint8_t mode
         if (n != PPC_TLS_PREAMBLE_LEN)
             FUZZ_ASSERT(ppc_tls_preamble_decode(enc, n, &mode, salt) < 0);
     /* one changed byte: in the header it is refused (a mode byte changed
-     * to the other mode's value is still a valid preamble); in the salt it
+     * to another mode's value is still a valid preamble); in the salt it
      * gives that other salt */
     size_t k = flip_at % PPC_TLS_PREAMBLE_LEN;
     enc[k] ^= flip_mask;
@@ -161,7 +161,8 @@ static void check_preamble(const uint8_t raw[PPC_TLS_PREAMBLE_LEN], uint8_t mode
     if (k >= 8)
         FUZZ_ASSERT(rc == 0 && salt[k - 8] == (uint8_t)(raw[k] ^ flip_mask));
     else if (k == 5)
-        FUZZ_ASSERT((rc == 0) == (enc[5] == PPC_TLS_PSK || enc[5] == PPC_TLS_CERT));
+        FUZZ_ASSERT((rc == 0) ==
+                    (enc[5] == PPC_TLS_PSK || enc[5] == PPC_TLS_CERT || enc[5] == PPC_TLS_PLAIN));
     else
         FUZZ_ASSERT(rc < 0);
 }

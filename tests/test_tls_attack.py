@@ -143,6 +143,20 @@ def test_forged_error_in_handshake_is_retried_not_fatal(start_ppserver, relay, c
     assert any(r.addr in m for m in errs), errs  # the failed attempt was logged
 
 
+@pytest.mark.timeout(30)
+def test_downgrade_to_cleartext_is_refused(start_ppserver, relay, caplog):
+    caplog.set_level(logging.INFO, logger="pp")
+    node = start_ppserver(workers=1, secret=SECRET)
+    r = relay(node.port, mode="downgrade")
+    with pp.Server(ncpus=0, ppservers=(r.addr,), secret=SECRET) as c:
+        with pytest.raises(pp.WorkerError):
+            c.submit(T.echo_tagged, ("never in the clear",))()
+    assert r.tampered.is_set()
+    errs = pp_records(caplog, logging.ERROR)
+    assert any(r.addr in m and "no TLS" in m for m in errs), errs
+    assert b"PPC\x02" not in bytes(r.c2s) and b"never in the clear" not in bytes(r.c2s)
+
+
 # ---------------------------------------------------------------- strangers
 
 @pytest.mark.timeout(30)

@@ -9,7 +9,8 @@ import threading
 class Relay:
     """mode: None (record only), "inject" (after the handshake, put bytes
     into the client -> node stream), "flip" (flip a bit of the node -> client
-    stream once results flow), "break" (answer the first connection's
+    stream once results flow), "downgrade" (every preamble offers no TLS),
+    "break" (answer the first connection's
     handshake with a forged ERROR frame, then close it)."""
 
     def __init__(self, target_port, mode=None, payload=b"", host="127.0.0.2", after=2000):
@@ -49,9 +50,13 @@ class Relay:
                                  daemon=True).start()
 
     def _tamper(self, way, data, index, st):
+        before = st[way]
+        if self.mode == "downgrade" and way == "s2c" and before == 0:
+            # every preamble says "no TLS" (the benchmarks' cleartext mode)
+            self.tampered.set()
+            return data[:5] + b"\x03" + data[6:]
         if index != 0 or self.tampered.is_set():
             return data
-        before = st[way]
         if self.mode == "break" and way == "s2c":
             # the preamble passes; the rest of the handshake is a forged ERROR
             self.tampered.set()

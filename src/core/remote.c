@@ -178,6 +178,8 @@ static void start_handshake(ppc_engine *e, ppc_rnode *r)
     set_state(e, r, R_HELLO);
 }
 
+static void send_hello(ppc_engine *e, ppc_rnode *r);
+
 /* The node's cleartext preamble: its mode and salt. Start TLS. */
 static void on_preamble(ppc_engine *e, ppc_rnode *r)
 {
@@ -189,10 +191,16 @@ static void on_preamble(ppc_engine *e, ppc_rnode *r)
         return;
     }
     ppc_buf_consume(&r->c.in, PPC_TLS_PREAMBLE_LEN);
+    if (mode == PPC_TLS_PLAIN && e->opts.test_plaintext) {
+        send_hello(e, r); /* a benchmark's cleartext link (engine.h) */
+        return;
+    }
     if (mode != e->tls_mode) {
         failed(e, r,
                mode == PPC_TLS_CERT
                    ? "the node uses TLS certificates; give this client certfile, keyfile, cafile"
+               : mode == PPC_TLS_PLAIN
+                   ? "the node offers no TLS (a benchmark's node): refused"
                    : "the node uses a shared secret, this client TLS certificates");
         return;
     }
@@ -354,7 +362,7 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
         start_handshake(e, r);
         events |= EPOLLIN;
     }
-    if (r->state == R_HELLO && r->c.tls == 0) {
+    if (r->state == R_HELLO && r->c.tls == 0 && !r->c.ssl) {
         for (;;) { /* the preamble, in the clear */
             int rr = ppc_conn_read(&r->c, PPC_TLS_PREAMBLE_LEN);
             if (rr < 0) {

@@ -199,7 +199,9 @@ static int serve_socket(ppc_engine *e, int fd)
     ppc_net_tune(fd);
     /* the preamble goes first, in the clear: a fresh socket takes 24 bytes */
     uint8_t pre[PPC_TLS_PREAMBLE_LEN];
-    ppc_tls_preamble_encode(e->tls_mode, e->tls_mode == PPC_TLS_PSK ? e->tls_salt : NULL, pre);
+    int plain = e->opts.test_plaintext;
+    ppc_tls_preamble_encode(plain ? PPC_TLS_PLAIN : e->tls_mode,
+                            e->tls_mode == PPC_TLS_PSK ? e->tls_salt : NULL, pre);
     if (send(fd, pre, sizeof pre, MSG_NOSIGNAL) != (ssize_t)sizeof pre) {
         close(fd);
         free(s);
@@ -211,14 +213,15 @@ static int serve_socket(ppc_engine *e, int fd)
     memcpy(s->peer, peer, sizeof s->peer);
     memcpy(s->addr, addr, sizeof s->addr);
     struct ssl_st *ssl =
-        ppc_tls_new(e->tls_sctx, fd, e->tls_mode == PPC_TLS_PSK ? e->tls_key : NULL);
-    if (!ssl || ppc_conn_register(e, &s->c) < 0) {
+        plain ? NULL : ppc_tls_new(e->tls_sctx, fd, e->tls_mode == PPC_TLS_PSK ? e->tls_key : NULL);
+    if ((!ssl && !plain) || ppc_conn_register(e, &s->c) < 0) {
         ppc_tls_free(ssl);
         close(fd);
         free(s);
         return -1;
     }
-    ppc_conn_tls_start(&s->c, ssl, 1);
+    if (ssl)
+        ppc_conn_tls_start(&s->c, ssl, 1);
     s->state = S_HELLO;
     s->accepted_ms = ppc_now_ms();
     s->next = e->sconns;

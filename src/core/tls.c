@@ -45,7 +45,7 @@ void ppc_tls_preamble_encode(int mode, const uint8_t salt[PPC_TLS_SALT_LEN],
 int ppc_tls_preamble_decode(const uint8_t *p, size_t n, int *mode, uint8_t salt[PPC_TLS_SALT_LEN])
 {
     if (n != PPC_TLS_PREAMBLE_LEN || memcmp(p, PRE_MAGIC, 4) != 0 || p[4] != 1 ||
-        (p[5] != PPC_TLS_PSK && p[5] != PPC_TLS_CERT) || p[6] || p[7])
+        (p[5] != PPC_TLS_PSK && p[5] != PPC_TLS_CERT && p[5] != PPC_TLS_PLAIN) || p[6] || p[7])
         return -1;
     *mode = p[5];
     memcpy(salt, p + 8, PPC_TLS_SALT_LEN);
@@ -173,7 +173,7 @@ SSL *ppc_tls_new(SSL_CTX *ctx, int fd, const uint8_t *psk)
     }
     SSL_set_app_data(ssl, (void *)psk);
     SSL_set_read_ahead(ssl, 1);
-    SSL_set_default_read_buffer_len(ssl, 64 * 1024);
+    SSL_set_default_read_buffer_len(ssl, 256 * 1024);
     return ssl;
 }
 

@@ -34,7 +34,7 @@ struct ssl_ctx_st;
 #define PPC_TLS_SCRYPT_R 8
 #define PPC_TLS_SCRYPT_P 1
 
-enum { PPC_TLS_PSK = 1, PPC_TLS_CERT = 2 };
+enum { PPC_TLS_PSK = 1, PPC_TLS_CERT = 2, PPC_TLS_PLAIN = 3 /* benchmarks only */ };
 
 /* Stretch the secret with the salt into a PSK. 0 or -1. */
 int ppc_tls_derive(const uint8_t *secret, size_t secret_len, const uint8_t salt[PPC_TLS_SALT_LEN],

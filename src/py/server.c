@@ -716,6 +716,7 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
     o->no_shm = !self->shm;
     o->no_vm = !a->vm;
     o->vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
+    o->test_plaintext = test_switch(self, "tls_plaintext"); /* bench/: TLS off, both sides */
     o->py_major = PY_MAJOR_VERSION;
     o->py_minor = PY_MINOR_VERSION;
     o->listen_port = -1;
