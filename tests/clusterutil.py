@@ -173,7 +173,7 @@ class PPServer:
     """A ppserver child process on 127.0.0.1 (or what -i says), its output in
     a log file. Use as a context manager or call stop()."""
 
-    def __init__(self, tmp_path, secret="cluster-secret", workers=1, args=(), port=None,
+    def __init__(self, tmp_path, secret="cluster-secret-for-tests", workers=1, args=(), port=None,
                  env=None, wait=True, netns=None, interface="127.0.0.1"):
         self.secret = secret
         self.port = port or free_port()

@@ -37,7 +37,7 @@ from clusterutil import (F_AUTH, F_BYE, F_CHALLENGE, F_ERROR, F_FUNC, F_HELLO, F
 import tlswire
 from conftest import child_env, _wait_until as wait_until
 
-SECRET = "cluster-secret"
+SECRET = "cluster-secret-for-tests"
 
 
 def pp_errors(caplog):
@@ -366,7 +366,7 @@ def test_wrong_client_secret_refused_by_node(start_ppserver):
         w.start_tls("wrong")
     assert w.closed_by_peer(5)
     w.close()
-    assert "wrong secret" in node.log()
+    assert wait_until(lambda: "wrong secret" in node.log(), 5), node.log()
     # a protocol version from the future: refused with a message, inside TLS
     w = Wire(node.port)
     w.start_tls(SECRET)

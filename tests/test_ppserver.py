@@ -34,7 +34,7 @@ def run_ppserver(args, env=None, timeout=20):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def client(node, secret="cluster-secret", **kw):
+def client(node, secret="cluster-secret-for-tests", **kw):
     return pp.Server(ncpus=0, ppservers=(node.addr,), secret=secret, **kw)
 
 

@@ -9,8 +9,9 @@
  * Connections in the handshake are bounded per source address and in
  * all (limit_pending), and are not clients: they neither count for -t nor
  * keep the node busy. A record that fails TLS's integrity check (altered
- * or injected on the wire) closes the connection; the log says why. A client that goes away has its queued jobs dropped and
- * the workers running its jobs stopped. A client silent for the liveness
+ * or injected on the wire) closes the connection; the log says why. A
+ * client that goes away has its queued jobs dropped and the workers
+ * running its jobs stopped. A client silent for the liveness
  * interval is dropped; a client's PING is answered with a PONG at once, so
  * a client whose liveness interval is shorter than ours still hears from
  * us in time. Engine thread only. */
@@ -178,8 +179,8 @@ static void limit_pending(ppc_engine *e, const char *addr)
         sconn_close(e, victim, "too many connections in the handshake");
 }
 
-/* Serve a connected socket fd (peer: its address for the log): send the
- * preamble, start TLS as its server. The connection owns fd from here,
+/* Serve a connected socket fd: send the preamble, start TLS as its
+ * server (the handshake runs on the socket's events). The connection owns fd from here,
  * also on failure. 0 or -1. */
 static int serve_socket(ppc_engine *e, int fd)
 {
