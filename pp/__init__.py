@@ -75,6 +75,7 @@ MIN_SECRET_LEN = 16
 def read_secret_file(path):
     """The secret in a file: its first line, surrounding blanks stripped.
     The file should be readable by its owner only (a warning otherwise)."""
+    path = os.path.expanduser(path)
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         data = f.read(65536)
