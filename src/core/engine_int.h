@@ -120,6 +120,9 @@ typedef struct ppc_rnode {
     /* TLS PSK stretched for the node's salt (tls.h), derived once per salt */
     uint8_t tls_salt[16], tls_key[32];
     int tls_have_key;
+    struct ppc_kdf *tls_kdf; /* a derivation running on a thread of its own */
+    uint8_t tls_pend_salt[16]; /* the connection waits for this salt's key */
+    int tls_wait_key;
 } ppc_rnode;
 
 /* ppserver side: one client connection. */

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <openssl/crypto.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "engine_int.h"
@@ -120,6 +121,7 @@ static int settle_jobs(ppc_engine *e, ppc_rnode *r)
 
 static void drop_conn(ppc_engine *e, ppc_rnode *r)
 {
+    r->tls_wait_key = 0; /* a derivation still running is kept for later */
     ppc_conn_close(e, &r->c);
     ppc_u64set_free(&r->fns); /* a new connection starts with no blobs */
 }
@@ -180,6 +182,126 @@ static void start_handshake(ppc_engine *e, ppc_rnode *r)
 
 static void send_hello(ppc_engine *e, ppc_rnode *r);
 
+/* A PSK derivation (scrypt, ~75 ms) on a thread of its own, so that the
+ * engine thread keeps serving local workers and other nodes meanwhile; it
+ * wakes the engine when done, and ppc_remote_tick picks the key up. */
+typedef struct ppc_kdf {
+    pthread_t th;
+    atomic_int done;
+    int ok;
+    int wakefd;
+    const uint8_t *secret; /* the engine's copy: joined before it is freed */
+    size_t secret_len;
+    uint8_t salt[PPC_TLS_SALT_LEN], key[PPC_TLS_KEY_LEN];
+} ppc_kdf;
+
+static void *kdf_main(void *arg)
+{
+    ppc_kdf *k = arg;
+    k->ok = ppc_tls_derive(k->secret, k->secret_len, k->salt, k->key) == 0;
+    atomic_store(&k->done, 1);
+    uint64_t one = 1;
+    ssize_t w = write(k->wakefd, &one, sizeof one);
+    (void)w; /* EAGAIN: a wake-up is pending anyway */
+    return NULL;
+}
+
+static void kdf_reap(ppc_rnode *r)
+{
+    ppc_kdf *k = r->tls_kdf;
+    pthread_join(k->th, NULL);
+    if (k->ok) {
+        memcpy(r->tls_salt, k->salt, sizeof r->tls_salt);
+        memcpy(r->tls_key, k->key, sizeof r->tls_key);
+        r->tls_have_key = 1;
+    }
+    OPENSSL_cleanse(k->key, sizeof k->key);
+    free(k);
+    r->tls_kdf = NULL;
+}
+
+/* Derive the key for r->tls_pend_salt: on a thread, or here when no
+ * thread can be made. 0, or -1 when it cannot be derived. */
+static int kdf_start(ppc_engine *e, ppc_rnode *r)
+{
+    ppc_kdf *k = calloc(1, sizeof *k);
+    if (k) {
+        k->wakefd = e->wakefd;
+        k->secret = e->opts.secret;
+        k->secret_len = e->opts.secret_len;
+        memcpy(k->salt, r->tls_pend_salt, sizeof k->salt);
+        if (pthread_create(&k->th, NULL, kdf_main, k) == 0) {
+            r->tls_kdf = k;
+            return 0;
+        }
+        free(k);
+    }
+    if (ppc_tls_derive(e->opts.secret, e->opts.secret_len, r->tls_pend_salt, r->tls_key) < 0)
+        return -1;
+    memcpy(r->tls_salt, r->tls_pend_salt, sizeof r->tls_salt);
+    r->tls_have_key = 1;
+    return 0;
+}
+
+static void start_tls(ppc_engine *e, ppc_rnode *r)
+{
+    struct ssl_st *ssl =
+        ppc_tls_new(e->tls_cctx, r->c.fd, e->tls_mode == PPC_TLS_PSK ? r->tls_key : NULL);
+    if (!ssl) {
+        failed(e, r, "cannot start TLS (out of memory?)");
+        return;
+    }
+    ppc_conn_tls_start(&r->c, ssl, 0);
+}
+
+/* Run the TLS handshake as far as the socket allows; once it is done, send
+ * HELLO. 1: HELLO sent (state AUTH), 0: waiting, -1: r was dropped. */
+static int tls_advance(ppc_engine *e, ppc_rnode *r)
+{
+    int rc = ppc_conn_tls_step(e, &r->c);
+    if (rc < 0) {
+        char m[200];
+        snprintf(m, sizeof m, "TLS handshake refused (%s): %s",
+                 e->tls_mode == PPC_TLS_PSK ? "wrong secret?" : "certificate not accepted?",
+                 ppc_conn_why(&r->c, "connection closed"));
+        failed(e, r, m);
+        return -1;
+    }
+    if (rc == 0)
+        return 0;
+    send_hello(e, r);
+    return r->state == R_AUTH ? 1 : -1;
+}
+
+/* The key a waiting connection needs may be there now (ppc_remote_tick). */
+static void kdf_poll(ppc_engine *e, ppc_rnode *r)
+{
+    int failed_now = 0;
+    if (r->tls_kdf && atomic_load(&r->tls_kdf->done)) {
+        failed_now = !r->tls_kdf->ok;
+        kdf_reap(r);
+    }
+    if (!r->tls_wait_key || r->tls_kdf)
+        return;
+    if (r->c.fd < 0 || r->state != R_HELLO) {
+        r->tls_wait_key = 0;
+        return;
+    }
+    if (r->tls_have_key && !memcmp(r->tls_pend_salt, r->tls_salt, sizeof r->tls_salt)) {
+        r->tls_wait_key = 0;
+        start_tls(e, r);
+        if (r->state == R_HELLO && r->c.tls == 1)
+            tls_advance(e, r);
+        return;
+    }
+    if (failed_now || kdf_start(e, r) < 0) {
+        failed(e, r, "cannot derive the TLS key (out of memory?)");
+        return;
+    }
+    if (!r->tls_kdf) /* derived here: go on at once */
+        kdf_poll(e, r);
+}
+
 /* The node's cleartext preamble: its mode and salt. Start TLS. */
 static void on_preamble(ppc_engine *e, ppc_rnode *r)
 {
@@ -205,20 +327,13 @@ static void on_preamble(ppc_engine *e, ppc_rnode *r)
         return;
     }
     if (mode == PPC_TLS_PSK && (!r->tls_have_key || memcmp(salt, r->tls_salt, sizeof salt))) {
-        /* once per node process: about 70 ms (tls.h) */
-        if (ppc_tls_derive(e->opts.secret, e->opts.secret_len, salt, r->tls_key) < 0) {
-            failed(e, r, "cannot derive the TLS key (out of memory?)");
-            return;
-        }
-        memcpy(r->tls_salt, salt, sizeof salt);
-        r->tls_have_key = 1;
-    }
-    struct ssl_st *ssl = ppc_tls_new(e->tls_cctx, r->c.fd, mode == PPC_TLS_PSK ? r->tls_key : NULL);
-    if (!ssl) {
-        failed(e, r, "cannot start TLS (out of memory?)");
+        /* once per node process (tls.h): the connection waits for the key */
+        memcpy(r->tls_pend_salt, salt, sizeof salt);
+        r->tls_wait_key = 1;
+        kdf_poll(e, r);
         return;
     }
-    ppc_conn_tls_start(&r->c, ssl, 0);
+    start_tls(e, r);
 }
 
 /* TLS is up: say who we are inside it. */
@@ -379,20 +494,10 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
                 return;
         }
     }
+    if (r->tls_wait_key)
+        return; /* the key is being derived (kdf_poll) */
     if (r->state == R_HELLO && r->c.tls == 1) {
-        int rc = ppc_conn_tls_step(e, &r->c);
-        if (rc < 0) {
-            char m[200];
-            snprintf(m, sizeof m, "TLS handshake refused (%s): %s",
-                     e->tls_mode == PPC_TLS_PSK ? "wrong secret?" : "certificate not accepted?",
-                     ppc_conn_why(&r->c, "connection closed"));
-            failed(e, r, m);
-            return;
-        }
-        if (rc == 0)
-            return;
-        send_hello(e, r);
-        if (r->state != R_AUTH)
+        if (tls_advance(e, r) <= 0)
             return;
         events |= EPOLLIN;
     }
@@ -544,6 +649,8 @@ int ppc_remote_tick(ppc_engine *e)
     } while (0)
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
+        if (r->tls_kdf || r->tls_wait_key)
+            kdf_poll(e, r);
         switch (r->state) {
         case R_DOWN:
             if (now >= r->next_attempt)
@@ -618,6 +725,8 @@ void ppc_remote_free(ppc_engine *e)
     for (int i = 0; i < e->nrn; i++) {
         ppc_conn_close(e, &e->rn[i]->c);
         ppc_u64set_free(&e->rn[i]->fns);
+        if (e->rn[i]->tls_kdf)
+            kdf_reap(e->rn[i]); /* joined before the secret and wakefd go */
         OPENSSL_cleanse(e->rn[i]->tls_key, sizeof e->rn[i]->tls_key);
         free(e->rn[i]);
     }
