@@ -22,7 +22,7 @@ TEST_DEPS := pytest pytest-timeout numpy pillow
 # Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
 APT_BUILD := build-essential python3-dev python3-venv libssl-dev
 # ... and those only the tests need
-APT_TEST :=
+APT_TEST := openssl
 # warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
 TEST_CFLAGS := -Werror
 
@@ -61,9 +61,9 @@ demo-cluster: build
 # C unit tests of the plain-C engine, plain and under ASan + UBSan.
 build/ctest/%: tests/c/%.c $(CORE_SRC) $(wildcard src/core/*.h tests/c/*.h) tests/c/echo_worker.c
 	@mkdir -p build/ctest
-	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lcrypto
+	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lssl -lcrypto
 	$(CC) $(CWARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lcrypto
+	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lssl -lcrypto
 build/ctest/echo_worker: tests/c/echo_worker.c $(CORE_SRC)
 	@mkdir -p build/ctest
 	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< src/core/buf.c src/core/frame.c

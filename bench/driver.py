@@ -57,6 +57,8 @@ def build_cases():
                       case="curve"))
     c.append(dict(id="remote", group="remote", script="remote.py", impls=["ppft", "ppc"],
                   rounds={"ppft": 3}))
+    c += [dict(id=i, group="remote_tls", script="remote_tls.py", impls=["ppc", "ppc_plain"])
+          for i in ("remote_tls_tiny", "remote_tls_echo")]  # TLS against cleartext
     return c
 
 
@@ -147,6 +149,7 @@ def resolve_interpreters():
     # ppc a second time with cross-process reads refused (PPC_VM=0 turns
     # the path that reads the client's memory from a worker off)
     interp["ppc_novm"] = dict(interp["ppc"], env=dict(interp["ppc"]["env"], PPC_VM="0"))
+    interp["ppc_plain"] = dict(interp["ppc"])  # remote_tls.py: node links without TLS
     for impl, d in interp.items():
         ok, out = probe(d["py"], INFO, base_env) if os.path.exists(d["py"]) else (False, "")
         lines = out.splitlines() if ok else []
@@ -322,9 +325,10 @@ def metric(case_id, res):
 
 
 def unit_of(case_id):
-    if case_id.startswith("echo"):
+    if case_id.startswith("echo") or case_id == "remote_tls_echo":
         return "MB/s"
-    return {"mem_pending": "B/job", "worker_rss": "MB", "remote": "jobs/s"}.get(
+    return {"mem_pending": "B/job", "worker_rss": "MB", "remote": "jobs/s",
+            "remote_tls_tiny": "jobs/s"}.get(
         case_id, "jobs/s" if case_id.startswith("curve") else "s")
 
 
@@ -781,6 +785,12 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
                    jobs_used("remote", "ppc"), jobs_used("remote", "ppft"),
                    *(("2,000", "100") if args.quick else ("10,000", "500"))),
           ratio_col=("x ppft", lambda i: fx(ratio(med("remote", i), med("remote", "ppft")), 1)))
+
+    for cid, what in (("remote_tls_tiny", "tiny jobs, jobs/s"), ("remote_tls_echo", "4 x 64 MB echo, MB/s")):
+        table(cid, "8. Remote over TLS against cleartext (%s, higher is better)" % what,
+              ["ppc", "ppc_plain"], note="ppc = TLS 1.3 (PSK from the secret); ppc_plain = the same "
+              "engine with TLS off on both sides (a benchmark-only switch).",
+              ratio_col=("x cleartext", lambda i, c=cid: fx(ratio(med(c, i), med(c, "ppc_plain")), 2)))
 
     errs = []
     for cid, r in results.items():

@@ -13,11 +13,15 @@
 FUZZ_MK := $(lastword $(MAKEFILE_LIST))
 FUZZ_SAVED_GOAL := $(.DEFAULT_GOAL)
 
-FUZZ_TARGETS := fuzz_frames fuzz_handshake fuzz_announce
+FUZZ_TARGETS := fuzz_frames fuzz_handshake fuzz_announce fuzz_tls
+# fuzz_tls also runs the TLS record path of conn.c (engine services stubbed)
+FUZZ_EXTRA_fuzz_tls := src/core/conn.c
+# a TLS handshake per input is slow: fewer standalone mutations for it
+FUZZ_MUTATIONS_fuzz_tls ?= 10000
 # Only the sources the targets exercise: coverage feedback stays on them,
 # and clang-only warnings elsewhere in src/core cannot break the fuzz build.
-FUZZ_CORE := src/core/announce.c src/core/discfilter.c src/core/auth.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
-FUZZ_DEPS := $(FUZZ_CORE) $(wildcard src/core/*.h) fuzz/fuzz_common.h $(FUZZ_MK)
+FUZZ_CORE := src/core/announce.c src/core/discfilter.c src/core/auth.c src/core/tls.c src/core/buf.c src/core/frame.c src/core/result.c src/core/shm.c src/core/vm.c
+FUZZ_DEPS := $(FUZZ_CORE) src/core/conn.c $(wildcard src/core/*.h) fuzz/fuzz_common.h $(FUZZ_MK)
 FUZZ_OUT := build/fuzz
 
 FUZZ_SECONDS ?= 600
@@ -34,7 +38,7 @@ FUZZ_APT_PACKAGES := clang libclang-rt-dev
 
 FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -O1 -g -fno-omit-frame-pointer \
   -fno-sanitize-recover=all -Isrc/core
-FUZZ_LIBS := -lcrypto -lpthread
+FUZZ_LIBS := -lssl -lcrypto -lpthread
 FUZZ_LF_FLAGS := -max_len=16384 -malloc_limit_mb=64 -timeout=10 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
 
@@ -55,11 +59,11 @@ FUZZ_APT = { sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
 
 $(FUZZ_OUT)/libfuzzer/%: fuzz/%.c $(FUZZ_DEPS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_CORE) $(FUZZ_LIBS)
+	$(FUZZ_CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_CORE) $(FUZZ_EXTRA_$*) $(FUZZ_LIBS)
 
 $(FUZZ_OUT)/standalone/%: fuzz/%.c fuzz/standalone.c $(FUZZ_DEPS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_GCC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -o $@ $< fuzz/standalone.c $(FUZZ_CORE) $(FUZZ_LIBS)
+	$(FUZZ_GCC) $(FUZZ_CFLAGS) -fsanitize=address,undefined -o $@ $< fuzz/standalone.c $(FUZZ_CORE) $(FUZZ_EXTRA_$*) $(FUZZ_LIBS)
 
 fuzz-bins-libfuzzer: $(addprefix $(FUZZ_OUT)/libfuzzer/,$(FUZZ_TARGETS))
 fuzz-bins-standalone: $(addprefix $(FUZZ_OUT)/standalone/,$(FUZZ_TARGETS))
@@ -93,7 +97,8 @@ fuzz-smoke:
 	$(MAKE) -f $(FUZZ_MK) --no-print-directory fuzz-bins-standalone || exit 1; \
 	for t in $(FUZZ_TARGETS); do \
 	  printf 'fuzz-smoke: standalone %s: ' $$t; \
-	  $(FUZZ_ENV) $(FUZZ_OUT)/standalone/$$t -n $(FUZZ_MUTATIONS) -s $(FUZZ_SEED) \
+	  n=$(FUZZ_MUTATIONS); [ $$t != fuzz_tls ] || n=$(FUZZ_MUTATIONS_fuzz_tls); \
+	  $(FUZZ_ENV) $(FUZZ_OUT)/standalone/$$t -n $$n -s $(FUZZ_SEED) \
 	    -o $(FUZZ_OUT)/artifacts/$$t-crash-standalone fuzz/corpus/$${t#fuzz_} || { \
 	    echo "fuzz-smoke: $$t FAILED; input in $(FUZZ_OUT)/artifacts/$$t-crash-standalone"; exit 1; }; \
 	done

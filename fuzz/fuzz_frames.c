@@ -5,8 +5,9 @@
  * in chunk sizes derived from the input, into a ppc_buf the way the
  * engine's readers do (src/core/pool.c on_readable: reserve room for the
  * announced frame, read, parse, consume), and every complete frame is
- * decoded: HELLO / CHALLENGE / AUTH / WELCOME payloads with the auth.h
- * decoders (discovery datagrams: fuzz_announce.c).
+ * decoded: HELLO / WELCOME payloads with the auth.h decoders (those frames
+ * travel inside TLS), the first bytes as a TLS preamble (tls.h)
+ * (discovery datagrams: fuzz_announce.c).
  *
  * Besides "no crash, no leak, no out-of-bounds access" (ASan, UBSan,
  * LeakSanitizer) it checks:
@@ -31,6 +32,7 @@
 #include "frame.h"
 #include "result.h"
 #include "shm.h"
+#include "tls.h"
 #include "vm.h"
 #include "fuzz_common.h"
 
@@ -43,9 +45,6 @@ typedef struct pass {
     uint64_t digest; /* of every frame's header fields and stream offset */
     int status;      /* PPC_FRAME_NEED_MORE at end of input, or the error */
     size_t end;      /* stream offset of the first byte not consumed */
-    /* handshake state for the proof checks */
-    uint8_t cnonce[PPC_NONCE_LEN];
-    uint8_t snonce[PPC_NONCE_LEN];
 } pass;
 
 static const uint8_t SECRET[] = FUZZ_SECRET;
@@ -99,22 +98,13 @@ static void check_parse(int rc, const uint8_t *head, size_t avail, const ppc_fra
     }
 }
 
-static void check_proof(const char *label, const uint8_t *cn, const uint8_t *sn,
-                        const uint8_t *claimed)
-{
-    uint8_t mac[PPC_MAC_LEN];
-    FUZZ_ASSERT(ppc_auth_proof(SECRET, FUZZ_SECRET_LEN, label, cn, PPC_NONCE_LEN, sn,
-                               PPC_NONCE_LEN, mac) == 0);
-    FUZZ_ASSERT(ppc_auth_equal(mac, claimed) == (memcmp(mac, claimed, PPC_MAC_LEN) == 0));
-    FUZZ_ASSERT(ppc_auth_equal(mac, mac) == 1);
-}
-
 /* Run the payload decoders on one complete frame. */
 static void decode_payload(pass *ps, const ppc_frame *f)
 {
     const uint8_t *p = f->payload;
     size_t n = (size_t)f->len;
-    int magic_ok = n >= 4 && memcmp(p, "PPC\1", 4) == 0;
+    int magic_ok = n >= 4 && memcmp(p, "PPC\2", 4) == 0;
+    (void)ps;
 
     switch (f->type) {
     case PPC_F_HELLO: {
@@ -125,33 +115,20 @@ static void decode_payload(pass *ps, const ppc_frame *f)
             uint8_t re[PPC_HELLO_LEN];
             ppc_hello_encode(&h, re);
             FUZZ_ASSERT(memcmp(re, p, PPC_HELLO_LEN) == 0);
-            memcpy(ps->cnonce, h.nonce, PPC_NONCE_LEN);
         }
         break;
     }
-    case PPC_F_CHALLENGE: {
-        ppc_challenge c;
-        int rc = ppc_challenge_decode(p, n, &c);
-        FUZZ_ASSERT((rc == 0) == (n == PPC_CHALLENGE_LEN && magic_ok));
+    case PPC_F_WELCOME: {
+        ppc_welcome w;
+        int rc = ppc_welcome_decode(p, n, &w);
+        FUZZ_ASSERT((rc == 0) == (n == PPC_WELCOME_LEN && magic_ok));
         if (rc == 0) {
-            uint8_t re[PPC_CHALLENGE_LEN];
-            ppc_challenge_encode(&c, re);
-            FUZZ_ASSERT(memcmp(re, p, PPC_CHALLENGE_LEN) == 0);
-            memcpy(ps->snonce, c.h.nonce, PPC_NONCE_LEN);
-            check_proof("ppc-server", ps->cnonce, ps->snonce, c.proof);
+            uint8_t re[PPC_WELCOME_LEN];
+            ppc_welcome_encode(&w, re);
+            FUZZ_ASSERT(memcmp(re, p, PPC_WELCOME_LEN) == 0);
         }
         break;
     }
-    case PPC_F_AUTH:
-        if (n == PPC_AUTH_LEN)
-            check_proof("ppc-client", ps->cnonce, ps->snonce, p);
-        break;
-    case PPC_F_WELCOME:
-        if (n == PPC_WELCOME_LEN) {
-            volatile uint32_t ncpus = ppc_get_u32(p);
-            (void)ncpus;
-        }
-        break;
     default:
         break;
     }
@@ -293,6 +270,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_ASSERT(whole.nframes == chunked.nframes);
     FUZZ_ASSERT(whole.digest == chunked.digest);
     FUZZ_ASSERT(whole.end == chunked.end);
+
+    /* The first bytes as the cleartext TLS preamble a client reads. */
+    if (size >= PPC_TLS_PREAMBLE_LEN) {
+        int mode;
+        uint8_t salt[PPC_TLS_SALT_LEN], re[PPC_TLS_PREAMBLE_LEN];
+        if (ppc_tls_preamble_decode(data, PPC_TLS_PREAMBLE_LEN, &mode, salt) == 0) {
+            ppc_tls_preamble_encode(mode, salt, re);
+            FUZZ_ASSERT(memcmp(re, data, PPC_TLS_PREAMBLE_LEN) == 0);
+        }
+    }
+    /* Two MACs from the input: ppc_auth_equal agrees with memcmp. */
+    if (size >= 2 * PPC_MAC_LEN)
+        FUZZ_ASSERT(ppc_auth_equal(data, data + PPC_MAC_LEN) ==
+                    (memcmp(data, data + PPC_MAC_LEN, PPC_MAC_LEN) == 0));
 
     /* The raw input as an out-of-band pickle blob (a worker's result):
      * whatever load accepts stays inside the input, in a private copy. */

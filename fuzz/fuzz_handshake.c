@@ -1,16 +1,21 @@
-/* fuzz_handshake.c - libFuzzer target for the handshake codecs and the
- * authentication logic of src/core/auth.c, driven by structured input.
+/* fuzz_handshake.c - libFuzzer target for the handshake codecs of
+ * src/core/auth.c and src/core/tls.c (HELLO / WELCOME inside TLS, the
+ * cleartext TLS preamble) and the HMAC logic of the announcements, driven
+ * by structured input.
  *
  * Where fuzz_frames.c throws raw peer bytes at the decoders (and so can
  * almost never produce a valid MAC), this target reads field values from
  * the input - secret, versions, nonces, ncpus, port, clock, max age, a byte
  * to corrupt, a wrong length - builds the messages of a full exchange
  * with them and checks the properties auth.h promises:
- *  - HELLO / CHALLENGE encode -> decode gives the same fields, and decode
+ *  - HELLO / WELCOME encode -> decode gives the same fields, and decode
  *    rejects every other length and any corrupted magic;
- *  - the server's proof verifies under the same secret and nonces and not
- *    under another secret, other nonces, the client's label or one
- *    corrupted byte; the client's proof likewise.
+ *  - the TLS preamble decodes exactly what was encoded, rejects every other
+ *    length and any other header, and arbitrary 24 bytes decode only when
+ *    re-encoding them gives the same bytes;
+ *  - an HMAC proof verifies under the same secret and nonces and not
+ *    under another secret, other nonces, another label or one corrupted
+ *    byte.
  * (Discovery announcements: fuzz_announce.c.)
  * The input is read as a sequence of fields; past its end every field
  * reads as zero, so every input is valid. See fuzz/make_corpus.py for the
@@ -20,9 +25,12 @@
 
 #include "auth.h"
 #include "frame.h"
+#include "tls.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define NONCE_LEN 32
 
 typedef struct reader {
     const uint8_t *p;
@@ -69,7 +77,7 @@ static int same_key(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 static void proof(const uint8_t *s, size_t sl, const char *label, const uint8_t *a,
                   const uint8_t *b, uint8_t out[PPC_MAC_LEN])
 {
-    FUZZ_ASSERT(ppc_auth_proof(s, sl, label, a, PPC_NONCE_LEN, b, PPC_NONCE_LEN, out) == 0);
+    FUZZ_ASSERT(ppc_auth_proof(s, sl, label, a, NONCE_LEN, b, NONCE_LEN, out) == 0);
 }
 
 static void check_hello(const ppc_hello *h, uint16_t flip_at, uint8_t flip_mask)
@@ -81,7 +89,7 @@ static void check_hello(const ppc_hello *h, uint16_t flip_at, uint8_t flip_mask)
     ppc_hello d;
     FUZZ_ASSERT(ppc_hello_decode(enc, PPC_HELLO_LEN, &d) == 0);
     FUZZ_ASSERT(d.version == h->version && d.py_major == h->py_major &&
-                d.py_minor == h->py_minor && memcmp(d.nonce, h->nonce, PPC_NONCE_LEN) == 0);
+                d.py_minor == h->py_minor);
     for (size_t n = 0; n <= PPC_HELLO_LEN + 1; n++)
         if (n != PPC_HELLO_LEN)
             FUZZ_ASSERT(ppc_hello_decode(enc, n, &d) < 0);
@@ -91,40 +99,63 @@ static void check_hello(const ppc_hello *h, uint16_t flip_at, uint8_t flip_mask)
     FUZZ_ASSERT((rc == 0) == (k >= 4));
 }
 
-static void check_challenge(const ppc_challenge *c, uint16_t flip_at, uint8_t flip_mask,
-                            const uint8_t *secret, size_t sl, const uint8_t *cnonce)
+static void check_welcome(const ppc_welcome *w, uint16_t flip_at, uint8_t flip_mask)
 {
-    uint8_t enc[PPC_CHALLENGE_LEN + 1];
+    uint8_t enc[PPC_WELCOME_LEN + 1];
     memset(enc, 0x5a, sizeof enc);
-    ppc_challenge_encode(c, enc);
-    FUZZ_ASSERT(enc[PPC_CHALLENGE_LEN] == 0x5a);
-    ppc_challenge d;
-    FUZZ_ASSERT(ppc_challenge_decode(enc, PPC_CHALLENGE_LEN, &d) == 0);
-    FUZZ_ASSERT(d.h.version == c->h.version && d.h.py_major == c->h.py_major &&
-                d.h.py_minor == c->h.py_minor &&
-                memcmp(d.h.nonce, c->h.nonce, PPC_NONCE_LEN) == 0 &&
-                memcmp(d.proof, c->proof, PPC_MAC_LEN) == 0 && d.ncpus == c->ncpus);
-    for (size_t n = 0; n <= PPC_CHALLENGE_LEN + 1; n++)
-        if (n != PPC_CHALLENGE_LEN)
-            FUZZ_ASSERT(ppc_challenge_decode(enc, n, &d) < 0);
-
-    /* The client checks the server's proof it just decoded. */
-    uint8_t want[PPC_MAC_LEN];
-    proof(secret, sl, "ppc-server", cnonce, d.h.nonce, want);
-    FUZZ_ASSERT(ppc_auth_equal(want, d.proof));
-
-    /* One corrupted byte: bad magic fails to decode, a corrupted nonce or
-     * proof fails the proof check, the rest decodes to other fields. */
-    size_t k = flip_at % PPC_CHALLENGE_LEN;
+    ppc_welcome_encode(w, enc);
+    FUZZ_ASSERT(enc[PPC_WELCOME_LEN] == 0x5a);
+    ppc_welcome d;
+    FUZZ_ASSERT(ppc_welcome_decode(enc, PPC_WELCOME_LEN, &d) == 0);
+    FUZZ_ASSERT(d.h.version == w->h.version && d.h.py_major == w->h.py_major &&
+                d.h.py_minor == w->h.py_minor && d.ncpus == w->ncpus &&
+                d.liveness_ms == w->liveness_ms);
+    for (size_t n = 0; n <= PPC_WELCOME_LEN + 1; n++)
+        if (n != PPC_WELCOME_LEN)
+            FUZZ_ASSERT(ppc_welcome_decode(enc, n, &d) < 0);
+    /* a HELLO is not a WELCOME, nor the reverse */
+    FUZZ_ASSERT(ppc_hello_decode(enc, PPC_WELCOME_LEN, (ppc_hello *)&d) < 0);
+    size_t k = flip_at % PPC_WELCOME_LEN;
     enc[k] ^= flip_mask;
-    int rc = ppc_challenge_decode(enc, PPC_CHALLENGE_LEN, &d);
+    int rc = ppc_welcome_decode(enc, PPC_WELCOME_LEN, &d);
     FUZZ_ASSERT((rc == 0) == (k >= 4));
-    if (rc == 0) {
-        proof(secret, sl, "ppc-server", cnonce, d.h.nonce, want);
-        int ok = ppc_auth_equal(want, d.proof);
-        int in_nonce_or_proof = k >= 8 && k < PPC_HELLO_LEN + PPC_MAC_LEN;
-        FUZZ_ASSERT(ok == !in_nonce_or_proof);
+}
+
+/* The cleartext TLS preamble: raw are 24 input bytes. */
+static void check_preamble(const uint8_t raw[PPC_TLS_PREAMBLE_LEN], uint8_t mode_in,
+                           uint16_t flip_at, uint8_t flip_mask)
+{
+    int mode = -1;
+    uint8_t salt[PPC_TLS_SALT_LEN], enc[PPC_TLS_PREAMBLE_LEN + 1];
+    /* arbitrary bytes: accepted only when they are a canonical preamble */
+    if (ppc_tls_preamble_decode(raw, PPC_TLS_PREAMBLE_LEN, &mode, salt) == 0) {
+        FUZZ_ASSERT(mode == PPC_TLS_PSK || mode == PPC_TLS_CERT || mode == PPC_TLS_PLAIN);
+        ppc_tls_preamble_encode(mode, salt, enc);
+        FUZZ_ASSERT(memcmp(enc, raw, PPC_TLS_PREAMBLE_LEN) == 0);
     }
+    /* encode -> decode */
+    int m = (mode_in & 1) ? PPC_TLS_CERT : PPC_TLS_PSK;
+    memset(enc, 0x77, sizeof enc);
+    ppc_tls_preamble_encode(m, raw + 8, enc);
+    FUZZ_ASSERT(enc[PPC_TLS_PREAMBLE_LEN] == 0x77);
+    FUZZ_ASSERT(ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, salt) == 0);
+    FUZZ_ASSERT(mode == m && memcmp(salt, raw + 8, PPC_TLS_SALT_LEN) == 0);
+    for (size_t n = 0; n <= PPC_TLS_PREAMBLE_LEN + 1; n++)
+        if (n != PPC_TLS_PREAMBLE_LEN)
+            FUZZ_ASSERT(ppc_tls_preamble_decode(enc, n, &mode, salt) < 0);
+    /* one changed byte: in the header it is refused (a mode byte changed
+     * to another mode's value is still a valid preamble); in the salt it
+     * gives that other salt */
+    size_t k = flip_at % PPC_TLS_PREAMBLE_LEN;
+    enc[k] ^= flip_mask;
+    int rc = ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, salt);
+    if (k >= 8)
+        FUZZ_ASSERT(rc == 0 && salt[k - 8] == (uint8_t)(raw[k] ^ flip_mask));
+    else if (k == 5)
+        FUZZ_ASSERT((rc == 0) ==
+                    (enc[5] == PPC_TLS_PSK || enc[5] == PPC_TLS_CERT || enc[5] == PPC_TLS_PLAIN));
+    else
+        FUZZ_ASSERT(rc < 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -135,51 +166,53 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rd(&r, secret, sl);
 
     ppc_hello h;
+    uint8_t cnonce[NONCE_LEN], snonce[NONCE_LEN];
     h.version = rd16(&r);
     h.py_major = rd8(&r);
     h.py_minor = rd8(&r);
-    rd(&r, h.nonce, PPC_NONCE_LEN);
+    rd(&r, cnonce, NONCE_LEN);
 
-    ppc_challenge c;
-    c.h.version = rd16(&r);
-    c.h.py_major = rd8(&r);
-    c.h.py_minor = rd8(&r);
-    rd(&r, c.h.nonce, PPC_NONCE_LEN);
-    c.ncpus = rd32(&r);
+    ppc_welcome w;
+    w.h.version = rd16(&r);
+    w.h.py_major = rd8(&r);
+    w.h.py_minor = rd8(&r);
+    rd(&r, snonce, NONCE_LEN);
+    w.ncpus = rd32(&r);
+    w.liveness_ms = (uint32_t)(w.ncpus * 2654435761u);
 
     uint16_t flip_at = rd16(&r);
     uint8_t flip_mask = rd8(&r);
     if (!flip_mask)
         flip_mask = 1;
 
-    /* server side: proof over both nonces */
-    proof(sl ? secret : NULL, sl, "ppc-server", h.nonce, c.h.nonce, c.proof);
-
     check_hello(&h, flip_at, flip_mask);
-    check_challenge(&c, flip_at, flip_mask, secret, sl, h.nonce);
+    check_welcome(&w, flip_at, flip_mask);
+    uint8_t pre[PPC_TLS_PREAMBLE_LEN];
+    memcpy(pre, cnonce, PPC_TLS_PREAMBLE_LEN);
+    check_preamble(pre, h.py_major, flip_at, flip_mask);
 
-    /* client side: its proof is a different MAC, and the server accepts it */
-    uint8_t cp[PPC_MAC_LEN], sp[PPC_MAC_LEN], x[PPC_MAC_LEN];
-    proof(secret, sl, "ppc-client", h.nonce, c.h.nonce, cp);
-    proof(secret, sl, "ppc-client", h.nonce, c.h.nonce, sp);
+    /* HMAC proofs (the announcements' MAC): a label and both nonces bind */
+    uint8_t sproof[PPC_MAC_LEN], cp[PPC_MAC_LEN], sp[PPC_MAC_LEN], x[PPC_MAC_LEN];
+    proof(sl ? secret : NULL, sl, "ppc-server", cnonce, snonce, sproof);
+    proof(secret, sl, "ppc-client", cnonce, snonce, cp);
+    proof(secret, sl, "ppc-client", cnonce, snonce, sp);
     FUZZ_ASSERT(ppc_auth_equal(cp, sp)); /* deterministic */
-    FUZZ_ASSERT(!ppc_auth_equal(cp, c.proof));
+    FUZZ_ASSERT(!ppc_auth_equal(cp, sproof));
     uint8_t tampered[PPC_MAC_LEN];
     memcpy(tampered, cp, sizeof tampered);
     tampered[flip_at % PPC_MAC_LEN] ^= flip_mask;
     FUZZ_ASSERT(!ppc_auth_equal(cp, tampered));
-    /* swapped nonces (a reflected exchange) give another proof */
-    if (memcmp(h.nonce, c.h.nonce, PPC_NONCE_LEN) != 0) {
-        proof(secret, sl, "ppc-server", c.h.nonce, h.nonce, x);
-        FUZZ_ASSERT(!ppc_auth_equal(x, c.proof));
+    if (memcmp(cnonce, snonce, NONCE_LEN) != 0) {
+        proof(secret, sl, "ppc-server", snonce, cnonce, x);
+        FUZZ_ASSERT(!ppc_auth_equal(x, sproof));
     }
 
     /* the rest of the input is a second secret */
     size_t altl = rd8(&r) % (sizeof alt + 1);
     rd(&r, alt, altl);
     if (!same_key(alt, altl, secret, sl)) {
-        proof(alt, altl, "ppc-server", h.nonce, c.h.nonce, x);
-        FUZZ_ASSERT(!ppc_auth_equal(x, c.proof));
+        proof(alt, altl, "ppc-server", cnonce, snonce, x);
+        FUZZ_ASSERT(!ppc_auth_equal(x, sproof));
     }
     return 0;
 }

@@ -193,9 +193,28 @@ def handshake_seeds():
     return s
 
 
+def tls_seeds():
+    """Inputs of fuzz_tls.c: byte 0 even = a stranger's bytes before any
+    handshake; odd = after a real handshake, byte 1 splits the rest into
+    data sent through TLS and raw bytes injected around it."""
+    s = {}
+    s["stranger_clienthello_prefix"] = b"\x00\x00" + b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03" \
+        + bytes(32)
+    s["stranger_garbage"] = b"\x02\x00" + bytes(range(256))
+    s["stranger_old_hello"] = b"\x00\x00" + frame(16, b"PPC\x01" + bytes(36))
+    s["tls_frames_only"] = b"\x01\xff" + frame(16, b"PPC\x02\x03\x00\x03\x0b") + frame(20) + \
+        frame(3, bytes(8) + b"args", fid=7)
+    s["tls_frames_then_injected_job"] = b"\x01\x80" + frame(20) * 4 + frame(2, b"evil", fid=1) + \
+        frame(3, bytes(8) + b"x", fid=9)
+    s["tls_injected_record"] = b"\x01\x00" + b"\x17\x03\x03\x00\x20" + bytes(32)
+    s["tls_half_frame"] = b"\x01\xc0" + frame(4, bytes(100), fid=5)[:60] + b"\x17\x03\x03\x40\x00"
+    return s
+
+
 def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-    for sub, seeds in (("frames", frames_seeds()), ("handshake", handshake_seeds())):
+    for sub, seeds in (("frames", frames_seeds()), ("handshake", handshake_seeds()),
+                       ("tls", tls_seeds())):
         d = os.path.join(root, sub)
         os.makedirs(d, exist_ok=True)
         for name, data in seeds.items():

@@ -69,6 +69,36 @@ def _user_secret():
     return None
 
 
+MIN_SECRET_LEN = 16
+
+
+def read_secret_file(path):
+    """The secret in a file: its first line, surrounding blanks stripped.
+    The file should be readable by its owner only (a warning otherwise)."""
+    path = os.path.expanduser(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read(65536)
+    secret = data.split(b"\n", 1)[0].strip()
+    if not secret:
+        raise ValueError("secret file %s is empty" % path)
+    if st.st_mode & 0o077:
+        import logging as _logging
+        _logging.getLogger("pp").warning(
+            "secret file %s can be read by other users (mode %o): chmod 600 it", path,
+            st.st_mode & 0o777)
+    try:
+        return secret.decode()
+    except UnicodeDecodeError:
+        return secret
+
+
+def new_secret():
+    """A strong random secret: 32 random bytes, URL-safe base64 (43 characters)."""
+    import base64
+    return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
 _live_servers = None  # a WeakSet of Servers, made with the first one
 
 
@@ -94,7 +124,12 @@ class Server(_ppc.Server):
     are heard for 5 s from start and after each rescan().
     secret: the cluster's shared secret (str or bytes); when None, the
     PP_SECRET environment variable or pp_secret in ~/.pythonrc.py. Remote
-    nodes cannot be used without one.
+    nodes cannot be used without one (or certificates). Every connection
+    to a node is TLS 1.3 keyed by it (README "Security").
+    secret_file: read the secret from this file instead (its first line).
+    certfile, keyfile, cafile: PEM files for TLS with certificates instead
+    of a secret: this side's certificate and key, and the CA that signed
+    the nodes' certificates (the nodes check ours against theirs).
     socket_timeout: seconds a remote node may stay silent (no heartbeat)
     before it is declared lost; jobs themselves may run longer.
     restart: start a fresh worker process for every job.
@@ -110,7 +145,7 @@ class Server(_ppc.Server):
 
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
                  proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
-                 **node_options):
+                 secret_file=None, certfile=None, keyfile=None, cafile=None, **node_options):
         global _live_servers
         # Debug lines only where logging is in use: a program that never
         # imported logging has no handler that could show them, and importing
@@ -120,8 +155,22 @@ class Server(_ppc.Server):
         logger = logging.getLogger("pp") if logging else None
         if logger:
             logger.debug("Creating server instance (pp-%s)", __version__)
-        if secret is None and (ppservers or node_options.get("_listen")):
+        networked = bool(ppservers or node_options.get("_listen"))
+        if secret_file is not None:
+            if secret is not None:
+                raise ValueError("give secret or secret_file, not both")
+            secret = read_secret_file(secret_file)
+        if secret is None and networked and certfile is None:
             secret = _user_secret()
+        if networked and certfile is None and isinstance(secret, (str, bytes)) and \
+                0 < len(secret) < MIN_SECRET_LEN:
+            import logging as _logging
+            _logging.getLogger("pp").warning(
+                "the secret is short (%d characters): a captured connection lets an attacker "
+                "try guesses offline; use at least %d random characters (ppserver --new-secret "
+                "makes one)", len(secret), MIN_SECRET_LEN)
+        if certfile is not None or keyfile is not None or cafile is not None:
+            node_options.update(_certfile=certfile, _keyfile=keyfile, _cafile=cafile)
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
                              raise_exceptions, **node_options)
         if _live_servers is None:

@@ -16,7 +16,8 @@ import time
 USAGE = """Parallel Python Network Server (pp-%(version)s)
 Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
                 [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
-                [-k seconds] [-P pid_file]
+                [-k seconds] [-P pid_file] [--secret-file path] [--new-secret]
+                [--certfile path --keyfile path --cafile path]
 
 Options:
 -h                 : this help message
@@ -30,26 +31,37 @@ Options:
 -b broadcast       : broadcast address for auto-discovery service
 -p port            : port to listen on (default 60000)
 -w nworkers        : number of workers to start (default: one per core)
--s secret          : secret for authentication (or PP_SECRET, or the config file)
+-s secret          : secret for authentication; visible to other local users
+                     (ps, /proc): prefer --secret-file or PP_SECRET
+--secret-file path : read the secret from this file (chmod 600)
+--new-secret       : print a strong random secret and exit
+--certfile path    : TLS with certificates instead of a secret: this node's
+--keyfile path       certificate and key, and the CA that signed the
+--cafile path        clients' certificates (all three, PEM)
 -t seconds         : exit when no client has been connected for that long
 -k seconds         : liveness: a silent client is dropped after this long
                      (default 3600); jobs may run longer
 -P pid_file        : file to write the process id to
 
-A secret is required: there is no built-in default. Give one with -s,
-the config file ([general] secret = ...), the PP_SECRET variable, or
-pp_secret = '...' in ~/.pythonrc.py.
+A secret (or certificates) is required: there is no built-in default.
+Make one with --new-secret, store it in a file only you can read, and give
+it with --secret-file, the config file ([general] secret_file = ... or
+secret = ...), the PP_SECRET variable, or pp_secret = '...' in
+~/.pythonrc.py. Every connection is TLS 1.3 (README "Security").
 """
 
 
 def _parse(argv):
-    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:")
+    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:",
+                               ["secret-file=", "new-secret", "certfile=", "keyfile=",
+                                "cafile="])
     cfg = {
         "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
         "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
         "broadcast": "255.255.255.255", "port": 60000, "workers": "autodetect",
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
-        "discover_port": 51000,
+        "discover_port": 51000, "secret_file": None, "certfile": None, "keyfile": None,
+        "cafile": None, "secret_on_cmdline": False,
     }
     config_path = None
     for o, a in opts:
@@ -71,6 +83,9 @@ def _parse(argv):
             ("network", "timeout"): ("timeout", float),
             ("network", "socket_timeout"): ("socket_timeout", float),
             ("network", "discovery_port"): ("discover_port", int),
+            ("general", "secret_file"): ("secret_file", str),
+            ("general", "certfile"): ("certfile", str), ("general", "keyfile"): ("keyfile", str),
+            ("general", "cafile"): ("cafile", str),
         }
         for (sec, key), (name, fn) in conv.items():
             src = g if sec == "general" else n
@@ -100,6 +115,17 @@ def _parse(argv):
             cfg["workers"] = int(a)
         elif o == "-s":
             cfg["secret"] = a
+            cfg["secret_file"] = None
+            cfg["secret_on_cmdline"] = True
+        elif o == "--secret-file":
+            cfg["secret_file"] = a
+            cfg["secret"] = None
+        elif o == "--new-secret":
+            from pp import new_secret
+            print(new_secret())
+            raise SystemExit(0)
+        elif o in ("--certfile", "--keyfile", "--cafile"):
+            cfg[o[2:]] = a
         elif o == "-t":
             cfg["timeout"] = float(a)
         elif o == "-k":
@@ -108,7 +134,13 @@ def _parse(argv):
             cfg["pid_file"] = a
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
-    if not cfg["secret"]:
+    if cfg["secret_file"]:
+        from pp import read_secret_file
+        try:
+            cfg["secret"] = read_secret_file(cfg["secret_file"])
+        except OSError as e:
+            raise ValueError("cannot read the secret file: %s" % e)
+    if not cfg["secret"] and not cfg["certfile"]:
         # PP_SECRET, then pp's classic pp_secret in ~/.pythonrc.py
         from pp import _user_secret
         cfg["secret"] = _user_secret() or None
@@ -132,13 +164,18 @@ def main(argv=None):
         sys.stderr.write("ppserver: %s\n\n" % e)
         sys.stderr.write(USAGE % {"version": _version()})
         return 2
-    if not cfg["secret"]:
+    if not cfg["secret"] and not cfg["certfile"]:
         sys.stderr.write(
             "ppserver: refusing to start without a secret: anyone who can reach the port "
-            "could run code here.\nGive one with -s SECRET, with 'secret = ...' in the "
-            "[general] section of a config file (-c), in the PP_SECRET environment "
-            "variable, or as pp_secret = '...' in ~/.pythonrc.py.\n")
+            "could run code here.\nMake one with 'ppserver --new-secret', keep it in a file "
+            "only you can read and give it with --secret-file PATH, with 'secret_file = "
+            "...' in the [general] section of a config file (-c), or in the PP_SECRET "
+            "environment variable (or use --certfile, --keyfile and --cafile).\n")
         return 2
+    if cfg["secret_on_cmdline"]:
+        sys.stderr.write(
+            "ppserver: warning: -s puts the secret on the command line, where every local "
+            "user can read it (ps, /proc/PID/cmdline); use --secret-file or PP_SECRET\n")
     logging.basicConfig(level=logging.DEBUG if cfg["debug"] else logging.INFO,
                         format=cfg["format"])
     log = logging.getLogger("pp")
@@ -154,7 +191,9 @@ def main(argv=None):
         server = pp.Server(ncpus=cfg["workers"], secret=cfg["secret"], restart=cfg["restart"],
                            proto=cfg["proto"], _listen=(cfg["interface"], cfg["port"]),
                            _liveness=cfg["socket_timeout"], _announce=cfg["autodiscovery"],
-                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"])
+                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"],
+                           certfile=cfg["certfile"], keyfile=cfg["keyfile"],
+                           cafile=cfg["cafile"])
     except (OSError, ValueError, TypeError) as e:
         sys.stderr.write("ppserver: %s\n" % e)
         return 1
@@ -163,9 +202,10 @@ def main(argv=None):
     if cfg["pid_file"]:
         with open(cfg["pid_file"], "w") as f:
             f.write("%d\n" % os.getpid())
-    log.info("ppserver %s listening on %s:%d with %d workers%s", pp.__version__,
+    log.info("ppserver %s listening on %s:%d with %d workers%s (TLS, %s)", pp.__version__,
              cfg["interface"], port, server.get_ncpus(),
-             ", announcing itself" if cfg["autodiscovery"] else "")
+             ", announcing itself" if cfg["autodiscovery"] else "",
+             "certificates" if cfg["certfile"] else "shared secret")
     sys.stdout.flush()
     try:
         while not stop:

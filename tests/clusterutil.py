@@ -16,6 +16,7 @@ import sys
 import time
 
 import conftest
+import tlswire
 from conftest import alive  # noqa: F401 (the cluster suites import it from here)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -23,7 +24,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 HDR = struct.Struct("<QQBBHI")  # u64 len, u64 id, u8 type, u8 flags, u16 aux, u32 extra
 F_INIT, F_FUNC, F_JOB, F_RESULT = 1, 2, 3, 4
 F_HELLO, F_CHALLENGE, F_AUTH, F_WELCOME, F_PING, F_PONG, F_ERROR, F_BYE = range(16, 24)
-MAGIC = b"PPC\x01"
+MAGIC = b"PPC\x02"
 def _proto_version():
     """The wire protocol version, read from the C header that defines it."""
     import re
@@ -54,8 +55,12 @@ def mac(secret, label, *parts):
     return hmac.new(secret, label.encode() + b"".join(parts), hashlib.sha256).digest()
 
 
-def hello_payload(nonce, version=PROTO_VERSION, py=sys.version_info[:2]):
-    return MAGIC + struct.pack("<HBB", version, py[0], py[1]) + nonce
+def hello_payload(version=PROTO_VERSION, py=sys.version_info[:2]):
+    return MAGIC + struct.pack("<HBB", version, py[0], py[1])
+
+
+def welcome_payload(ncpus, liveness_ms, version=PROTO_VERSION, py=sys.version_info[:2]):
+    return hello_payload(version, py) + struct.pack("<II", ncpus, liveness_ms)
 
 
 def rss_kb(pid):
@@ -84,24 +89,33 @@ def children(pid):
 
 
 class Wire:
-    """A client-side socket speaking frames by hand."""
+    """A client-side socket speaking frames by hand: raw bytes until
+    handshake() (or tls()), then frames inside the TLS session."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, source=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
+        self.tls = None
 
     def send(self, data):
-        self.sock.sendall(data)
+        if self.tls:
+            self.tls.send(data)
+        else:
+            self.sock.sendall(data)
+
+    def _recv(self):
+        return self.tls.recv(65536) if self.tls else self.sock.recv(65536)
 
     def recv_frame(self):
         while len(self.buf) < HDR.size:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 raise EOFError("connection closed")
             self.buf += chunk
         n, fid, ftype, flags, aux, extra = HDR.unpack_from(self.buf)
         while len(self.buf) < HDR.size + n:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 raise EOFError("connection closed")
             self.buf += chunk
@@ -109,27 +123,31 @@ class Wire:
         self.buf = self.buf[HDR.size + n:]
         return ftype, fid, flags, payload
 
-    def handshake(self, secret):
+    def start_tls(self, secret):
+        """Read the node's preamble and run the TLS handshake with the
+        PSK derived from secret (tlswire.TLSError when it is refused)."""
+        salt = tlswire.read_preamble(self.sock)
+        self.tls = tlswire.TLS(self.sock, tlswire.derive(secret, salt))
+
+    def handshake(self, secret, version=PROTO_VERSION):
         """Authenticate as a client; returns (ncpus, liveness_ms)."""
-        cn = os.urandom(32)
-        self.send(frame(F_HELLO, hello_payload(cn)))
-        ftype, _, _, p = self.recv_frame()
-        assert ftype == F_CHALLENGE, (ftype, p)
-        sn = p[8:40]
-        assert p[40:72] == mac(secret, "ppc-server", cn, sn)
-        self.send(frame(F_AUTH, mac(secret, "ppc-client", cn, sn)))
+        self.start_tls(secret)
+        self.send(frame(F_HELLO, hello_payload(version)))
         ftype, _, _, p = self.recv_frame()
         assert ftype == F_WELCOME, (ftype, p)
-        return struct.unpack("<II", p)
+        return struct.unpack("<II", p[8:16])
 
     def closed_by_peer(self, timeout=5.0):
         """True when the peer closes the connection within timeout (data
         it sends first, such as an ERROR frame, is skipped)."""
-        self.sock.settimeout(timeout)
+        if self.tls:
+            self.tls.timeout(timeout)
+        else:
+            self.sock.settimeout(timeout)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                if not self.sock.recv(65536):
+                if not self._recv():
                     return True
         except (ConnectionResetError, BrokenPipeError):
             return True
@@ -138,6 +156,9 @@ class Wire:
         return False
 
     def close(self):
+        if self.tls:
+            self.tls.close()
+            self.tls = None
         self.sock.close()
 
 
@@ -145,7 +166,7 @@ class PPServer:
     """A ppserver child process on 127.0.0.1 (or what -i says), its output in
     a log file. Use as a context manager or call stop()."""
 
-    def __init__(self, tmp_path, secret="cluster-secret", workers=1, args=(), port=None,
+    def __init__(self, tmp_path, secret="cluster-secret-for-tests", workers=1, args=(), port=None,
                  env=None, wait=True, netns=None, interface="127.0.0.1"):
         self.secret = secret
         self.port = port or free_port()

@@ -33,10 +33,11 @@ import pp
 import cluster_jobs as J
 from clusterutil import (F_AUTH, F_BYE, F_CHALLENGE, F_ERROR, F_FUNC, F_HELLO, F_JOB, F_PING,
                          F_RESULT, F_WELCOME, HDR, PROTO_VERSION, PPServer, Wire, alive, frame, free_port,
-                         hello_payload, mac, rss_kb, start_ppserver)  # noqa: F401
+                         hello_payload, mac, rss_kb, start_ppserver, welcome_payload)  # noqa: F401
+import tlswire
 from conftest import child_env, _wait_until as wait_until
 
-SECRET = "cluster-secret"
+SECRET = "cluster-secret-for-tests"
 
 
 def pp_errors(caplog):
@@ -273,8 +274,8 @@ def test_hostile_input_closes_connection_node_keeps_serving(start_ppserver):
         "hello claiming 257": frame(F_HELLO, b"", length=257),
         "bad magic hello": frame(F_HELLO, b"XXXX" + bytes(36)),
         "job before auth": frame(F_JOB, bytes(16)),
-        "truncated hello then garbage": frame(F_HELLO, hello_payload(os.urandom(32)))[:30]
-        + os.urandom(300),
+        "truncated hello then garbage": frame(F_HELLO, hello_payload())[:30] + os.urandom(300),
+        "TLS record of garbage": b"\x16\x03\x01\x01\x00" + os.urandom(256),
     }
     for name, data in cases.items():
         w = Wire(node.port)
@@ -293,8 +294,7 @@ def test_hostile_input_closes_connection_node_keeps_serving(start_ppserver):
         payload = os.urandom(rnd.randrange(0, 300))
         try:
             w.send(frame(t, payload, fid=rnd.getrandbits(64), flags=rnd.getrandbits(8)))
-            if t != F_HELLO:
-                assert w.closed_by_peer(5), (i, t)
+            assert w.closed_by_peer(5), (i, t)
         except (BrokenPipeError, ConnectionResetError):
             pass
         w.close()
@@ -362,18 +362,15 @@ def test_hostile_authenticated_frames(start_ppserver):
 def test_wrong_client_secret_refused_by_node(start_ppserver):
     node = start_ppserver(workers=1)
     w = Wire(node.port)
-    cn = os.urandom(32)
-    w.send(frame(F_HELLO, hello_payload(cn)))
-    ftype, _, _, p = w.recv_frame()
-    assert ftype == F_CHALLENGE
-    w.send(frame(F_AUTH, mac("wrong", "ppc-client", cn, p[8:40])))
-    ftype, _, _, p = w.recv_frame()
-    assert ftype == F_ERROR and b"authentication failed" in p
+    with pytest.raises(tlswire.TLSError):
+        w.start_tls("wrong")
     assert w.closed_by_peer(5)
     w.close()
-    # a protocol version from the future: refused with a message
+    assert wait_until(lambda: "wrong secret" in node.log(), 5), node.log()
+    # a protocol version from the future: refused with a message, inside TLS
     w = Wire(node.port)
-    w.send(frame(F_HELLO, hello_payload(os.urandom(32), version=99)))
+    w.start_tls(SECRET)
+    w.send(frame(F_HELLO, hello_payload(version=99)))
     ftype, _, _, p = w.recv_frame()
     assert ftype == F_ERROR and b"protocol version 99" in p
     w.close()
@@ -454,21 +451,15 @@ class FakeNode:
 
     def serve(self, s):
         w = Wire.__new__(Wire)
-        w.sock, w.buf = s, b""
+        w.sock, w.buf, w.tls = s, b"", None
         s.settimeout(30)
         try:
+            salt = os.urandom(16)
+            s.sendall(tlswire.preamble(salt))
+            w.tls = tlswire.TLS(s, tlswire.derive(self.secret, salt), server=True)
             ftype, _, _, p = w.recv_frame()
             assert ftype == F_HELLO
-            cn = p[8:40]
-            sn = os.urandom(32)
-            body = b"PPC\x01" + struct.pack("<HBB", self.version, *self.py) + sn
-            w.send(frame(F_CHALLENGE, body + mac(self.secret, "ppc-server", cn, sn)
-                         + struct.pack("<I", 1)))
-            ftype, _, _, p = w.recv_frame()
-            if ftype != F_AUTH or p != mac(self.secret, "ppc-client", cn, sn):
-                w.send(frame(F_ERROR, b"authentication failed"))
-                return
-            w.send(frame(F_WELCOME, struct.pack("<II", 1, 60000)))
+            w.send(frame(F_WELCOME, welcome_payload(1, 60000, self.version, self.py)))
             while not self.stop:
                 ftype, fid, flags, p = w.recv_frame()
                 if ftype == F_FUNC:
@@ -478,9 +469,11 @@ class FakeNode:
                     w.send(frame(F_RESULT, b"fake node cannot run jobs", fid=fid, flags=3))
                 elif ftype == F_BYE:
                     return
-        except (EOFError, OSError, AssertionError):
+        except (EOFError, OSError, AssertionError, tlswire.TLSError):
             pass
         finally:
+            if w.tls:
+                w.tls.close()
             s.close()
 
     def close(self):
@@ -605,19 +598,19 @@ def test_client_liveness_shorter_than_node_heartbeat(start_ppserver, caplog):
 
 @pytest.mark.timeout(60)
 def test_idle_strangers_cannot_fill_the_node(start_ppserver):
-    # 200 connections that never say a word: beyond 64 in the handshake the
-    # oldest are pushed out at once (not after the 10 s handshake limit),
-    # and a real client is served meanwhile
+    # 200 connections that never say a word: beyond 16 in the handshake from
+    # one address its oldest are pushed out at once (not after the 10 s
+    # handshake limit), and a real client is served meanwhile
     node = start_ppserver(workers=1)
     idle = [Wire(node.port) for _ in range(200)]
     try:
         t0 = time.monotonic()
         assert _legit_job_works(node)
         assert time.monotonic() - t0 < 8
-        # at most 64 may still be waiting in the handshake (the accept order
+        # at most 16 may still be waiting in the handshake (the accept order
         # need not be the connect order, so count them all)
         still = sum(1 for w in idle if not w.closed_by_peer(0.05))
-        assert 1 <= still <= 64, still
+        assert 1 <= still <= 16, still
     finally:
         for w in idle:
             w.close()
@@ -626,11 +619,11 @@ def test_idle_strangers_cannot_fill_the_node(start_ppserver):
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_trickling_bytes_do_not_extend_the_handshake(start_ppserver):
-    # a peer sending one byte of a HELLO every half second is still cut
-    # off 10 s after it connected
+    # a peer sending one byte of a TLS record every half second is still
+    # cut off 10 s after it connected
     node = start_ppserver(workers=1)
     w = Wire(node.port)
-    data = frame(F_HELLO, hello_payload(os.urandom(32)))
+    data = b"\x16\x03\x01\x02\x00\x01" + bytes(600)
     t0 = time.monotonic()
     cut = None
     for b in data:

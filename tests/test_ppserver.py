@@ -34,7 +34,7 @@ def run_ppserver(args, env=None, timeout=20):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def client(node, secret="cluster-secret", **kw):
+def client(node, secret="cluster-secret-for-tests", **kw):
     return pp.Server(ncpus=0, ppservers=(node.addr,), secret=secret, **kw)
 
 
@@ -58,7 +58,7 @@ def test_refuses_to_start_without_secret(tmp_path):
     assert p.returncode != 0
     msg = p.stderr
     assert "secret" in msg
-    for way in ("-s", "PP_SECRET", "config", "pp_secret"):
+    for way in ("--new-secret", "--secret-file", "PP_SECRET", "config"):
         assert way in msg, (way, msg)
 
 

@@ -20,7 +20,7 @@ def parse_args(extra=None):
     """--impl and --case for every script, plus the script's own options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
-                    choices=["serial", "mp", "ppe", "ppft", "ppc", "ppc_novm", "ray",
+                    choices=["serial", "mp", "ppe", "ppft", "ppc", "ppc_novm", "ppc_plain", "ray",
                              "bare", "limit", "limit_novm"])
     ap.add_argument("--case", required=True)
     ap.add_argument("--quick", action="store_true")

@@ -1,5 +1,6 @@
 # bench/cases/remote.py - case 7: remote throughput over loopback. Starts
-# one ppserver (-i 127.0.0.1 -p PORT -w 2 -s SECRET -t 120) from this
+# one ppserver (-i 127.0.0.1 -p PORT -w 2 -s SECRET -t 120; -s is fine for a
+# throwaway secret on a benchmark machine) from this
 # interpreter's bin/ (ppft's `ppserver`, or ours), then a client
 # pp.Server(ncpus=0, ppservers=("127.0.0.1:PORT",), secret=SECRET) runs
 # tiny jobs, one submit each (10,000 for ppc, 500 for ppft, fewer if a

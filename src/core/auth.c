@@ -1,5 +1,6 @@
-/* auth.c - HMAC-SHA256 challenge-response and handshake payload codecs
- * (see auth.h). Cryptography is OpenSSL's; nothing here does I/O. */
+/* auth.c - the in-TLS handshake payload codecs, HMAC helpers and the
+ * discovery announcements (see auth.h). Cryptography is OpenSSL's;
+ * nothing here does I/O. */
 #include "auth.h"
 
 #include <openssl/crypto.h>
@@ -10,7 +11,7 @@
 
 #include "frame.h"
 
-static const uint8_t HELLO_MAGIC[4] = {'P', 'P', 'C', 1};
+static const uint8_t HELLO_MAGIC[4] = {'P', 'P', 'C', 2};
 
 int ppc_random(uint8_t *buf, size_t n)
 {
@@ -65,7 +66,6 @@ void ppc_hello_encode(const ppc_hello *h, uint8_t out[PPC_HELLO_LEN])
     put_u16(out + 4, h->version);
     out[6] = h->py_major;
     out[7] = h->py_minor;
-    memcpy(out + 8, h->nonce, PPC_NONCE_LEN);
 }
 
 int ppc_hello_decode(const uint8_t *p, size_t n, ppc_hello *h)
@@ -75,22 +75,21 @@ int ppc_hello_decode(const uint8_t *p, size_t n, ppc_hello *h)
     h->version = get_u16(p + 4);
     h->py_major = p[6];
     h->py_minor = p[7];
-    memcpy(h->nonce, p + 8, PPC_NONCE_LEN);
     return 0;
 }
 
-void ppc_challenge_encode(const ppc_challenge *c, uint8_t out[PPC_CHALLENGE_LEN])
+void ppc_welcome_encode(const ppc_welcome *w, uint8_t out[PPC_WELCOME_LEN])
 {
-    ppc_hello_encode(&c->h, out);
-    memcpy(out + PPC_HELLO_LEN, c->proof, PPC_MAC_LEN);
-    ppc_put_u32(out + PPC_HELLO_LEN + PPC_MAC_LEN, c->ncpus);
+    ppc_hello_encode(&w->h, out);
+    ppc_put_u32(out + PPC_HELLO_LEN, w->ncpus);
+    ppc_put_u32(out + PPC_HELLO_LEN + 4, w->liveness_ms);
 }
 
-int ppc_challenge_decode(const uint8_t *p, size_t n, ppc_challenge *c)
+int ppc_welcome_decode(const uint8_t *p, size_t n, ppc_welcome *w)
 {
-    if (n != PPC_CHALLENGE_LEN || ppc_hello_decode(p, PPC_HELLO_LEN, &c->h) < 0)
+    if (n != PPC_WELCOME_LEN || ppc_hello_decode(p, PPC_HELLO_LEN, &w->h) < 0)
         return -1;
-    memcpy(c->proof, p + PPC_HELLO_LEN, PPC_MAC_LEN);
-    c->ncpus = ppc_get_u32(p + PPC_HELLO_LEN + PPC_MAC_LEN);
+    w->ncpus = ppc_get_u32(p + PPC_HELLO_LEN);
+    w->liveness_ms = ppc_get_u32(p + PPC_HELLO_LEN + 4);
     return 0;
 }

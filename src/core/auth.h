@@ -1,20 +1,13 @@
-/* auth.h - mutual challenge-response authentication of a client and a
- * ppserver on a shared secret, and the handshake payloads that carry it.
+/* auth.h - what the client and a ppserver say to each other once TLS is
+ * up (tls.h: TLS authenticates both sides and protects every byte), the
+ * HMAC helpers.
  *
- * HMAC-SHA256 over fresh random nonces (OpenSSL libcrypto); the secret
- * never crosses the wire, and each side proves knowledge of it with a
- * different label, so one side's proof can never be replayed as the
- * other's. The exchange, each payload inside a frame (frame.h):
+ * Inside the TLS session, each payload inside a frame (frame.h):
  *
- *   client -> HELLO     magic "PPC\1", u16 version, u8 py major, u8 py minor,
- *                       u8[32] client nonce
- *   server -> CHALLENGE magic, u16 version, u8 py major, u8 py minor,
- *                       u8[32] server nonce, u8[32] server proof, u32 ncpus
- *   client -> AUTH      u8[32] client proof
- *   server -> WELCOME   u32 ncpus           (or ERROR with a text, then close)
- *
- *   server proof = HMAC(secret, "ppc-server" || client nonce || server nonce)
- *   client proof = HMAC(secret, "ppc-client" || client nonce || server nonce)
+ *   client -> HELLO     magic "PPC\2", u16 version, u8 py major, u8 py minor
+ *   server -> WELCOME   magic "PPC\2", u16 version, u8 py major, u8 py minor,
+ *                       u32 ncpus, u32 liveness ms
+ *                       (or ERROR with a text, then close: other version)
  *
  * Decoders check every length; nothing is allocated. (Discovery
  * announcements: announce.h.) */
@@ -23,25 +16,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PPC_PROTO_VERSION 2 /* 2: JOB/RESULT aux bit PPC_AUX_OOB (out-of-band buffers) */
-#define PPC_NONCE_LEN 32
+#define PPC_PROTO_VERSION 3 /* 3: TLS 1.3 links (tls.h); 2: OOB aux bit */
 #define PPC_MAC_LEN 32
-#define PPC_HELLO_LEN (4 + 2 + 1 + 1 + PPC_NONCE_LEN)
-#define PPC_CHALLENGE_LEN (PPC_HELLO_LEN + PPC_MAC_LEN + 4)
-#define PPC_AUTH_LEN PPC_MAC_LEN
-#define PPC_WELCOME_LEN 4
+#define PPC_HELLO_LEN 8
+#define PPC_WELCOME_LEN 16
+
 
 typedef struct ppc_hello {
     uint16_t version;
     uint8_t py_major, py_minor;
-    uint8_t nonce[PPC_NONCE_LEN];
 } ppc_hello;
 
-typedef struct ppc_challenge {
-    ppc_hello h; /* the server's version, python and nonce */
-    uint8_t proof[PPC_MAC_LEN];
+typedef struct ppc_welcome {
+    ppc_hello h; /* the server's version and python */
     uint32_t ncpus;
-} ppc_challenge;
+    uint32_t liveness_ms;
+} ppc_welcome;
 
 /* Fill buf with cryptographically random bytes. 0 or -1. */
 int ppc_random(uint8_t *buf, size_t n);
@@ -55,9 +45,9 @@ int ppc_auth_equal(const uint8_t a[PPC_MAC_LEN], const uint8_t b[PPC_MAC_LEN]);
 
 /* Encoders write exactly *_LEN bytes into out. */
 void ppc_hello_encode(const ppc_hello *h, uint8_t out[PPC_HELLO_LEN]);
-void ppc_challenge_encode(const ppc_challenge *c, uint8_t out[PPC_CHALLENGE_LEN]);
+void ppc_welcome_encode(const ppc_welcome *w, uint8_t out[PPC_WELCOME_LEN]);
 /* Decoders: 0 on success, -1 when the length or magic is wrong. */
 int ppc_hello_decode(const uint8_t *p, size_t n, ppc_hello *h);
-int ppc_challenge_decode(const uint8_t *p, size_t n, ppc_challenge *c);
+int ppc_welcome_decode(const uint8_t *p, size_t n, ppc_welcome *w);
 
 #endif

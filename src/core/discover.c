@@ -565,6 +565,13 @@ int ppc_discover_start(ppc_engine *e, char *err, size_t errlen)
         d->nfilters = np ? (int)np : 1; /* none given: "*" */
     }
     e->opts.discover_patterns = NULL;
+    if (!e->opts.secret || e->opts.secret_len == 0) {
+        /* certificate mode alone: nothing to MAC announcements with, and an
+         * empty key would let anyone forge them */
+        snprintf(err, errlen, "discovery needs the cluster secret (certificates alone "
+                              "cannot authenticate announcements)");
+        return -1;
+    }
     if (ppc_announce_key(e->opts.secret, e->opts.secret_len, d->key) < 0) {
         snprintf(err, errlen, "discovery: cannot derive the announcement key");
         return -1;

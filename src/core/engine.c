@@ -534,7 +534,9 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
             goto fail;
         }
     }
-    if (o->listen_port >= 0 && (!o->secret || o->secret_len == 0)) {
+    if (ppc_tls_engine_init(e, o, err, errlen) < 0)
+        goto fail;
+    if (o->listen_port >= 0 && (!o->secret || o->secret_len == 0) && !o->certfile) {
         /* never a node that runs anyone's code */
         snprintf(err, errlen, "a listening engine needs a secret");
         goto fail;

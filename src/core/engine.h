@@ -84,6 +84,14 @@ typedef struct ppc_engine_opts {
     /* log messages below this level are not queued (see also
      * ppc_engine_set_log_level); 0 queues every level */
     int log_level;
+    /* TLS certificate mode (tls.h): all three, PEM files, read at start;
+     * NULL: PSK mode from the secret */
+    const char *certfile, *keyfile, *cafile;
+    /* benchmarks only (never a user option): node links without TLS, for
+     * a side-by-side measurement. A node with it offers cleartext in its
+     * preamble; a client accepts that only when it has it set too, so no
+     * one on the path can talk a client out of TLS. */
+    int test_plaintext;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX

@@ -67,6 +67,9 @@ typedef struct ppc_conn {
     ppc_buf in, out;
     uint32_t armed; /* epoll events registered */
     int64_t last_rx, last_tx;
+    struct ssl_st *ssl; /* TLS session (tls.h), NULL before it starts */
+    int tls;            /* 0: cleartext (the preamble), 1: handshake, 2: up */
+    char why[160];      /* the last TLS failure, for the log */
 } ppc_conn;
 
 /* conn.c */
@@ -76,6 +79,13 @@ int ppc_conn_flush(ppc_engine *e, ppc_conn *c);
 /* Read what is there into c->in. 1 data read, 0 nothing more now, -1 EOF
  * or error (errno set, 0 for EOF). want: bytes to make room for. */
 int ppc_conn_read(ppc_conn *c, size_t want);
+/* Start TLS on the connection (ssl from ppc_tls_new; the conn owns it). */
+void ppc_conn_tls_start(ppc_conn *c, struct ssl_st *ssl, int server);
+/* Advance the TLS handshake: 1 done, 0 waiting for the socket, -1 failed
+ * (reason in c->why). */
+int ppc_conn_tls_step(ppc_engine *e, ppc_conn *c);
+/* Why the last read or flush failed: the TLS reason, or errno's, or EOF. */
+const char *ppc_conn_why(ppc_conn *c, const char *eof);
 void ppc_conn_close(ppc_engine *e, ppc_conn *c);
 int ppc_conn_put(ppc_conn *c, uint8_t type, uint8_t flags, uint64_t id, const void *p1, size_t n1,
                  const void *p2, size_t n2);
@@ -107,6 +117,12 @@ typedef struct ppc_rnode {
     char why[200];
     /* locked: statistics */
     uint64_t njobs, time_ns;
+    /* TLS PSK stretched for the node's salt (tls.h), derived once per salt */
+    uint8_t tls_salt[16], tls_key[32];
+    int tls_have_key;
+    struct ppc_kdf *tls_kdf; /* a derivation running on a thread of its own */
+    uint8_t tls_pend_salt[16]; /* the connection waits for this salt's key */
+    int tls_wait_key;
 } ppc_rnode;
 
 /* ppserver side: one client connection. */
@@ -121,6 +137,8 @@ typedef struct ppc_sconn {
     size_t nfns, capfns;
     size_t active; /* its jobs queued or running */
     int64_t accepted_ms; /* the handshake must end within HANDSHAKE_MS of it */
+    char addr[64];       /* the peer's address without the port (fair slots) */
+    int counted;         /* authenticated: counted in nclients */
 } ppc_sconn;
 
 typedef struct ppc_logmsg {
@@ -205,6 +223,10 @@ struct ppc_engine {
     size_t nlog;          /* locked: messages queued */
     uint64_t log_dropped; /* locked: dropped since the queue last drained */
     atomic_int log_level; /* below it nothing is queued */
+    /* TLS (tls.h): contexts of both sides; the ppserver's PSK and salt */
+    struct ssl_ctx_st *tls_cctx, *tls_sctx;
+    int tls_mode;
+    uint8_t tls_salt[16], tls_key[32];
 };
 
 /* engine.c services for the nodes */
@@ -236,6 +258,9 @@ void ppc_remote_flush(ppc_engine *e);
 int ppc_remote_may_run(ppc_engine *e, uint32_t blob_flags);
 void ppc_remote_shutdown(ppc_engine *e);
 void ppc_remote_free(ppc_engine *e);
+/* TLS contexts from o's certfile/keyfile/cafile (none: PSK mode), at
+ * engine start; frees them in ppc_remote_free. 0 or -1 with err. */
+int ppc_tls_engine_init(ppc_engine *e, const ppc_engine_opts *o, char *err, size_t errlen);
 
 /* serve.c: the ppserver side */
 int ppc_serve_start(ppc_engine *e, char *err, size_t errlen);

@@ -38,8 +38,8 @@ enum ppc_frame_type {
                           map it: free it, never reuse it */
     PPC_F_VMOK = 7,    /* client -> worker: the client can read the worker's
                           memory: results may leave holes (vm.h) */
-    PPC_F_HELLO = 16,  /* network handshake frames (see proto.h) */
-    PPC_F_CHALLENGE = 17,
+    PPC_F_HELLO = 16,  /* network handshake frames, inside TLS (auth.h) */
+    PPC_F_CHALLENGE = 17, /* 17, 18: unused since TLS (protocol 3) */
     PPC_F_AUTH = 18,
     PPC_F_WELCOME = 19,
     PPC_F_PING = 20,

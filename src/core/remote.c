@@ -1,25 +1,32 @@
 /* remote.c - the client side of the cluster: each ppserver is a node with
  * slots, reached over one TCP connection that pipelines many jobs.
  *
- * A node goes DOWN -> CONNECTING -> HELLO -> AUTH -> READY. Authentication
- * is mutual (auth.h): the node proves it knows the secret before we prove
- * it, so a stranger cannot lure jobs. Function blobs are sent once per
+ * A node goes DOWN -> CONNECTING -> HELLO (the node's cleartext preamble,
+ * then the TLS handshake, tls.h) -> AUTH (our HELLO sent inside TLS,
+ * waiting for its WELCOME: versions) -> READY. TLS authenticates both
+ * sides (a PSK stretched from the secret, or certificates), so a stranger
+ * cannot lure jobs, and protects every frame. Function blobs are sent once per
  * connection. Liveness is by heartbeat: a PING whenever we have been quiet
  * for a heartbeat interval, and a node silent for the liveness interval is
  * lost; a job may still run for hours. A lost node's jobs go back to the
- * queue (bounded retries) and the node is reconnected with backoff. A node
- * that refuses our secret or protocol is FAILED for good. Engine thread. */
+ * queue (bounded retries) and the node is reconnected with backoff; so is
+ * a node whose handshake failed (wrong secret, other version, a forged or
+ * altered frame): the backoff grows to BACKOFF_MAX_MS, nothing disables a
+ * node for good. Engine thread. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "engine_int.h"
 #include "frame.h"
 #include "net.h"
+#include "tls.h"
 #include "vm.h"
 
 #define HANDSHAKE_MS 10000
@@ -114,13 +121,16 @@ static int settle_jobs(ppc_engine *e, ppc_rnode *r)
 
 static void drop_conn(ppc_engine *e, ppc_rnode *r)
 {
+    r->tls_wait_key = 0; /* a derivation still running is kept for later */
     ppc_conn_close(e, &r->c);
     ppc_u64set_free(&r->fns); /* a new connection starts with no blobs */
 }
 
 /* The connection failed or was lost: retry later. */
-static void lost(ppc_engine *e, ppc_rnode *r, const char *why)
+static void lost(ppc_engine *e, ppc_rnode *r, const char *why_in)
 {
+    char why[200]; /* why_in may live in the connection closed below */
+    snprintf(why, sizeof why, "%s", why_in);
     int was_ready = r->state == R_READY;
     drop_conn(e, r);
     int n = settle_jobs(e, r);
@@ -140,14 +150,11 @@ static void lost(ppc_engine *e, ppc_rnode *r, const char *why)
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
 
-/* The node refused us for good (secret or protocol): never use it. */
+/* The handshake failed (refused, wrong secret, other version): retried
+ * with the growing backoff, like a lost connection, logged as an error. */
 static void failed(ppc_engine *e, ppc_rnode *r, const char *why)
 {
-    drop_conn(e, r);
-    settle_jobs(e, r);
-    snprintf(r->why, sizeof r->why, "%s", why);
-    ppc_engine_log(e, PPC_LOG_ERROR, "node %s not used: %s", r->name, why);
-    set_state(e, r, R_FAILED);
+    lost(e, r, why);
 }
 
 static void start_connect(ppc_engine *e, ppc_rnode *r)
@@ -165,73 +172,209 @@ static void start_connect(ppc_engine *e, ppc_rnode *r)
     set_state(e, r, R_CONNECTING);
 }
 
+/* Start the handshake on r's connected, registered socket: wait for the
+ * node's preamble, then TLS. */
+static void start_handshake(ppc_engine *e, ppc_rnode *r)
+{
+    ppc_buf_consume(&r->c.in, ppc_buf_unread(&r->c.in));
+    set_state(e, r, R_HELLO);
+}
+
+static void send_hello(ppc_engine *e, ppc_rnode *r);
+
+/* A PSK derivation (scrypt, ~75 ms) on a thread of its own, so that the
+ * engine thread keeps serving local workers and other nodes meanwhile; it
+ * wakes the engine when done, and ppc_remote_tick picks the key up. */
+typedef struct ppc_kdf {
+    pthread_t th;
+    atomic_int done;
+    int ok;
+    int wakefd;
+    const uint8_t *secret; /* the engine's copy: joined before it is freed */
+    size_t secret_len;
+    uint8_t salt[PPC_TLS_SALT_LEN], key[PPC_TLS_KEY_LEN];
+} ppc_kdf;
+
+static void *kdf_main(void *arg)
+{
+    ppc_kdf *k = arg;
+    k->ok = ppc_tls_derive(k->secret, k->secret_len, k->salt, k->key) == 0;
+    atomic_store(&k->done, 1);
+    uint64_t one = 1;
+    ssize_t w = write(k->wakefd, &one, sizeof one);
+    (void)w; /* EAGAIN: a wake-up is pending anyway */
+    return NULL;
+}
+
+static void kdf_reap(ppc_rnode *r)
+{
+    ppc_kdf *k = r->tls_kdf;
+    pthread_join(k->th, NULL);
+    if (k->ok) {
+        memcpy(r->tls_salt, k->salt, sizeof r->tls_salt);
+        memcpy(r->tls_key, k->key, sizeof r->tls_key);
+        r->tls_have_key = 1;
+    }
+    OPENSSL_cleanse(k->key, sizeof k->key);
+    free(k);
+    r->tls_kdf = NULL;
+}
+
+/* Derive the key for r->tls_pend_salt: on a thread, or here when no
+ * thread can be made. 0, or -1 when it cannot be derived. */
+static int kdf_start(ppc_engine *e, ppc_rnode *r)
+{
+    ppc_kdf *k = calloc(1, sizeof *k);
+    if (k) {
+        k->wakefd = e->wakefd;
+        k->secret = e->opts.secret;
+        k->secret_len = e->opts.secret_len;
+        memcpy(k->salt, r->tls_pend_salt, sizeof k->salt);
+        if (pthread_create(&k->th, NULL, kdf_main, k) == 0) {
+            r->tls_kdf = k;
+            return 0;
+        }
+        free(k);
+    }
+    if (ppc_tls_derive(e->opts.secret, e->opts.secret_len, r->tls_pend_salt, r->tls_key) < 0)
+        return -1;
+    memcpy(r->tls_salt, r->tls_pend_salt, sizeof r->tls_salt);
+    r->tls_have_key = 1;
+    return 0;
+}
+
+static void start_tls(ppc_engine *e, ppc_rnode *r)
+{
+    struct ssl_st *ssl =
+        ppc_tls_new(e->tls_cctx, r->c.fd, e->tls_mode == PPC_TLS_PSK ? r->tls_key : NULL);
+    if (!ssl) {
+        failed(e, r, "cannot start TLS (out of memory?)");
+        return;
+    }
+    ppc_conn_tls_start(&r->c, ssl, 0);
+}
+
+/* Run the TLS handshake as far as the socket allows; once it is done, send
+ * HELLO. 1: HELLO sent (state AUTH), 0: waiting, -1: r was dropped. */
+static int tls_advance(ppc_engine *e, ppc_rnode *r)
+{
+    int rc = ppc_conn_tls_step(e, &r->c);
+    if (rc < 0) {
+        char m[200];
+        snprintf(m, sizeof m, "TLS handshake refused (%s): %s",
+                 e->tls_mode == PPC_TLS_PSK ? "wrong secret?" : "certificate not accepted?",
+                 ppc_conn_why(&r->c, "connection closed"));
+        failed(e, r, m);
+        return -1;
+    }
+    if (rc == 0)
+        return 0;
+    send_hello(e, r);
+    return r->state == R_AUTH ? 1 : -1;
+}
+
+/* The key a waiting connection needs may be there now (ppc_remote_tick). */
+static void kdf_poll(ppc_engine *e, ppc_rnode *r)
+{
+    int failed_now = 0;
+    if (r->tls_kdf && atomic_load(&r->tls_kdf->done)) {
+        failed_now = !r->tls_kdf->ok;
+        kdf_reap(r);
+    }
+    if (!r->tls_wait_key || r->tls_kdf)
+        return;
+    if (r->c.fd < 0 || r->state != R_HELLO) {
+        r->tls_wait_key = 0;
+        return;
+    }
+    if (r->tls_have_key && !memcmp(r->tls_pend_salt, r->tls_salt, sizeof r->tls_salt)) {
+        r->tls_wait_key = 0;
+        start_tls(e, r);
+        if (r->state == R_HELLO && r->c.tls == 1)
+            tls_advance(e, r);
+        return;
+    }
+    if (failed_now || kdf_start(e, r) < 0) {
+        failed(e, r, "cannot derive the TLS key (out of memory?)");
+        return;
+    }
+    if (!r->tls_kdf) /* derived here: go on at once */
+        kdf_poll(e, r);
+}
+
+/* The node's cleartext preamble: its mode and salt. Start TLS. */
+static void on_preamble(ppc_engine *e, ppc_rnode *r)
+{
+    int mode;
+    uint8_t salt[PPC_TLS_SALT_LEN];
+    if (ppc_buf_unread(&r->c.in) != PPC_TLS_PREAMBLE_LEN ||
+        ppc_tls_preamble_decode(ppc_buf_head(&r->c.in), PPC_TLS_PREAMBLE_LEN, &mode, salt) < 0) {
+        failed(e, r, "not a ppc node (no TLS preamble; an older ppc version?)");
+        return;
+    }
+    ppc_buf_consume(&r->c.in, PPC_TLS_PREAMBLE_LEN);
+    if (mode == PPC_TLS_PLAIN && e->opts.test_plaintext) {
+        send_hello(e, r); /* a benchmark's cleartext link (engine.h) */
+        return;
+    }
+    if (mode != e->tls_mode) {
+        failed(e, r,
+               mode == PPC_TLS_CERT
+                   ? "the node uses TLS certificates; give this client certfile, keyfile, cafile"
+               : mode == PPC_TLS_PLAIN
+                   ? "the node offers no TLS (a benchmark's node): refused"
+                   : "the node uses a shared secret, this client TLS certificates");
+        return;
+    }
+    if (mode == PPC_TLS_PSK && (!r->tls_have_key || memcmp(salt, r->tls_salt, sizeof salt))) {
+        /* once per node process (tls.h): the connection waits for the key */
+        memcpy(r->tls_pend_salt, salt, sizeof salt);
+        r->tls_wait_key = 1;
+        kdf_poll(e, r);
+        return;
+    }
+    start_tls(e, r);
+}
+
+/* TLS is up: say who we are inside it. */
 static void send_hello(ppc_engine *e, ppc_rnode *r)
 {
     ppc_hello h;
     h.version = PPC_PROTO_VERSION;
     h.py_major = (uint8_t)e->opts.py_major;
     h.py_minor = (uint8_t)e->opts.py_minor;
-    if (ppc_random(h.nonce, sizeof h.nonce) < 0) {
-        failed(e, r, "no random numbers for the handshake");
-        return;
-    }
-    memcpy(r->cnonce, h.nonce, sizeof r->cnonce);
     uint8_t buf[PPC_HELLO_LEN];
     ppc_hello_encode(&h, buf);
-    if (ppc_conn_put(&r->c, PPC_F_HELLO, 0, 0, buf, sizeof buf, NULL, 0) < 0) {
-        lost(e, r, "out of memory");
+    if (ppc_conn_put(&r->c, PPC_F_HELLO, 0, 0, buf, sizeof buf, NULL, 0) < 0 ||
+        ppc_conn_flush(e, &r->c) < 0) {
+        lost(e, r, ppc_conn_why(&r->c, "connection closed by the node"));
         return;
     }
-    set_state(e, r, R_HELLO);
-}
-
-static void on_challenge(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
-{
-    ppc_challenge c;
-    if (ppc_challenge_decode(f->payload, (size_t)f->len, &c) < 0) {
-        failed(e, r, "not a ppc node (malformed handshake)");
-        return;
-    }
-    if (c.h.version != PPC_PROTO_VERSION) {
-        char m[128];
-        snprintf(m, sizeof m, "protocol version %u, this client speaks %u", c.h.version,
-                 PPC_PROTO_VERSION);
-        failed(e, r, m);
-        return;
-    }
-    uint8_t want[PPC_MAC_LEN];
-    if (ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-server", r->cnonce, 32,
-                       c.h.nonce, 32, want) < 0 ||
-        !ppc_auth_equal(want, c.proof)) {
-        failed(e, r, "authentication failed: the node does not know our secret (wrong secret?)");
-        return;
-    }
-    uint8_t proof[PPC_MAC_LEN];
-    if (ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-client", r->cnonce, 32,
-                       c.h.nonce, 32, proof) < 0 ||
-        ppc_conn_put(&r->c, PPC_F_AUTH, 0, 0, proof, sizeof proof, NULL, 0) < 0) {
-        lost(e, r, "cannot compute the proof");
-        return;
-    }
-    r->same_py = c.h.py_major == e->opts.py_major && c.h.py_minor == e->opts.py_minor;
-    if (!r->same_py)
-        ppc_engine_log(e, PPC_LOG_WARNING,
-                       "node %s runs Python %u.%u, this client %d.%d: functions that travel as "
-                       "code objects (lambdas, closures, no source) will not be sent there",
-                       r->name, c.h.py_major, c.h.py_minor, e->opts.py_major, e->opts.py_minor);
-    r->ncpus = (int)(c.ncpus > 4096 ? 4096 : c.ncpus);
     set_state(e, r, R_AUTH);
 }
 
 static void on_welcome(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
 {
-    if (f->len != 8) {
+    ppc_welcome w;
+    if (ppc_welcome_decode(f->payload, (size_t)f->len, &w) < 0) {
         failed(e, r, "not a ppc node (malformed welcome)");
         return;
     }
-    uint32_t n = ppc_get_u32(f->payload);
-    r->ncpus = (int)(n > 4096 ? 4096 : n);
-    r->peer_liveness_ms = (int)ppc_get_u32(f->payload + 4);
+    if (w.h.version != PPC_PROTO_VERSION) {
+        char m[128];
+        snprintf(m, sizeof m, "protocol version %u, this client speaks %u", w.h.version,
+                 PPC_PROTO_VERSION);
+        failed(e, r, m);
+        return;
+    }
+    r->same_py = w.h.py_major == e->opts.py_major && w.h.py_minor == e->opts.py_minor;
+    if (!r->same_py)
+        ppc_engine_log(e, PPC_LOG_WARNING,
+                       "node %s runs Python %u.%u, this client %d.%d: functions that travel as "
+                       "code objects (lambdas, closures, no source) will not be sent there",
+                       r->name, w.h.py_major, w.h.py_minor, e->opts.py_major, e->opts.py_minor);
+    r->ncpus = (int)(w.ncpus > 4096 ? 4096 : w.ncpus);
+    r->peer_liveness_ms = (int)(w.liveness_ms > 2000000000u ? 2000000000u : w.liveness_ms);
     r->backoff_ms = 500;
     r->why[0] = 0;
     r->ever_ready = 1;
@@ -300,12 +443,6 @@ static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         return;
     }
     switch (r->state) {
-    case R_HELLO:
-        if (f->type == PPC_F_CHALLENGE)
-            on_challenge(e, r, f);
-        else
-            failed(e, r, "not a ppc node (unexpected handshake)");
-        return;
     case R_AUTH:
         if (f->type == PPC_F_WELCOME)
             on_welcome(e, r, f);
@@ -337,10 +474,35 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
             lost(e, r, strerror(err));
             return;
         }
-        send_hello(e, r);
+        start_handshake(e, r);
+        events |= EPOLLIN;
+    }
+    if (r->state == R_HELLO && r->c.tls == 0 && !r->c.ssl) {
+        for (;;) { /* the preamble, in the clear */
+            int rr = ppc_conn_read(&r->c, PPC_TLS_PREAMBLE_LEN);
+            if (rr < 0) {
+                lost(e, r, ppc_conn_why(&r->c, "connection closed by the node"));
+                return;
+            }
+            if (ppc_buf_unread(&r->c.in) >= PPC_TLS_PREAMBLE_LEN) {
+                on_preamble(e, r);
+                if (r->state != R_HELLO)
+                    return;
+                break;
+            }
+            if (rr == 0)
+                return;
+        }
+    }
+    if (r->tls_wait_key)
+        return; /* the key is being derived (kdf_poll) */
+    if (r->state == R_HELLO && r->c.tls == 1) {
+        if (tls_advance(e, r) <= 0)
+            return;
+        events |= EPOLLIN;
     }
     if ((events & EPOLLOUT) && ppc_conn_flush(e, &r->c) < 0) {
-        lost(e, r, "connection broken");
+        lost(e, r, ppc_conn_why(&r->c, "connection broken"));
         return;
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
@@ -366,7 +528,7 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
         if (rr > 0)
             continue;
         if (rr < 0)
-            lost(e, r, errno ? strerror(errno) : "connection closed by the node");
+            lost(e, r, ppc_conn_why(&r->c, "connection closed by the node"));
         return;
     }
 }
@@ -467,9 +629,9 @@ void ppc_remote_flush(ppc_engine *e)
 {
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
-        if (r->c.fd >= 0 && r->state != R_CONNECTING && ppc_buf_unread(&r->c.out) > 0 &&
+        if (r->c.fd >= 0 && r->state >= R_AUTH && r->state != R_FAILED && ppc_buf_unread(&r->c.out) > 0 &&
             ppc_conn_flush(e, &r->c) < 0)
-            lost(e, r, "connection broken");
+            lost(e, r, ppc_conn_why(&r->c, "connection broken"));
     }
 }
 
@@ -487,6 +649,8 @@ int ppc_remote_tick(ppc_engine *e)
     } while (0)
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
+        if (r->tls_kdf || r->tls_wait_key)
+            kdf_poll(e, r);
         switch (r->state) {
         case R_DOWN:
             if (now >= r->next_attempt)
@@ -561,9 +725,37 @@ void ppc_remote_free(ppc_engine *e)
     for (int i = 0; i < e->nrn; i++) {
         ppc_conn_close(e, &e->rn[i]->c);
         ppc_u64set_free(&e->rn[i]->fns);
+        if (e->rn[i]->tls_kdf)
+            kdf_reap(e->rn[i]); /* joined before the secret and wakefd go */
+        OPENSSL_cleanse(e->rn[i]->tls_key, sizeof e->rn[i]->tls_key);
         free(e->rn[i]);
     }
     free(e->rn);
     e->rn = NULL;
     e->nrn = e->caprn = 0;
+    ppc_tls_ctx_free(e->tls_cctx);
+    ppc_tls_ctx_free(e->tls_sctx);
+    e->tls_cctx = e->tls_sctx = NULL;
+    OPENSSL_cleanse(e->tls_key, sizeof e->tls_key);
+}
+
+int ppc_tls_engine_init(ppc_engine *e, const ppc_engine_opts *o, char *err, size_t errlen)
+{
+    const char *cf = o->certfile, *kf = o->keyfile, *ca = o->cafile;
+    if ((cf || kf || ca) && !(cf && kf && ca)) {
+        snprintf(err, errlen, "TLS certificate mode needs all of certfile, keyfile and cafile");
+        return -1;
+    }
+    e->tls_mode = cf ? PPC_TLS_CERT : PPC_TLS_PSK;
+    e->tls_cctx = ppc_tls_ctx_new(0, cf, kf, ca, err, errlen);
+    if (!e->tls_cctx)
+        return -1;
+    if (o->listen_port >= 0) {
+        e->tls_sctx = ppc_tls_ctx_new(1, cf, kf, ca, err, errlen);
+        if (!e->tls_sctx)
+            return -1;
+    }
+    /* the files are read: the caller's strings are not kept */
+    e->opts.certfile = e->opts.keyfile = e->opts.cafile = NULL;
+    return 0;
 }

@@ -1,12 +1,17 @@
-/* serve.c - the ppserver side: accept clients, authenticate them (the
- * server proves the secret first, then the client must), then run the
- * jobs they send on the local worker pool and send results back, matched
- * by the client's job ids, as they finish.
+/* serve.c - the ppserver side: accept clients, send the cleartext TLS
+ * preamble, run the TLS handshake (tls.h: it authenticates both sides),
+ * check the client's versions inside TLS (auth.h), then run the jobs they
+ * send on the local worker pool and send results back, matched by the
+ * client's job ids, as they finish.
  *
- * Before authentication a peer may send only tiny handshake frames; any
- * malformed, oversized or unexpected frame closes that connection and
- * nothing else. A client that goes away has its queued jobs dropped and
- * the workers running its jobs stopped. A client silent for the liveness
+ * Before authentication a peer may only complete a TLS handshake and send
+ * one tiny HELLO; anything else closes that connection and nothing else.
+ * Connections in the handshake are bounded per source address and in
+ * all (limit_pending), and are not clients: they neither count for -t nor
+ * keep the node busy. A record that fails TLS's integrity check (altered
+ * or injected on the wire) closes the connection; the log says why. A
+ * client that goes away has its queued jobs dropped and the workers
+ * running its jobs stopped. A client silent for the liveness
  * interval is dropped; a client's PING is answered with a PONG at once, so
  * a client whose liveness interval is shorter than ours still hears from
  * us in time. Engine thread only. */
@@ -23,14 +28,19 @@
 #include "engine_int.h"
 #include "frame.h"
 #include "net.h"
+#include "tls.h"
 
 #define HANDSHAKE_MAX_FRAME 256
 #define HANDSHAKE_MS 10000
 #define MAX_CLIENTS 1024
 /* Connections still in the handshake: beyond this many, a new one pushes
- * out the oldest, so idle or slow strangers cannot fill MAX_CLIENTS and
- * lock real clients out (a real client authenticates in milliseconds). */
-#define MAX_PENDING 64
+ * out the oldest of the address holding the most, so idle or slow
+ * strangers cannot fill MAX_CLIENTS, and one address flooding evicts only
+ * its own (a real client authenticates in milliseconds). */
+#define MAX_PENDING 256
+/* ... and one source address may hold this many: beyond it, its own
+ * oldest goes, never another address's. */
+#define MAX_PENDING_PER_ADDR 16
 #define MAX_FUNCS 1000000
 
 typedef struct ppc_fnmap {
@@ -103,10 +113,18 @@ int ppc_serve_start(ppc_engine *e, char *err, size_t errlen)
         return -1;
     }
     e->listen_port_actual = ppc_net_local_port(e->listen_fd);
+    if (e->tls_mode == PPC_TLS_PSK &&
+        (ppc_random(e->tls_salt, sizeof e->tls_salt) < 0 ||
+         ppc_tls_derive(e->opts.secret, e->opts.secret_len, e->tls_salt, e->tls_key) < 0)) {
+        snprintf(err, errlen, "cannot derive the TLS key from the secret");
+        return -1;
+    }
     e->last_client_activity = ppc_now_ms();
     return 0;
 }
 
+/* Authenticated clients only: connections in the handshake do not count
+ * for the -t idle timer. */
 static void count_clients(ppc_engine *e, int delta)
 {
     pthread_mutex_lock(&e->mu);
@@ -117,20 +135,100 @@ static void count_clients(ppc_engine *e, int delta)
 
 static void sconn_close(ppc_engine *e, ppc_sconn *s, const char *why);
 
-/* Make room for one more connection in the handshake. */
-static void limit_pending(ppc_engine *e)
+static int pending_from(ppc_engine *e, const char *addr, ppc_sconn **oldest)
 {
+    int n = 0;
+    *oldest = NULL;
+    for (ppc_sconn *s = e->sconns; s; s = s->next) {
+        if (s->state == S_READY || strcmp(s->addr, addr) != 0)
+            continue;
+        n++;
+        if (!*oldest || s->accepted_ms < (*oldest)->accepted_ms)
+            *oldest = s;
+    }
+    return n;
+}
+
+/* Make room for one more connection in the handshake, from addr. */
+static void limit_pending(ppc_engine *e, const char *addr)
+{
+    ppc_sconn *oldest;
+    if (pending_from(e, addr, &oldest) >= MAX_PENDING_PER_ADDR && oldest) {
+        sconn_close(e, oldest, "too many connections in the handshake from this address");
+        return;
+    }
     int pending = 0;
-    ppc_sconn *oldest = NULL;
+    for (ppc_sconn *s = e->sconns; s; s = s->next)
+        pending += s->state != S_READY;
+    if (pending < MAX_PENDING)
+        return;
+    /* the address holding the most goes first (ties: the oldest) */
+    ppc_sconn *victim = NULL;
+    int most = 0;
     for (ppc_sconn *s = e->sconns; s; s = s->next) {
         if (s->state == S_READY)
             continue;
-        pending++;
-        if (!oldest || s->accepted_ms < oldest->accepted_ms)
-            oldest = s;
+        ppc_sconn *o;
+        int n = pending_from(e, s->addr, &o);
+        if (n > most || (n == most && o->accepted_ms < victim->accepted_ms)) {
+            most = n;
+            victim = o;
+        }
     }
-    if (pending >= MAX_PENDING && oldest)
-        sconn_close(e, oldest, "too many connections in the handshake; the oldest is dropped");
+    if (victim)
+        sconn_close(e, victim, "too many connections in the handshake");
+}
+
+/* Serve a connected socket fd: send the preamble, start TLS as its
+ * server (the handshake runs on the socket's events). The connection owns fd from here,
+ * also on failure. 0 or -1. */
+static int serve_socket(ppc_engine *e, int fd)
+{
+    char peer[64];
+    ppc_net_peer(fd, peer, sizeof peer);
+    char addr[64];
+    snprintf(addr, sizeof addr, "%s", peer);
+    char *colon = strrchr(addr, ':');
+    if (colon)
+        *colon = 0;
+    limit_pending(e, addr);
+    ppc_sconn *s = calloc(1, sizeof *s);
+    if (!s) {
+        close(fd);
+        return -1;
+    }
+    ppc_net_tune(fd);
+    /* the preamble goes first, in the clear: a fresh socket takes 24 bytes */
+    uint8_t pre[PPC_TLS_PREAMBLE_LEN];
+    int plain = e->opts.test_plaintext;
+    ppc_tls_preamble_encode(plain ? PPC_TLS_PLAIN : e->tls_mode,
+                            e->tls_mode == PPC_TLS_PSK ? e->tls_salt : NULL, pre);
+    if (send(fd, pre, sizeof pre, MSG_NOSIGNAL) != (ssize_t)sizeof pre) {
+        close(fd);
+        free(s);
+        return -1;
+    }
+    s->c.fd = fd;
+    s->c.src.kind = PPC_SRC_SCONN;
+    s->c.src.obj = s;
+    memcpy(s->peer, peer, sizeof s->peer);
+    memcpy(s->addr, addr, sizeof s->addr);
+    struct ssl_st *ssl =
+        plain ? NULL : ppc_tls_new(e->tls_sctx, fd, e->tls_mode == PPC_TLS_PSK ? e->tls_key : NULL);
+    if ((!ssl && !plain) || ppc_conn_register(e, &s->c) < 0) {
+        ppc_tls_free(ssl);
+        close(fd);
+        free(s);
+        return -1;
+    }
+    if (ssl)
+        ppc_conn_tls_start(&s->c, ssl, 1);
+    s->state = S_HELLO;
+    s->accepted_ms = ppc_now_ms();
+    s->next = e->sconns;
+    e->sconns = s;
+    ppc_engine_log(e, PPC_LOG_DEBUG, "connection from %s", s->peer);
+    return 0;
 }
 
 void ppc_serve_accept(ppc_engine *e)
@@ -144,32 +242,11 @@ void ppc_serve_accept(ppc_engine *e)
                 ppc_engine_log(e, PPC_LOG_ERROR, "cannot accept a client: %s", strerror(errno));
             return;
         }
-        limit_pending(e);
         if (e->nclients >= MAX_CLIENTS) {
             close(fd);
             continue;
         }
-        ppc_sconn *s = calloc(1, sizeof *s);
-        if (!s) {
-            close(fd);
-            continue;
-        }
-        ppc_net_tune(fd);
-        s->c.fd = fd;
-        s->c.src.kind = PPC_SRC_SCONN;
-        s->c.src.obj = s;
-        ppc_net_peer(fd, s->peer, sizeof s->peer);
-        if (ppc_conn_register(e, &s->c) < 0) {
-            close(fd);
-            free(s);
-            continue;
-        }
-        s->state = S_HELLO;
-        s->accepted_ms = ppc_now_ms();
-        s->next = e->sconns;
-        e->sconns = s;
-        count_clients(e, 1);
-        ppc_engine_log(e, PPC_LOG_DEBUG, "connection from %s", s->peer);
+        serve_socket(e, fd);
     }
 }
 
@@ -222,8 +299,10 @@ static void sconn_close(ppc_engine *e, ppc_sconn *s, const char *why)
         }
     }
     ppc_engine_forget(e, s, sizeof *s);
+    int counted = s->counted;
     free(s);
-    count_clients(e, -1);
+    if (counted)
+        count_clients(e, -1);
 }
 
 static void refuse(ppc_engine *e, ppc_sconn *s, const char *msg)
@@ -233,6 +312,7 @@ static void refuse(ppc_engine *e, ppc_sconn *s, const char *msg)
     s->state = S_CLOSING;
 }
 
+/* The client's HELLO, inside TLS: versions. */
 static void on_hello(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
 {
     ppc_hello h;
@@ -240,7 +320,6 @@ static void on_hello(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
         s->state = S_CLOSING;
         return;
     }
-    memcpy(s->cnonce, h.nonce, 32);
     if (h.version != PPC_PROTO_VERSION) {
         char m[128];
         snprintf(m, sizeof m, "protocol version %u not supported (this node speaks %u)", h.version,
@@ -249,47 +328,21 @@ static void on_hello(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
         refuse(e, s, m);
         return;
     }
-    ppc_challenge c;
-    c.h.version = PPC_PROTO_VERSION;
-    c.h.py_major = (uint8_t)e->opts.py_major;
-    c.h.py_minor = (uint8_t)e->opts.py_minor;
-    c.ncpus = (uint32_t)e->ncpus;
-    if (ppc_random(c.h.nonce, 32) < 0 ||
-        ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-server", s->cnonce, 32, c.h.nonce,
-                       32, c.proof) < 0) {
-        s->state = S_CLOSING;
-        return;
-    }
-    memcpy(s->snonce, c.h.nonce, 32);
-    uint8_t buf[PPC_CHALLENGE_LEN];
-    ppc_challenge_encode(&c, buf);
-    if (ppc_conn_put(&s->c, PPC_F_CHALLENGE, 0, 0, buf, sizeof buf, NULL, 0) < 0) {
-        s->state = S_CLOSING;
-        return;
-    }
-    s->state = S_AUTH;
-}
-
-static void on_auth(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
-{
-    uint8_t want[PPC_MAC_LEN];
-    if (f->type != PPC_F_AUTH || f->len != PPC_AUTH_LEN ||
-        ppc_auth_proof(e->opts.secret, e->opts.secret_len, "ppc-client", s->cnonce, 32, s->snonce,
-                       32, want) < 0 ||
-        !ppc_auth_equal(want, f->payload)) {
-        ppc_engine_log(e, PPC_LOG_WARNING, "client %s: authentication failed (wrong secret)",
-                       s->peer);
-        refuse(e, s, "authentication failed: wrong secret");
-        return;
-    }
-    uint8_t w[8];
-    ppc_put_u32(w, (uint32_t)e->ncpus);
-    ppc_put_u32(w + 4, (uint32_t)e->opts.liveness_ms);
-    if (ppc_conn_put(&s->c, PPC_F_WELCOME, 0, 0, w, sizeof w, NULL, 0) < 0) {
+    ppc_welcome w;
+    w.h.version = PPC_PROTO_VERSION;
+    w.h.py_major = (uint8_t)e->opts.py_major;
+    w.h.py_minor = (uint8_t)e->opts.py_minor;
+    w.ncpus = (uint32_t)e->ncpus;
+    w.liveness_ms = (uint32_t)e->opts.liveness_ms;
+    uint8_t buf[PPC_WELCOME_LEN];
+    ppc_welcome_encode(&w, buf);
+    if (ppc_conn_put(&s->c, PPC_F_WELCOME, 0, 0, buf, sizeof buf, NULL, 0) < 0) {
         s->state = S_CLOSING;
         return;
     }
     s->state = S_READY;
+    s->counted = 1;
+    count_clients(e, 1);
     ppc_engine_log(e, PPC_LOG_INFO, "client %s authenticated", s->peer);
 }
 
@@ -361,8 +414,25 @@ static void on_ready(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
 
 void ppc_serve_event(ppc_engine *e, ppc_sconn *s, uint32_t events)
 {
+    if (s->c.tls == 1) {
+        int rc = ppc_conn_tls_step(e, &s->c);
+        if (rc < 0) {
+            char why[200];
+            snprintf(why, sizeof why, "%s", ppc_conn_why(&s->c, "TLS handshake failed"));
+            /* a peer that just went away is not worth a warning */
+            int eof = strstr(why, "eof") || strstr(why, "closed") || strstr(why, "reset");
+            ppc_engine_log(e, eof ? PPC_LOG_DEBUG : PPC_LOG_WARNING,
+                           "client %s refused: %s%s", s->peer, why,
+                           eof ? "" : " (wrong secret or certificate?)");
+            sconn_close(e, s, why);
+            return;
+        }
+        if (rc == 0)
+            return;
+        events |= EPOLLIN;
+    }
     if ((events & EPOLLOUT) && ppc_conn_flush(e, &s->c) < 0) {
-        sconn_close(e, s, "connection broken");
+        sconn_close(e, s, ppc_conn_why(&s->c, "connection broken"));
         return;
     }
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
@@ -378,8 +448,6 @@ void ppc_serve_event(ppc_engine *e, ppc_sconn *s, uint32_t events)
         if (rc == PPC_FRAME_OK) {
             if (s->state == S_HELLO)
                 on_hello(e, s, &f);
-            else if (s->state == S_AUTH)
-                on_auth(e, s, &f);
             else if (s->state == S_READY)
                 on_ready(e, s, &f);
             if (s->state == S_CLOSING) {
@@ -393,8 +461,13 @@ void ppc_serve_event(ppc_engine *e, ppc_sconn *s, uint32_t events)
         int rr = ppc_conn_read(&s->c, want);
         if (rr > 0)
             continue;
-        if (rr < 0)
-            sconn_close(e, s, errno ? strerror(errno) : "closed by the client");
+        if (rr < 0) {
+            char why[200];
+            snprintf(why, sizeof why, "%s", ppc_conn_why(&s->c, "closed by the client"));
+            if (s->c.why[0] && s->state == S_READY)
+                ppc_engine_log(e, PPC_LOG_WARNING, "client %s: %s", s->peer, why);
+            sconn_close(e, s, why);
+        }
         return;
     }
 }
@@ -424,7 +497,7 @@ void ppc_serve_flush(ppc_engine *e)
     for (ppc_sconn *s = e->sconns, *nx; s; s = nx) {
         nx = s->next;
         if (ppc_buf_unread(&s->c.out) > 0 && ppc_conn_flush(e, &s->c) < 0)
-            sconn_close(e, s, "connection broken");
+            sconn_close(e, s, ppc_conn_why(&s->c, "connection broken"));
     }
 }
 
@@ -472,7 +545,7 @@ int ppc_serve_tick(ppc_engine *e)
         if (d < next)
             next = d;
     }
-    if (e->sconns) {
+    if (e->nclients > 0) {
         pthread_mutex_lock(&e->mu);
         e->last_client_activity = now;
         pthread_mutex_unlock(&e->mu);

@@ -601,6 +601,7 @@ typedef struct server_args {
     double liveness; /* seconds */
     PyObject *listen; /* borrowed: None, or (host, port) */
     const char *bcast;
+    const char *certfile, *keyfile, *cafile; /* TLS certificate mode, or NULL */
 } server_args;
 
 /* What the engine options point into; freed once the engine has copied it. */
@@ -627,18 +628,25 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
     static char *kwlist[] = {"ncpus",    "ppservers",      "secret",    "restart",
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
-                             "_broadcast", "_shm", "_test", NULL};
+                             "_broadcast", "_shm", "_test", "_certfile", "_keyfile",
+                             "_cafile", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
     PyObject *timeout_o = NULL, *liveness_o = Py_None, *test = Py_None;
     int proto = 5, raise_exc = 1, shm = 1;
     memset(a, 0, sizeof *a);
     a->listen = Py_None;
     a->discover_port = 51000;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpO:Server", kwlist, &ncpus_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpOzzz:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &a->listen, &liveness_o, &a->announce,
-                                     &a->discover_port, &a->bcast, &shm, &test))
+                                     &a->discover_port, &a->bcast, &shm, &test, &a->certfile,
+                                     &a->keyfile, &a->cafile))
         return -1;
+    if ((a->certfile || a->keyfile || a->cafile) && !(a->certfile && a->keyfile && a->cafile)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "TLS certificates need all three of certfile, keyfile and cafile");
+        return -1;
+    }
     /* _test: switches that make tests take fallback paths (test_switch) */
     if (test != Py_None && !PyDict_Check(test)) {
         PyErr_SetString(PyExc_TypeError, "_test must be a dict");
@@ -696,7 +704,7 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
         PyErr_SetString(PyExc_TypeError, "_listen must be a (host, port) tuple");
         return -1;
     }
-    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None) &&
+    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None) && !a->certfile &&
         (secret == Py_None || PyObject_Length(secret) == 0)) {
         PyErr_SetString(PyExc_ValueError,
                         "a secret is required to use remote nodes: pass secret=..., or set "
@@ -758,9 +766,13 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
     o->no_shm = !self->shm;
     o->no_vm = !a->vm;
     o->vm_no_results = test_switch(self, "vm_noprobe"); /* as if workers could not be read */
+    o->test_plaintext = test_switch(self, "tls_plaintext"); /* bench/: TLS off, both sides */
     o->py_major = PY_MAJOR_VERSION;
     o->py_minor = PY_MINOR_VERSION;
     o->listen_port = -1;
+    o->certfile = a->certfile; /* read by the engine at start, not kept */
+    o->keyfile = a->keyfile;
+    o->cafile = a->cafile;
     o->discover_port = a->discover_port;
     o->broadcast = a->bcast;
     o->announce = a->announce;

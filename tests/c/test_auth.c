@@ -1,6 +1,7 @@
-/* test_auth.c - unit tests of src/core/auth.c: HMAC-SHA256 proofs (RFC 4231
- * vectors), constant-time MAC comparison and HELLO / CHALLENGE payload
- * codecs (announcements: test_announce.c).
+/* test_auth.c - unit tests of src/core/auth.c and the pure parts of
+ * src/core/tls.c: HMAC-SHA256 proofs (RFC 4231 vectors), constant-time MAC
+ * comparison, HELLO / WELCOME payload codecs, the TLS preamble codec and
+ * the scrypt PSK derivation (announcements: test_announce.c).
  * Decoders are given heap copies of exactly the length they are told, so
  * that a read past it is an ASan error in the -asan build. */
 #define _GNU_SOURCE
@@ -8,6 +9,7 @@
 
 #include "auth.h"
 #include "frame.h"
+#include "tls.h"
 
 static const uint8_t SECRET[] = "shared secret";
 #define SECRET_LEN (sizeof SECRET - 1)
@@ -103,7 +105,7 @@ TEST(hmac_rfc4231_vectors)
 
 TEST(proof_depends_on_label_nonces_and_secret)
 {
-    uint8_t cn[PPC_NONCE_LEN], sn[PPC_NONCE_LEN], base[PPC_MAC_LEN], x[PPC_MAC_LEN];
+    uint8_t cn[32], sn[32], base[PPC_MAC_LEN], x[PPC_MAC_LEN];
     fill(cn, sizeof cn, 1);
     fill(sn, sizeof sn, 2);
     REQUIRE(ppc_auth_proof(SECRET, SECRET_LEN, "ppc-server", cn, sizeof cn, sn, sizeof sn, base) ==
@@ -121,7 +123,7 @@ TEST(proof_depends_on_label_nonces_and_secret)
                  0);
     CHECK(!ppc_auth_equal(base, x));
     /* any byte of either nonce */
-    for (size_t i = 0; i < PPC_NONCE_LEN; i++) {
+    for (size_t i = 0; i < 32; i++) {
         cn[i] ^= 0x01;
         CHECK_EQ_INT(
             ppc_auth_proof(SECRET, SECRET_LEN, "ppc-server", cn, sizeof cn, sn, sizeof sn, x), 0);
@@ -174,7 +176,7 @@ TEST(auth_equal)
 
 TEST(random_bytes)
 {
-    uint8_t a[PPC_NONCE_LEN] = {0}, b[PPC_NONCE_LEN] = {0};
+    uint8_t a[32] = {0}, b[32] = {0};
     CHECK_EQ_INT(ppc_random(a, sizeof a), 0);
     CHECK_EQ_INT(ppc_random(b, sizeof b), 0);
     CHECK(memcmp(a, b, sizeof a) != 0);
@@ -183,22 +185,20 @@ TEST(random_bytes)
     CHECK_EQ_INT(ppc_random(a, (size_t)1 << 31), -1);
 }
 
-/* --------------------------------------------------- HELLO / CHALLENGE */
+/* ----------------------------------------------------- HELLO / WELCOME */
 
 TEST(hello_roundtrip)
 {
     ppc_hello h = {.version = 0x1234, .py_major = 3, .py_minor = 12}, d;
-    fill(h.nonce, sizeof h.nonce, 4);
     uint8_t enc[PPC_HELLO_LEN + 1];
     memset(enc, 0xee, sizeof enc);
     ppc_hello_encode(&h, enc);
     CHECK_EQ_INT(enc[PPC_HELLO_LEN], 0xee); /* exactly PPC_HELLO_LEN bytes */
-    CHECK_MEM(enc, 4, "PPC\1", 4);
+    CHECK_MEM(enc, 4, "PPC\2", 4);
     CHECK_EQ_INT(enc[4], 0x34); /* little endian */
     CHECK_EQ_INT(enc[5], 0x12);
     CHECK_EQ_INT(enc[6], 3);
     CHECK_EQ_INT(enc[7], 12);
-    CHECK_MEM(enc + 8, PPC_NONCE_LEN, h.nonce, PPC_NONCE_LEN);
     memset(&d, 0, sizeof d);
     uint8_t *c = exact_copy(enc, PPC_HELLO_LEN);
     REQUIRE(c != NULL);
@@ -207,7 +207,6 @@ TEST(hello_roundtrip)
     CHECK_EQ_INT(d.version, 0x1234);
     CHECK_EQ_INT(d.py_major, 3);
     CHECK_EQ_INT(d.py_minor, 12);
-    CHECK_MEM(d.nonce, sizeof d.nonce, h.nonce, sizeof h.nonce);
     /* the decoder leaves version checks to its caller */
     h.version = PPC_PROTO_VERSION + 1;
     ppc_hello_encode(&h, enc);
@@ -218,8 +217,7 @@ TEST(hello_roundtrip)
 TEST(hello_decode_rejects_wrong_length_and_magic)
 {
     ppc_hello h = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 11}, d;
-    fill(h.nonce, sizeof h.nonce, 5);
-    uint8_t enc[PPC_HELLO_LEN + 2];
+    uint8_t enc[PPC_WELCOME_LEN + 2];
     memset(enc, 0, sizeof enc);
     ppc_hello_encode(&h, enc);
     for (size_t n = 0; n <= PPC_HELLO_LEN + 1; n++) {
@@ -239,110 +237,96 @@ TEST(hello_decode_rejects_wrong_length_and_magic)
         }
     }
     CHECK_EQ_INT(ppc_hello_decode(enc, PPC_HELLO_LEN, &d), 0);
-    /* a CHALLENGE payload is not a HELLO */
-    uint8_t ch[PPC_CHALLENGE_LEN] = {0};
-    ppc_challenge cc = {.h = h, .ncpus = 4};
-    ppc_challenge_encode(&cc, ch);
-    CHECK_EQ_INT(ppc_hello_decode(ch, sizeof ch, &d), -1);
+    /* a WELCOME payload is not a HELLO */
+    ppc_welcome w = {.h = h, .ncpus = 4, .liveness_ms = 9};
+    ppc_welcome_encode(&w, enc);
+    CHECK_EQ_INT(ppc_hello_decode(enc, PPC_WELCOME_LEN, &d), -1);
 }
 
-TEST(challenge_roundtrip)
+TEST(welcome_roundtrip_and_lengths)
 {
-    ppc_challenge c = {.h = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 13},
-                       .ncpus = 0x01020304},
-                  d;
-    fill(c.h.nonce, sizeof c.h.nonce, 6);
-    fill(c.proof, sizeof c.proof, 7);
-    uint8_t enc[PPC_CHALLENGE_LEN + 1];
+    ppc_welcome w = {.h = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 13},
+                     .ncpus = 0x01020304,
+                     .liveness_ms = 0xa0b0c0d0},
+                d;
+    uint8_t enc[PPC_WELCOME_LEN + 1];
     memset(enc, 0xee, sizeof enc);
-    ppc_challenge_encode(&c, enc);
-    CHECK_EQ_INT(enc[PPC_CHALLENGE_LEN], 0xee);
-    CHECK_MEM(enc, 4, "PPC\1", 4);
-    CHECK_MEM(enc + 8, PPC_NONCE_LEN, c.h.nonce, PPC_NONCE_LEN);
-    CHECK_MEM(enc + PPC_HELLO_LEN, PPC_MAC_LEN, c.proof, PPC_MAC_LEN);
-    CHECK_EQ_INT(enc[PPC_HELLO_LEN + PPC_MAC_LEN], 0x04); /* little endian */
-    CHECK_EQ_INT(enc[PPC_HELLO_LEN + PPC_MAC_LEN + 3], 0x01);
-    memset(&d, 0, sizeof d);
-    uint8_t *cp = exact_copy(enc, PPC_CHALLENGE_LEN);
-    REQUIRE(cp != NULL);
-    CHECK_EQ_INT(ppc_challenge_decode(cp, PPC_CHALLENGE_LEN, &d), 0);
-    free(cp);
-    CHECK_EQ_INT(d.h.version, PPC_PROTO_VERSION);
-    CHECK_EQ_INT(d.h.py_major, 3);
-    CHECK_EQ_INT(d.h.py_minor, 13);
-    CHECK_MEM(d.h.nonce, sizeof d.h.nonce, c.h.nonce, sizeof c.h.nonce);
-    CHECK_MEM(d.proof, sizeof d.proof, c.proof, sizeof c.proof);
-    CHECK_EQ_U64(d.ncpus, 0x01020304);
-}
-
-TEST(challenge_decode_rejects_wrong_length_and_magic)
-{
-    ppc_challenge c = {.h = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 11},
-                       .ncpus = 8},
-                  d;
-    fill(c.h.nonce, sizeof c.h.nonce, 8);
-    fill(c.proof, sizeof c.proof, 9);
-    uint8_t enc[PPC_CHALLENGE_LEN + 2];
-    memset(enc, 0, sizeof enc);
-    ppc_challenge_encode(&c, enc);
-    for (size_t n = 0; n <= PPC_CHALLENGE_LEN + 1; n++) {
-        if (n == PPC_CHALLENGE_LEN)
-            continue;
+    ppc_welcome_encode(&w, enc);
+    CHECK_EQ_INT(enc[PPC_WELCOME_LEN], 0xee);
+    CHECK_MEM(enc, 4, "PPC\2", 4);
+    CHECK_EQ_INT(enc[PPC_HELLO_LEN], 0x04); /* little endian */
+    CHECK_EQ_INT(enc[PPC_HELLO_LEN + 7], 0xa0);
+    for (size_t n = 0; n <= PPC_WELCOME_LEN + 1; n++) {
         uint8_t *cp = exact_copy(enc, n);
         REQUIRE(cp != NULL);
-        CHECK_MSG(ppc_challenge_decode(cp, n, &d) == -1, "length %zu accepted", n);
+        memset(&d, 0, sizeof d);
+        int rc = ppc_welcome_decode(cp, n, &d);
         free(cp);
+        if (n != PPC_WELCOME_LEN) {
+            CHECK_MSG(rc == -1, "length %zu accepted", n);
+            continue;
+        }
+        CHECK_EQ_INT(rc, 0);
+        CHECK_EQ_INT(d.h.version, PPC_PROTO_VERSION);
+        CHECK_EQ_INT(d.h.py_minor, 13);
+        CHECK_EQ_U64(d.ncpus, 0x01020304);
+        CHECK_EQ_U64(d.liveness_ms, 0xa0b0c0d0u);
     }
-    for (size_t i = 0; i < 4; i++) {
-        enc[i] ^= 0x20;
-        CHECK_MSG(ppc_challenge_decode(enc, PPC_CHALLENGE_LEN, &d) == -1,
-                  "magic byte %zu changed but accepted", i);
-        enc[i] ^= 0x20;
-    }
-    CHECK_EQ_INT(ppc_challenge_decode(enc, PPC_CHALLENGE_LEN, &d), 0);
+    enc[2] ^= 0x20;
+    CHECK_EQ_INT(ppc_welcome_decode(enc, PPC_WELCOME_LEN, &d), -1);
 }
 
-/* The whole exchange as the two sides would run it. */
-TEST(handshake_proofs)
+/* ------------------------------------------------- TLS preamble, the PSK */
+
+TEST(preamble_roundtrip_and_rejects)
 {
-    ppc_hello ch = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 11};
-    REQUIRE(ppc_random(ch.nonce, sizeof ch.nonce) == 0);
-    uint8_t hello[PPC_HELLO_LEN];
-    ppc_hello_encode(&ch, hello);
+    uint8_t salt[PPC_TLS_SALT_LEN], got[PPC_TLS_SALT_LEN], enc[PPC_TLS_PREAMBLE_LEN + 1];
+    fill(salt, sizeof salt, 12);
+    memset(enc, 0xee, sizeof enc);
+    ppc_tls_preamble_encode(PPC_TLS_PSK, salt, enc);
+    CHECK_EQ_INT(enc[PPC_TLS_PREAMBLE_LEN], 0xee);
+    CHECK_MEM(enc, 4, "PPCT", 4);
+    int mode = 0;
+    for (size_t n = 0; n <= PPC_TLS_PREAMBLE_LEN + 1; n++) {
+        uint8_t *cp = exact_copy(enc, n);
+        REQUIRE(cp != NULL);
+        int rc = ppc_tls_preamble_decode(cp, n, &mode, got);
+        free(cp);
+        CHECK_MSG(rc == (n == PPC_TLS_PREAMBLE_LEN ? 0 : -1), "length %zu: %d", n, rc);
+    }
+    CHECK_EQ_INT(mode, PPC_TLS_PSK);
+    CHECK_MEM(got, sizeof got, salt, sizeof salt);
+    /* every header byte matters: magic, format, mode, the zero bytes */
+    for (size_t i = 0; i < 8; i++) {
+        enc[i] ^= 0x40;
+        CHECK_MSG(ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, got) == -1,
+                  "header byte %zu changed but accepted", i);
+        enc[i] ^= 0x40;
+    }
+    ppc_tls_preamble_encode(PPC_TLS_CERT, NULL, enc);
+    CHECK_EQ_INT(ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, got), 0);
+    CHECK_EQ_INT(mode, PPC_TLS_CERT);
+    enc[5] = PPC_TLS_PLAIN; /* the benchmarks' cleartext mode decodes (a client refuses it) */
+    CHECK_EQ_INT(ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, got), 0);
+    enc[5] = 4;
+    CHECK_EQ_INT(ppc_tls_preamble_decode(enc, PPC_TLS_PREAMBLE_LEN, &mode, got), -1);
+}
 
-    /* server */
-    ppc_hello got_hello;
-    REQUIRE(ppc_hello_decode(hello, sizeof hello, &got_hello) == 0);
-    ppc_challenge sc = {.h = {.version = PPC_PROTO_VERSION, .py_major = 3, .py_minor = 11},
-                        .ncpus = 16};
-    REQUIRE(ppc_random(sc.h.nonce, sizeof sc.h.nonce) == 0);
-    REQUIRE(ppc_auth_proof(SECRET, SECRET_LEN, "ppc-server", got_hello.nonce, PPC_NONCE_LEN,
-                           sc.h.nonce, PPC_NONCE_LEN, sc.proof) == 0);
-    uint8_t chal[PPC_CHALLENGE_LEN];
-    ppc_challenge_encode(&sc, chal);
-
-    /* client: checks the server, answers with its own proof */
-    ppc_challenge got;
-    REQUIRE(ppc_challenge_decode(chal, sizeof chal, &got) == 0);
-    uint8_t want[PPC_MAC_LEN], cproof[PPC_MAC_LEN];
-    REQUIRE(ppc_auth_proof(SECRET, SECRET_LEN, "ppc-server", ch.nonce, PPC_NONCE_LEN,
-                           got.h.nonce, PPC_NONCE_LEN, want) == 0);
-    CHECK(ppc_auth_equal(want, got.proof));
-    REQUIRE(ppc_auth_proof(SECRET, SECRET_LEN, "ppc-client", ch.nonce, PPC_NONCE_LEN,
-                           got.h.nonce, PPC_NONCE_LEN, cproof) == 0);
-    CHECK(!ppc_auth_equal(cproof, got.proof));
-    CHECK_EQ_U64(got.ncpus, 16);
-
-    /* server: checks the client */
-    REQUIRE(ppc_auth_proof(SECRET, SECRET_LEN, "ppc-client", got_hello.nonce, PPC_NONCE_LEN,
-                           sc.h.nonce, PPC_NONCE_LEN, want) == 0);
-    CHECK(ppc_auth_equal(want, cproof));
-
-    /* a client with another secret rejects the server */
-    static const uint8_t wrong[] = "not the secret";
-    REQUIRE(ppc_auth_proof(wrong, sizeof wrong - 1, "ppc-server", ch.nonce, PPC_NONCE_LEN,
-                           got.h.nonce, PPC_NONCE_LEN, want) == 0);
-    CHECK(!ppc_auth_equal(want, got.proof));
+TEST(psk_derivation)
+{
+    uint8_t salt[PPC_TLS_SALT_LEN], a[PPC_TLS_KEY_LEN], b[PPC_TLS_KEY_LEN];
+    fill(salt, sizeof salt, 13);
+    REQUIRE(ppc_tls_derive(SECRET, SECRET_LEN, salt, a) == 0);
+    REQUIRE(ppc_tls_derive(SECRET, SECRET_LEN, salt, b) == 0);
+    CHECK_MEM(a, sizeof a, b, sizeof b); /* deterministic */
+    salt[0] ^= 1;
+    REQUIRE(ppc_tls_derive(SECRET, SECRET_LEN, salt, b) == 0);
+    CHECK(memcmp(a, b, sizeof a) != 0); /* the salt matters */
+    salt[0] ^= 1;
+    REQUIRE(ppc_tls_derive(SECRET, SECRET_LEN - 1, salt, b) == 0);
+    CHECK(memcmp(a, b, sizeof a) != 0); /* every byte of the secret */
+    CHECK_EQ_INT(ppc_tls_derive(NULL, 0, salt, b), 0);
+    CHECK(memcmp(a, b, sizeof a) != 0);
 }
 
 int main(int argc, char **argv) { return ctest_main(argc, argv); }
