@@ -16,7 +16,7 @@ import time
 USAGE = """Parallel Python Network Server (pp-%(version)s)
 Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
                 [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
-                [-k seconds] [-P pid_file]
+                [-k seconds] [-P pid_file] [--connect host:port]
 
 Options:
 -h                 : this help message
@@ -35,6 +35,8 @@ Options:
 -k seconds         : liveness: a silent client is dropped after this long
                      (default 3600); jobs may run longer
 -P pid_file        : file to write the process id to
+--connect host:port: dial that client instead of listening (connect-back:
+                     no inbound port here); redialed with backoff when lost
 
 A secret is required: there is no built-in default. Give one with -s,
 the config file ([general] secret = ...), the PP_SECRET variable, or
@@ -43,13 +45,13 @@ pp_secret = '...' in ~/.pythonrc.py.
 
 
 def _parse(argv):
-    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:")
+    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:", ["connect="])
     cfg = {
         "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
         "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
         "broadcast": "255.255.255.255", "port": 60000, "workers": "autodetect",
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
-        "discover_port": 51000,
+        "discover_port": 51000, "connect": None,
     }
     config_path = None
     for o, a in opts:
@@ -106,6 +108,11 @@ def _parse(argv):
             cfg["socket_timeout"] = float(a)
         elif o == "-P":
             cfg["pid_file"] = a
+        elif o == "--connect":
+            host, sep, port = a.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise getopt.GetoptError("--connect wants host:port, not %r" % a)
+            cfg["connect"] = (host.strip("[]"), int(port))
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if not cfg["secret"]:
@@ -150,11 +157,14 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # --connect: dial the client (connect-back), no listening socket
+    where = ({"_connect": cfg["connect"]} if cfg["connect"] else
+             {"_listen": (cfg["interface"], cfg["port"]), "_announce": cfg["autodiscovery"]})
     try:
         server = pp.Server(ncpus=cfg["workers"], secret=cfg["secret"], restart=cfg["restart"],
-                           proto=cfg["proto"], _listen=(cfg["interface"], cfg["port"]),
-                           _liveness=cfg["socket_timeout"], _announce=cfg["autodiscovery"],
-                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"])
+                           proto=cfg["proto"], _liveness=cfg["socket_timeout"],
+                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"],
+                           **where)
     except (OSError, ValueError, TypeError) as e:
         sys.stderr.write("ppserver: %s\n" % e)
         return 1
@@ -163,9 +173,13 @@ def main(argv=None):
     if cfg["pid_file"]:
         with open(cfg["pid_file"], "w") as f:
             f.write("%d\n" % os.getpid())
-    log.info("ppserver %s listening on %s:%d with %d workers%s", pp.__version__,
-             cfg["interface"], port, server.get_ncpus(),
-             ", announcing itself" if cfg["autodiscovery"] else "")
+    if cfg["connect"]:
+        log.info("ppserver %s dialing %s:%d with %d workers", pp.__version__,
+                 cfg["connect"][0], cfg["connect"][1], server.get_ncpus())
+    else:
+        log.info("ppserver %s listening on %s:%d with %d workers%s", pp.__version__,
+                 cfg["interface"], port, server.get_ncpus(),
+                 ", announcing itself" if cfg["autodiscovery"] else "")
     sys.stdout.flush()
     try:
         while not stop:

@@ -71,6 +71,15 @@ typedef struct ppc_engine_opts {
     /* tests: reap exited workers by polling on the loop's timer, as where
      * pidfd_open is missing (ENOSYS) */
     int test_no_pidfd;
+
+    /* connect-back (nodes dial the client; no inbound port on nodes):
+     * client: a listening socket whose connections become nodes (used
+     * when has_rendezvous; the engine keeps a duplicate); ppserver: dial
+     * connect_host:connect_port and serve that client (NULL: off) */
+    int rendezvous_fd;
+    int has_rendezvous;
+    const char *connect_host;
+    int connect_port;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX

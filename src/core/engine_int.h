@@ -27,7 +27,8 @@ enum {
     PPC_SRC_LISTEN = 5, /* ppserver: listening socket */
     PPC_SRC_SCONN = 6,  /* ppserver: connection from a client */
     PPC_SRC_UDP = 7,    /* autodiscovery socket */
-    PPC_SRC_WPID = 8    /* pidfd of a worker whose pipe closed: it exited */
+    PPC_SRC_WPID = 8,   /* pidfd of a worker whose pipe closed: it exited */
+    PPC_SRC_RDV = 9     /* client: rendezvous socket, nodes dial in (connect-back) */
 };
 typedef struct ppc_evsrc {
     int kind;
@@ -107,6 +108,7 @@ typedef struct ppc_rnode {
     char why[200];
     /* locked: statistics */
     uint64_t njobs, time_ns;
+    int adopted; /* it dialed our rendezvous socket: never redialed by us */
 } ppc_rnode;
 
 /* ppserver side: one client connection. */
@@ -121,6 +123,7 @@ typedef struct ppc_sconn {
     size_t nfns, capfns;
     size_t active; /* its jobs queued or running */
     int64_t accepted_ms; /* the handshake must end within HANDSHAKE_MS of it */
+    int dialed; /* we dialed the client (connect-back), serve.c redials it */
 } ppc_sconn;
 
 typedef struct ppc_logmsg {
@@ -199,6 +202,14 @@ struct ppc_engine {
      * batch runs are dropped by ppc_engine_forget (no stale pointer read) */
     struct epoll_event *batch;
     int batch_n;
+    /* connect-back: the client's rendezvous socket (remote.c), the
+     * address a node dials (serve.c) and when it dials next */
+    int rdv_fd;
+    ppc_evsrc rdv_src;
+    char dial_host[256];
+    char dial_port[8];
+    int64_t dial_next;
+    int dial_backoff_ms;
 };
 
 /* engine.c services for the nodes */
@@ -230,6 +241,13 @@ void ppc_remote_flush(ppc_engine *e);
 int ppc_remote_may_run(ppc_engine *e, uint32_t blob_flags);
 void ppc_remote_shutdown(ppc_engine *e);
 void ppc_remote_free(ppc_engine *e);
+/* Connect-back: watch the caller's listening socket (a duplicate is kept);
+ * each connection accepted there becomes a node (ppc_remote_adopt). */
+int ppc_remote_listen(ppc_engine *e, int fd, char *err, size_t errlen);
+void ppc_remote_accept(ppc_engine *e);
+/* Take a connected socket as a node: it enters the handshake exactly as a
+ * node we connected to; lost, it is not redialed (it dials again). */
+int ppc_remote_adopt(ppc_engine *e, int fd);
 
 /* serve.c: the ppserver side */
 int ppc_serve_start(ppc_engine *e, char *err, size_t errlen);
@@ -240,6 +258,12 @@ void ppc_serve_result(ppc_engine *e, ppc_job *j);
 int ppc_serve_tick(ppc_engine *e);
 void ppc_serve_flush(ppc_engine *e);
 void ppc_serve_shutdown(ppc_engine *e);
+/* Connect-back: dial the client at opts.connect_host:connect_port and
+ * serve it over that socket; redialed with backoff whenever it closes. */
+int ppc_serve_dial_start(ppc_engine *e, char *err, size_t errlen);
+int ppc_serve_dial_tick(ppc_engine *e); /* ms until it wants to run again, -1 */
+/* Serve a socket we dialed: it enters the handshake as an accepted one. */
+ppc_sconn *ppc_serve_adopt(ppc_engine *e, int fd);
 
 /* discover.c: autodiscovery over UDP broadcast */
 int ppc_discover_start(ppc_engine *e, char *err, size_t errlen);

@@ -430,7 +430,7 @@ void ppc_serve_flush(ppc_engine *e)
 
 int ppc_serve_tick(ppc_engine *e)
 {
-    if (e->listen_fd < 0)
+    if (e->listen_fd < 0 && !e->sconns)
         return -1;
     int64_t now = ppc_now_ms();
     int hb = e->opts.liveness_ms / 3;
@@ -489,4 +489,87 @@ void ppc_serve_shutdown(ppc_engine *e)
         ppc_fd_close(e->listen_fd);
         e->listen_fd = -1;
     }
+}
+
+/* Connect-back: the node dials the client (no inbound port on the node).
+ * The socket we dialed is served exactly like an accepted one: the client
+ * still speaks first and must authenticate; only the TCP direction differs. */
+#define DIAL_BACKOFF_MIN_MS 100
+#define DIAL_BACKOFF_MAX_MS 5000
+
+ppc_sconn *ppc_serve_adopt(ppc_engine *e, int fd)
+{
+    if (e->nclients >= MAX_CLIENTS)
+        return NULL;
+    ppc_sconn *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    ppc_net_tune(fd);
+    s->c.fd = fd;
+    s->c.src.kind = PPC_SRC_SCONN;
+    s->c.src.obj = s;
+    ppc_net_peer(fd, s->peer, sizeof s->peer);
+    if (ppc_conn_register(e, &s->c) < 0) {
+        free(s);
+        return NULL;
+    }
+    s->state = S_HELLO;
+    s->accepted_ms = ppc_now_ms();
+    s->next = e->sconns;
+    e->sconns = s;
+    count_clients(e, 1);
+    return s;
+}
+
+int ppc_serve_dial_start(ppc_engine *e, char *err, size_t errlen)
+{
+    const char *h = e->opts.connect_host;
+    if (!h || !*h || strlen(h) >= sizeof e->dial_host || e->opts.connect_port <= 0 ||
+        e->opts.connect_port > 65535) {
+        snprintf(err, errlen, "invalid address to dial");
+        return -1;
+    }
+    if (!e->opts.secret || e->opts.secret_len == 0) {
+        snprintf(err, errlen, "an engine that dials a client needs a secret");
+        return -1;
+    }
+    snprintf(e->dial_host, sizeof e->dial_host, "%s", h);
+    snprintf(e->dial_port, sizeof e->dial_port, "%d", e->opts.connect_port);
+    e->opts.connect_host = e->dial_host; /* the caller's string is not kept */
+    e->dial_next = 0;
+    e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+    return 0;
+}
+
+int ppc_serve_dial_tick(ppc_engine *e)
+{
+    if (!e->dial_host[0])
+        return -1;
+    for (ppc_sconn *s = e->sconns; s; s = s->next) {
+        if (s->dialed) {
+            if (s->state == S_READY)
+                e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+            return -1; /* connected (or connecting): nothing to do */
+        }
+    }
+    int64_t now = ppc_now_ms();
+    if (now < e->dial_next)
+        return (int)(e->dial_next - now);
+    e->dial_next = now + e->dial_backoff_ms;
+    e->dial_backoff_ms =
+        e->dial_backoff_ms * 2 > DIAL_BACKOFF_MAX_MS ? DIAL_BACKOFF_MAX_MS : e->dial_backoff_ms * 2;
+    char err[256] = "";
+    int fd = ppc_net_connect(e->dial_host, e->dial_port, err, sizeof err);
+    if (fd < 0) {
+        ppc_engine_log(e, PPC_LOG_DEBUG, "cannot dial %s:%s: %s", e->dial_host, e->dial_port, err);
+        return (int)(e->dial_next - now);
+    }
+    ppc_sconn *s = ppc_serve_adopt(e, fd);
+    if (!s) {
+        close(fd);
+        return (int)(e->dial_next - now);
+    }
+    s->dialed = 1;
+    ppc_engine_log(e, PPC_LOG_DEBUG, "dialed %s:%s", e->dial_host, e->dial_port);
+    return -1; /* the connection's events and ppc_serve_tick take over */
 }
