@@ -31,6 +31,9 @@
 #define BACKOFF_MAX_MS 30000
 #define HANDSHAKE_MAX_FRAME 4096
 #define AHEAD_NS 4000000.0
+/* connect-back: how long after the start queued jobs wait for a first
+ * node to dial in when no node could run them */
+#define RDV_GRACE_MS 30000
 
 static int hb_ms(ppc_engine *e, ppc_rnode *r)
 {
@@ -377,6 +380,8 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
 int ppc_remote_may_run(ppc_engine *e, uint32_t flags)
 {
     int64_t now = ppc_now_ms();
+    if (e->rdv_fd >= 0 && now - e->created_ms < RDV_GRACE_MS)
+        return 1; /* nodes may still be dialing in */
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
         if (r->state == R_FAILED)
@@ -535,6 +540,8 @@ int ppc_remote_tick(ppc_engine *e)
             break;
         }
     }
+    if (e->rdv_fd >= 0 && now - e->created_ms < RDV_GRACE_MS)
+        WANT(e->created_ms + RDV_GRACE_MS);
 #undef WANT
     return (int)next;
 }
