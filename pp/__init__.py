@@ -70,6 +70,10 @@ def _user_secret():
 
 
 _live_servers = None  # a WeakSet of Servers, made with the first one
+# Set by pp.run on rank 0 (pp/run.py): {"rendezvous": fd or None, "secret",
+# "ncpus"}. A Server made without ppservers or node options then takes the
+# job's CPU count and every rank that dials the rendezvous socket as a node.
+_run_cluster = None
 
 
 def _destroy_at_exit():
@@ -118,6 +122,12 @@ class Server(_ppc.Server):
         logger = logging.getLogger("pp") if logging else None
         if logger:
             logger.debug("Creating server instance (pp-%s)", __version__)
+        if _run_cluster and not ppservers and not node_options:  # under pp.run
+            if ncpus == "autodetect":
+                ncpus = _run_cluster["ncpus"]
+            if _run_cluster["rendezvous"] is not None:
+                node_options = {"_rendezvous": _run_cluster["rendezvous"]}
+                secret = _run_cluster["secret"]
         if secret is None and (ppservers or node_options.get("_listen")):
             secret = _user_secret()
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
