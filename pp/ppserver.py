@@ -32,6 +32,7 @@ Options:
 -w nworkers        : number of workers to start (default: one per core)
 -s secret          : secret for authentication (or PP_SECRET, or the config file)
 -t seconds         : exit when no client has been connected for that long
+                     (--connect: when the client was unreachable that long)
 -k seconds         : liveness: a silent client is dropped after this long
                      (default 3600); jobs may run longer
 -P pid_file        : file to write the process id to

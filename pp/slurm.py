@@ -80,11 +80,13 @@ class SlurmCluster(object):
     python: the interpreter the nodes run (default: this one).
     pending_timeout: seconds wait() allows node jobs to stay pending.
     log_dir: where node jobs write their logs (default: nowhere).
+    idle_timeout: a node job ends once this client has been unreachable
+    that long (it was killed before it could cancel its jobs).
     """
 
     def __init__(self, nodes=0, cpus_per_node=None, partition=None, time=None,
                  extra_sbatch=(), host=None, python=None, pending_timeout=300.0,
-                 log_dir=None, job_name="ppc-node"):
+                 log_dir=None, job_name="ppc-node", idle_timeout=300.0):
         self.cpus_per_node = cpus_per_node
         self.partition = partition
         self.time = time
@@ -93,6 +95,7 @@ class SlurmCluster(object):
         self.pending_timeout = pending_timeout
         self.log_dir = log_dir
         self.job_name = job_name
+        self.idle_timeout = idle_timeout
         self.secret = secrets.token_hex(32)
         self.jobs = []  # Slurm job ids of our nodes, oldest first
         self._closed = False
@@ -131,8 +134,9 @@ class SlurmCluster(object):
         workers = (str(self.cpus_per_node) if self.cpus_per_node
                    else "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}")
         return ("#!/bin/sh\n# a ppc node dialing back to its client\n"
-                "exec %s -m pp.ppserver --connect %s:%d -w %s\n"
-                % (shlex.quote(self.python), self.host, self.port, workers))
+                "exec %s -m pp.ppserver --connect %s:%d -w %s -t %g\n"
+                % (shlex.quote(self.python), self.host, self.port, workers,
+                   self.idle_timeout))
 
     def scale(self, n):
         """Have n node jobs: submit more, or cancel the newest."""

@@ -841,6 +841,10 @@ void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *id
     *port = e->listen_port_actual;
     *nclients = e->nclients;
     *idle_ms = e->nclients > 0 ? 0 : ppc_now_ms() - e->last_client_activity;
+    if (e->dial_host[0]) { /* a node that dials: is its client reachable */
+        *nclients = e->dial_alive;
+        *idle_ms = e->dial_alive ? 0 : ppc_now_ms() - e->dial_last_alive;
+    }
     pthread_mutex_unlock(&e->mu);
 }
 

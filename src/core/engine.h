@@ -162,7 +162,8 @@ int ppc_engine_stats(ppc_engine *e, ppc_node_stats *out, int max);
 /* Jobs submitted and not yet done. */
 size_t ppc_engine_pending(ppc_engine *e);
 /* ppserver: the port it listens on, clients connected now, ms since the
- * last client activity. */
+ * last client activity. A node that dials its client: 1 while connected
+ * to it, and ms since it was last. */
 void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *idle_ms);
 
 /* Process ids of the live local workers; returns count (<= max). */

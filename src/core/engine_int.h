@@ -210,6 +210,10 @@ struct ppc_engine {
     char dial_port[8];
     int64_t dial_next;
     int dial_backoff_ms;
+    /* locked: the dialed client is reachable (connected), and since when
+     * it is not (ppc_engine_server_info reports it to the idle timeout) */
+    int dial_alive;
+    int64_t dial_last_alive;
 };
 
 /* engine.c services for the nodes */

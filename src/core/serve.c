@@ -538,6 +538,7 @@ int ppc_serve_dial_start(ppc_engine *e, char *err, size_t errlen)
     e->opts.connect_host = e->dial_host; /* the caller's string is not kept */
     e->dial_next = 0;
     e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+    e->dial_last_alive = ppc_now_ms();
     return 0;
 }
 
@@ -545,14 +546,28 @@ int ppc_serve_dial_tick(ppc_engine *e)
 {
     if (!e->dial_host[0])
         return -1;
-    for (ppc_sconn *s = e->sconns; s; s = s->next) {
-        if (s->dialed) {
-            if (s->state == S_READY)
-                e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
-            return -1; /* connected (or connecting): nothing to do */
-        }
-    }
     int64_t now = ppc_now_ms();
+    ppc_sconn *d = NULL;
+    for (ppc_sconn *s = e->sconns; s && !d; s = s->next)
+        if (s->dialed)
+            d = s;
+    /* reachable: connected (the client's kernel accepted us, so it runs,
+     * even while no Server of it takes the connection yet) */
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    int alive = d && (d->state == S_READY || getpeername(d->c.fd, (struct sockaddr *)&sa, &sl) == 0);
+    if (alive != e->dial_alive) {
+        pthread_mutex_lock(&e->mu);
+        e->dial_alive = alive;
+        if (!alive)
+            e->dial_last_alive = now;
+        pthread_mutex_unlock(&e->mu);
+    }
+    if (d) {
+        if (d->state == S_READY)
+            e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+        return -1; /* connected (or connecting): its events take over */
+    }
     if (now < e->dial_next)
         return (int)(e->dial_next - now);
     e->dial_next = now + e->dial_backoff_ms;
