@@ -57,6 +57,8 @@ def build_cases():
                       case="curve"))
     c.append(dict(id="remote", group="remote", script="remote.py", impls=["ppft", "ppc"],
                   rounds={"ppft": 3}))
+    c += [dict(id=i, group="mpi", script="mpi.py", impls=["mpi4py", "ppc"])
+          for i in ("mpi_tiny", "mpi_startup")]
     return c
 
 
@@ -105,7 +107,7 @@ def resolve_interpreters():
     have_ppc_venv = os.path.exists(ppc_py)
     base_py = ppc_py if have_ppc_venv else sys.executable
     interp = {}
-    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm"):
+    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm", "mpi4py"):
         interp[impl] = dict(py=base_py, env=base_env, ok=True, why="")
     # Ray: its own venv (bench/run.sh builds it); usage statistics off
     ray_py = os.path.join(BENCH, ".venv-ray", "bin", "python")
@@ -781,6 +783,13 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
                    jobs_used("remote", "ppc"), jobs_used("remote", "ppft"),
                    *(("2,000", "100") if args.quick else ("10,000", "500"))),
           ratio_col=("x ppft", lambda i: fx(ratio(med("remote", i), med("remote", "ppft")), 1)))
+
+    for cid, what in (("mpi_tiny", "10,000 tiny jobs, one submit each"),
+                      ("mpi_startup", "mpirun launched to first result")):
+        table(cid, "8. mpirun -n 4 on this machine: %s (s, lower is better)" % what,
+              ["mpi4py", "ppc"], note="`python -m pp.run` against mpi4py.futures' "
+              "MPIPoolExecutor (`python -m mpi4py.futures`, bench/.venv-mpi4py).",
+              ratio_col=("x mpi4py", lambda i: fx(ratio(med(cid, "mpi4py"), med(cid, i)), 1)))
 
     errs = []
     for cid, r in results.items():
