@@ -384,11 +384,11 @@ def main(argv=None):
         if rank == 0:
             return _rank0(argv[0], argv[1:], jobid, size, ncpus, env)
         return _node(rank, jobid, ncpus, env)
-    except _Fail as e:
+    except (_Fail, OSError) as e:
         os.write(err, ("pp.run rank %d: %s\n" % (rank, e)).encode())
         return 1
-    except OSError as e:
-        os.write(err, ("pp.run rank %d: %s\n" % (rank, e)).encode())
+    except Exception as e:  # a node's stderr is quiet: say it on the real one
+        os.write(err, ("pp.run rank %d: %s: %s\n" % (rank, type(e).__name__, e)).encode())
         return 1
     finally:
         os.close(err)
