@@ -10,6 +10,7 @@ the secret); the rendezvous file is private and removed.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,7 +169,8 @@ def test_rank_that_dies_is_a_lost_node_and_its_jobs_rerun(tmp_path):
         out, err = procs[0].communicate(timeout=40)
         assert procs[0].returncode == 0, out + err
         assert "DONE" in out, out + err
-        assert "lost" in err and "rescheduled" in err, err
+        lost = re.search(r"lost: .*; (\d+) job\(s\) rescheduled", err)
+        assert lost and int(lost.group(1)) >= 1, err  # its jobs ran again elsewhere
         assert procs[1].wait(timeout=20) == 0  # told the job's status
     finally:
         for p in procs:
