@@ -555,7 +555,8 @@ int ppc_serve_dial_tick(ppc_engine *e)
      * even while no Server of it takes the connection yet) */
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
-    int alive = d && (d->state == S_READY || getpeername(d->c.fd, (struct sockaddr *)&sa, &sl) == 0);
+    int alive =
+        d && (d->state == S_READY || getpeername(d->c.fd, (struct sockaddr *)&sa, &sl) == 0);
     if (alive != e->dial_alive) {
         pthread_mutex_lock(&e->mu);
         e->dial_alive = alive;

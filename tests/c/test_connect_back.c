@@ -185,7 +185,8 @@ TEST(connect_back_refuses_wrong_secret_and_strangers)
     REQUIRE(c != NULL);
     /* a stranger: garbage, then a peer that says nothing */
     int s1 = socket(AF_INET, SOCK_STREAM, 0), s2 = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
                             .sin_port = htons((uint16_t)port)};
     REQUIRE(connect(s1, (struct sockaddr *)&a, sizeof a) == 0);
     REQUIRE(connect(s2, (struct sockaddr *)&a, sizeof a) == 0);
