@@ -22,7 +22,7 @@ TEST_DEPS := pytest pytest-timeout numpy pillow
 # Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
 APT_BUILD := build-essential python3-dev python3-venv libssl-dev
 # ... and those only the tests need
-APT_TEST := openssl
+APT_TEST := openssl slurm-wlm munge openmpi-bin libopenmpi-dev iproute2
 # warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
 TEST_CFLAGS := -Werror
 

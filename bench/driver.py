@@ -59,6 +59,8 @@ def build_cases():
                   rounds={"ppft": 3}))
     c += [dict(id=i, group="remote_tls", script="remote_tls.py", impls=["ppc", "ppc_plain"])
           for i in ("remote_tls_tiny", "remote_tls_echo")]  # TLS against cleartext
+    c += [dict(id=i, group="mpi", script="mpi.py", impls=["mpi4py", "ppc"])
+          for i in ("mpi_tiny", "mpi_startup")]
     return c
 
 
@@ -107,7 +109,7 @@ def resolve_interpreters():
     have_ppc_venv = os.path.exists(ppc_py)
     base_py = ppc_py if have_ppc_venv else sys.executable
     interp = {}
-    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm"):
+    for impl in ("serial", "mp", "ppe", "bare", "limit", "limit_novm", "mpi4py"):
         interp[impl] = dict(py=base_py, env=base_env, ok=True, why="")
     # Ray: its own venv (bench/run.sh builds it); usage statistics off
     ray_py = os.path.join(BENCH, ".venv-ray", "bin", "python")
@@ -791,6 +793,12 @@ def build_report(args, cases, results, interp, facts, elapsed, plot_ok):
               ["ppc", "ppc_plain"], note="ppc = TLS 1.3 (PSK from the secret); ppc_plain = the same "
               "engine with TLS off on both sides (a benchmark-only switch).",
               ratio_col=("x cleartext", lambda i, c=cid: fx(ratio(med(c, i), med(c, "ppc_plain")), 2)))
+    for cid, what in (("mpi_tiny", "10,000 tiny jobs, one submit each"),
+                      ("mpi_startup", "mpirun launched to first result")):
+        table(cid, "9. mpirun -n 4 on this machine: %s (s, lower is better)" % what,
+              ["mpi4py", "ppc"], note="`python -m pp.run` against mpi4py.futures' "
+              "MPIPoolExecutor (`python -m mpi4py.futures`, bench/.venv-mpi4py).",
+              ratio_col=("x mpi4py", lambda i: fx(ratio(med(cid, "mpi4py"), med(cid, i)), 1)))
 
     errs = []
     for cid, r in results.items():

@@ -45,6 +45,8 @@ peer_venv() {
 # alone; Ray is large and pins its own dependencies, so it lives alone too.
 peer_venv "$HERE/.venv-ppft" "import ppft, pp, numpy, matplotlib" ppft numpy matplotlib
 peer_venv "$HERE/.venv-ray" "import ray, numpy" ray numpy
+# mpi4py built from source against the system's Open MPI (libopenmpi-dev)
+peer_venv "$HERE/.venv-mpi4py" "import mpi4py.futures" --no-binary mpi4py mpi4py
 
 # -- 2. the project's venv (ours), plus numpy and matplotlib for the bench.
 if ! make -C "$ROOT" venv >&2; then

@@ -100,6 +100,10 @@ def new_secret():
 
 
 _live_servers = None  # a WeakSet of Servers, made with the first one
+# Set by pp.run on rank 0 (pp/run.py): {"rendezvous": fd or None, "secret",
+# "ncpus"}. A Server made without ppservers or node options then takes the
+# job's CPU count and every rank that dials the rendezvous socket as a node.
+_run_cluster = None
 
 
 def _destroy_at_exit():
@@ -155,7 +159,14 @@ class Server(_ppc.Server):
         logger = logging.getLogger("pp") if logging else None
         if logger:
             logger.debug("Creating server instance (pp-%s)", __version__)
-        networked = bool(ppservers or node_options.get("_listen"))
+        if _run_cluster and not ppservers and not node_options:  # under pp.run
+            if ncpus == "autodetect":
+                ncpus = _run_cluster["ncpus"]
+            if _run_cluster["rendezvous"] is not None:
+                node_options = {"_rendezvous": _run_cluster["rendezvous"]}
+                secret = _run_cluster["secret"]
+        networked = bool(ppservers or node_options.get("_listen") or
+                         node_options.get("_rendezvous") is not None or node_options.get("_connect"))
         if secret_file is not None:
             if secret is not None:
                 raise ValueError("give secret or secret_file, not both")

@@ -17,7 +17,7 @@ USAGE = """Parallel Python Network Server (pp-%(version)s)
 Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
                 [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
                 [-k seconds] [-P pid_file] [--secret-file path] [--new-secret]
-                [--certfile path --keyfile path --cafile path]
+                [--certfile path --keyfile path --cafile path] [--connect host:port]
 
 Options:
 -h                 : this help message
@@ -39,9 +39,12 @@ Options:
 --keyfile path       certificate and key, and the CA that signed the
 --cafile path        clients' certificates (all three, PEM)
 -t seconds         : exit when no client has been connected for that long
+                     (--connect: when the client was unreachable that long)
 -k seconds         : liveness: a silent client is dropped after this long
                      (default 3600); jobs may run longer
 -P pid_file        : file to write the process id to
+--connect host:port: dial that client instead of listening (connect-back:
+                     no inbound port here); redialed with backoff when lost
 
 A secret (or certificates) is required: there is no built-in default.
 Make one with --new-secret, store it in a file only you can read, and give
@@ -54,14 +57,14 @@ secret = ...), the PP_SECRET variable, or pp_secret = '...' in
 def _parse(argv):
     opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:",
                                ["secret-file=", "new-secret", "certfile=", "keyfile=",
-                                "cafile="])
+                                "cafile=", "connect="])
     cfg = {
         "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
         "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
         "broadcast": "255.255.255.255", "port": 60000, "workers": "autodetect",
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
         "discover_port": 51000, "secret_file": None, "certfile": None, "keyfile": None,
-        "cafile": None, "secret_on_cmdline": False,
+        "cafile": None, "secret_on_cmdline": False, "connect": None,
     }
     config_path = None
     for o, a in opts:
@@ -132,6 +135,11 @@ def _parse(argv):
             cfg["socket_timeout"] = float(a)
         elif o == "-P":
             cfg["pid_file"] = a
+        elif o == "--connect":
+            host, sep, port = a.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise getopt.GetoptError("--connect wants host:port, not %r" % a)
+            cfg["connect"] = (host.strip("[]"), int(port))
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if cfg["secret_file"]:
@@ -187,13 +195,15 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # --connect: dial the client (connect-back), no listening socket
+    where = ({"_connect": cfg["connect"]} if cfg["connect"] else
+             {"_listen": (cfg["interface"], cfg["port"]), "_announce": cfg["autodiscovery"]})
     try:
         server = pp.Server(ncpus=cfg["workers"], secret=cfg["secret"], restart=cfg["restart"],
-                           proto=cfg["proto"], _listen=(cfg["interface"], cfg["port"]),
-                           _liveness=cfg["socket_timeout"], _announce=cfg["autodiscovery"],
+                           proto=cfg["proto"], _liveness=cfg["socket_timeout"],
                            _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"],
                            certfile=cfg["certfile"], keyfile=cfg["keyfile"],
-                           cafile=cfg["cafile"])
+                           cafile=cfg["cafile"], **where)
     except (OSError, ValueError, TypeError) as e:
         sys.stderr.write("ppserver: %s\n" % e)
         return 1
@@ -202,10 +212,14 @@ def main(argv=None):
     if cfg["pid_file"]:
         with open(cfg["pid_file"], "w") as f:
             f.write("%d\n" % os.getpid())
-    log.info("ppserver %s listening on %s:%d with %d workers%s (TLS, %s)", pp.__version__,
-             cfg["interface"], port, server.get_ncpus(),
-             ", announcing itself" if cfg["autodiscovery"] else "",
-             "certificates" if cfg["certfile"] else "shared secret")
+    tls = "TLS, %s" % ("certificates" if cfg["certfile"] else "shared secret")
+    if cfg["connect"]:
+        log.info("ppserver %s dialing %s:%d with %d workers (%s)", pp.__version__,
+                 cfg["connect"][0], cfg["connect"][1], server.get_ncpus(), tls)
+    else:
+        log.info("ppserver %s listening on %s:%d with %d workers%s (%s)", pp.__version__,
+                 cfg["interface"], port, server.get_ncpus(),
+                 ", announcing itself" if cfg["autodiscovery"] else "", tls)
     sys.stdout.flush()
     try:
         while not stop:

@@ -21,7 +21,7 @@ def parse_args(extra=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--impl", required=True,
                     choices=["serial", "mp", "ppe", "ppft", "ppc", "ppc_novm", "ppc_plain", "ray",
-                             "bare", "limit", "limit_novm"])
+                             "bare", "limit", "limit_novm", "mpi4py"])
     ap.add_argument("--case", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)

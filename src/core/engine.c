@@ -328,6 +328,8 @@ static void *engine_main(void *arg)
                 ppc_serve_accept(e);
             } else if (src->kind == PPC_SRC_SCONN) {
                 ppc_serve_event(e, src->obj, evs[i].events);
+            } else if (src->kind == PPC_SRC_RDV) {
+                ppc_remote_accept(e);
             } else if (src->kind == PPC_SRC_UDP) {
                 ppc_discover_event(e);
             } else {
@@ -341,6 +343,7 @@ static void *engine_main(void *arg)
             ppc_pool_retarget(e->pool, want);
         int t = ppc_remote_tick(e);
         t = min_timeout(t, ppc_serve_tick(e));
+        t = min_timeout(t, ppc_serve_dial_tick(e));
         t = min_timeout(t, ppc_discover_tick(e));
         /* before schedule and publish: it may settle a reaped worker's job */
         t = min_timeout(t, ppc_pool_tick(e->pool));
@@ -469,6 +472,8 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
         return NULL;
     }
     e->epfd = e->wakefd = e->listen_fd = e->udp_fd = -1;
+    e->rdv_fd = -1;
+    e->dial_fd = -1;
     e->created_ms = ppc_now_ms();
     atomic_init(&e->log_level, o->log_level);
     e->fork_gen = ppc_fork_generation();
@@ -542,6 +547,10 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
         goto fail;
     }
     if (o->listen_port >= 0 && ppc_serve_start(e, err, errlen) < 0)
+        goto fail;
+    if (o->has_rendezvous && ppc_remote_listen(e, o->rendezvous_fd, err, errlen) < 0)
+        goto fail;
+    if (o->connect_host && ppc_serve_dial_start(e, err, errlen) < 0)
         goto fail;
     if ((o->announce || o->discover) && o->discover_port > 0 &&
         ppc_discover_start(e, err, errlen) < 0)
@@ -644,6 +653,7 @@ void ppc_engine_free(ppc_engine *e)
     ppc_fd_close(e->listen_fd);
     ppc_fd_close(e->udp_fd);
     ppc_discover_free(e);
+    ppc_fd_close(e->rdv_fd);
     free(e->secret_copy);
     free(e->listen_host_copy);
     free(e->broadcast_copy);
@@ -865,6 +875,10 @@ void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *id
     *port = e->listen_port_actual;
     *nclients = e->nclients;
     *idle_ms = e->nclients > 0 ? 0 : ppc_now_ms() - e->last_client_activity;
+    if (e->dial_host[0]) { /* a node that dials: is its client reachable */
+        *nclients = e->dial_alive;
+        *idle_ms = e->dial_alive ? 0 : ppc_now_ms() - e->dial_last_alive;
+    }
     pthread_mutex_unlock(&e->mu);
 }
 

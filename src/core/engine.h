@@ -92,6 +92,14 @@ typedef struct ppc_engine_opts {
      * preamble; a client accepts that only when it has it set too, so no
      * one on the path can talk a client out of TLS. */
     int test_plaintext;
+    /* connect-back (nodes dial the client; no inbound port on nodes):
+     * client: a listening socket whose connections become nodes (used
+     * when has_rendezvous; the engine keeps a duplicate); ppserver: dial
+     * connect_host:connect_port and serve that client (NULL: off) */
+    int rendezvous_fd;
+    int has_rendezvous;
+    const char *connect_host;
+    int connect_port;
 } ppc_engine_opts;
 
 #define PPC_GROUP_ALL UINT32_MAX
@@ -174,7 +182,8 @@ int ppc_engine_stats(ppc_engine *e, ppc_node_stats *out, int max);
 /* Jobs submitted and not yet done. */
 size_t ppc_engine_pending(ppc_engine *e);
 /* ppserver: the port it listens on, clients connected now, ms since the
- * last client activity. */
+ * last client activity. A node that dials its client: 1 while connected
+ * to it, and ms since it was last. */
 void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *idle_ms);
 
 /* Process ids of the live local workers; returns count (<= max). */

@@ -27,7 +27,8 @@ enum {
     PPC_SRC_LISTEN = 5, /* ppserver: listening socket */
     PPC_SRC_SCONN = 6,  /* ppserver: connection from a client */
     PPC_SRC_UDP = 7,    /* autodiscovery socket */
-    PPC_SRC_WPID = 8    /* pidfd of a worker whose pipe closed: it exited */
+    PPC_SRC_WPID = 8,   /* pidfd of a worker whose pipe closed: it exited */
+    PPC_SRC_RDV = 9     /* client: rendezvous socket, nodes dial in (connect-back) */
 };
 typedef struct ppc_evsrc {
     int kind;
@@ -123,6 +124,7 @@ typedef struct ppc_rnode {
     struct ppc_kdf *tls_kdf; /* a derivation running on a thread of its own */
     uint8_t tls_pend_salt[16]; /* the connection waits for this salt's key */
     int tls_wait_key;
+    int adopted; /* it dialed our rendezvous socket: never redialed by us */
 } ppc_rnode;
 
 /* ppserver side: one client connection. */
@@ -139,6 +141,7 @@ typedef struct ppc_sconn {
     int64_t accepted_ms; /* the handshake must end within HANDSHAKE_MS of it */
     char addr[64];       /* the peer's address without the port (fair slots) */
     int counted;         /* authenticated: counted in nclients */
+    int dialed; /* we dialed the client (connect-back), serve.c redials it */
 } ppc_sconn;
 
 typedef struct ppc_logmsg {
@@ -227,6 +230,20 @@ struct ppc_engine {
     struct ssl_ctx_st *tls_cctx, *tls_sctx;
     int tls_mode;
     uint8_t tls_salt[16], tls_key[32];
+    /* connect-back: the client's rendezvous socket (remote.c), the
+     * address a node dials (serve.c) and when it dials next */
+    int rdv_fd;
+    ppc_evsrc rdv_src;
+    char dial_host[256];
+    char dial_port[8];
+    int64_t dial_next;
+    int dial_fd, dial_pending; /* a dial in progress (not yet connected) */
+    int64_t dial_started;
+    int dial_backoff_ms;
+    /* locked: the dialed client is reachable (connected), and since when
+     * it is not (ppc_engine_server_info reports it to the idle timeout) */
+    int dial_alive;
+    int64_t dial_last_alive;
 };
 
 /* engine.c services for the nodes */
@@ -261,6 +278,13 @@ void ppc_remote_free(ppc_engine *e);
 /* TLS contexts from o's certfile/keyfile/cafile (none: PSK mode), at
  * engine start; frees them in ppc_remote_free. 0 or -1 with err. */
 int ppc_tls_engine_init(ppc_engine *e, const ppc_engine_opts *o, char *err, size_t errlen);
+/* Connect-back: watch the caller's listening socket (a duplicate is kept);
+ * each connection accepted there becomes a node (ppc_remote_adopt). */
+int ppc_remote_listen(ppc_engine *e, int fd, char *err, size_t errlen);
+void ppc_remote_accept(ppc_engine *e);
+/* Take a connected socket as a node: it enters the handshake exactly as a
+ * node we connected to; lost, it is not redialed (it dials again). */
+int ppc_remote_adopt(ppc_engine *e, int fd);
 
 /* serve.c: the ppserver side */
 int ppc_serve_start(ppc_engine *e, char *err, size_t errlen);
@@ -271,6 +295,12 @@ void ppc_serve_result(ppc_engine *e, ppc_job *j);
 int ppc_serve_tick(ppc_engine *e);
 void ppc_serve_flush(ppc_engine *e);
 void ppc_serve_shutdown(ppc_engine *e);
+/* Connect-back: dial the client at opts.connect_host:connect_port and
+ * serve it over that socket; redialed with backoff whenever it closes. */
+int ppc_serve_dial_start(ppc_engine *e, char *err, size_t errlen);
+int ppc_serve_dial_tick(ppc_engine *e); /* ms until it wants to run again, -1 */
+/* Serve a socket we dialed: it enters the handshake as an accepted one. */
+ppc_sconn *ppc_serve_adopt(ppc_engine *e, int fd);
 
 /* discover.c: autodiscovery over UDP broadcast */
 int ppc_discover_start(ppc_engine *e, char *err, size_t errlen);

@@ -15,11 +15,13 @@
  * node for good. Engine thread. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/crypto.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -35,6 +37,9 @@
 #define BACKOFF_MAX_MS 30000
 #define HANDSHAKE_MAX_FRAME 4096
 #define AHEAD_NS 4000000.0
+/* connect-back: how long after the start queued jobs wait for a first
+ * node to dial in when no node could run them */
+#define RDV_GRACE_MS 30000
 
 static int hb_ms(ppc_engine *e, ppc_rnode *r)
 {
@@ -536,6 +541,8 @@ void ppc_remote_event(ppc_engine *e, ppc_rnode *r, uint32_t events)
 int ppc_remote_may_run(ppc_engine *e, uint32_t flags)
 {
     int64_t now = ppc_now_ms();
+    if (e->rdv_fd >= 0 && now - e->created_ms < RDV_GRACE_MS)
+        return 1; /* nodes may still be dialing in */
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
         if (r->state == R_FAILED)
@@ -653,6 +660,8 @@ int ppc_remote_tick(ppc_engine *e)
             kdf_poll(e, r);
         switch (r->state) {
         case R_DOWN:
+            if (r->adopted)
+                break; /* it dialed us: it dials again, we cannot */
             if (now >= r->next_attempt)
                 start_connect(e, r);
             if (r->state == R_DOWN)
@@ -694,6 +703,8 @@ int ppc_remote_tick(ppc_engine *e)
             break;
         }
     }
+    if (e->rdv_fd >= 0 && now - e->created_ms < RDV_GRACE_MS)
+        WANT(e->created_ms + RDV_GRACE_MS);
 #undef WANT
     return (int)next;
 }
@@ -750,12 +761,109 @@ int ppc_tls_engine_init(ppc_engine *e, const ppc_engine_opts *o, char *err, size
     e->tls_cctx = ppc_tls_ctx_new(0, cf, kf, ca, err, errlen);
     if (!e->tls_cctx)
         return -1;
-    if (o->listen_port >= 0) {
+    if (o->listen_port >= 0 || o->connect_host) { /* a node: listening or dialing */
         e->tls_sctx = ppc_tls_ctx_new(1, cf, kf, ca, err, errlen);
         if (!e->tls_sctx)
             return -1;
     }
     /* the files are read: the caller's strings are not kept */
     e->opts.certfile = e->opts.keyfile = e->opts.cafile = NULL;
+    return 0;
+}
+
+/* Connect-back (nodes that dial us: no inbound port on the nodes).
+ * Handshakes in progress on adopted sockets: beyond this many, the oldest
+ * is dropped, so strangers dialing the rendezvous port cannot pile up. */
+#define MAX_ADOPT_PENDING 64
+
+int ppc_remote_listen(ppc_engine *e, int fd, char *err, size_t errlen)
+{
+    e->rdv_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (e->rdv_fd < 0) {
+        snprintf(err, errlen, "rendezvous socket: %s", strerror(errno));
+        return -1;
+    }
+    int fl = fcntl(e->rdv_fd, F_GETFL);
+    if (fl < 0 || fcntl(e->rdv_fd, F_SETFL, fl | O_NONBLOCK) < 0 || ppc_fd_own(e->rdv_fd) < 0) {
+        snprintf(err, errlen, "rendezvous socket: %s", strerror(errno));
+        close(e->rdv_fd);
+        e->rdv_fd = -1;
+        return -1;
+    }
+    e->rdv_src.kind = PPC_SRC_RDV;
+    e->rdv_src.obj = e;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &e->rdv_src};
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->rdv_fd, &ev) < 0) {
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+        return -1; /* closed by the engine's free */
+    }
+    return 0;
+}
+
+void ppc_remote_accept(ppc_engine *e)
+{
+    for (;;) {
+        int fd = accept4(e->rdv_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE)
+                ppc_engine_log(e, PPC_LOG_ERROR, "cannot accept a node: %s", strerror(errno));
+            return;
+        }
+        if (ppc_remote_adopt(e, fd) < 0)
+            close(fd);
+    }
+}
+
+int ppc_remote_adopt(ppc_engine *e, int fd)
+{
+    ppc_rnode *r = NULL, *oldest = NULL;
+    int pending = 0;
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *x = e->rn[i];
+        if (!x->adopted)
+            continue;
+        if (x->c.fd < 0 && x->inflight == 0 && (x->state == R_DOWN || x->state == R_FAILED)) {
+            if (!r)
+                r = x; /* a node gone earlier: its slot is reused */
+        } else if (x->state != R_READY) {
+            pending++;
+            if (!oldest || x->state_since < oldest->state_since)
+                oldest = x;
+        }
+    }
+    if (pending >= MAX_ADOPT_PENDING && oldest) {
+        lost(e, oldest, "too many nodes in the handshake; the oldest is dropped");
+        if (!r)
+            r = oldest;
+    }
+    char peer[64];
+    ppc_net_peer(fd, peer, sizeof peer);
+    if (!r) {
+        /* named by its peer address, unique among live connections; port
+         * "-" is never a user's entry */
+        int n0 = e->nrn;
+        if (ppc_remote_add(e, peer, "-", 0) < 0 || e->nrn == n0)
+            return -1;
+        r = e->rn[e->nrn - 1];
+        r->adopted = 1;
+    }
+    pthread_mutex_lock(&e->mu); /* statistics read the name */
+    snprintf(r->name, sizeof r->name, "%s", peer);
+    pthread_mutex_unlock(&e->mu);
+    ppc_net_tune(fd);
+    r->c.fd = fd;
+    r->why[0] = 0;
+    r->backoff_ms = 500;
+    if (ppc_conn_register(e, &r->c) < 0) {
+        r->c.fd = -1;
+        set_state(e, r, R_DOWN);
+        return -1;
+    }
+    /* connected already: the first writable event sends HELLO, as after
+     * our own connect (the same handshake path) */
+    set_state(e, r, R_CONNECTING);
+    ppc_engine_log(e, PPC_LOG_DEBUG, "node dialed in from %s", peer);
     return 0;
 }

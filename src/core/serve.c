@@ -17,6 +17,7 @@
  * us in time. Engine thread only. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,19 @@ static int fn_put(ppc_sconn *s, uint64_t fid, ppc_blob *b)
     return 0;
 }
 
+/* PSK mode: this node process's salt and the key stretched from the
+ * secret with it (once, at start: listening or dialing). */
+static int serve_key(ppc_engine *e, char *err, size_t errlen)
+{
+    if (e->tls_mode == PPC_TLS_PSK &&
+        (ppc_random(e->tls_salt, sizeof e->tls_salt) < 0 ||
+         ppc_tls_derive(e->opts.secret, e->opts.secret_len, e->tls_salt, e->tls_key) < 0)) {
+        snprintf(err, errlen, "cannot derive the TLS key from the secret");
+        return -1;
+    }
+    return 0;
+}
+
 int ppc_serve_start(ppc_engine *e, char *err, size_t errlen)
 {
     e->listen_fd = ppc_net_listen(e->opts.listen_host, e->opts.listen_port, err, errlen);
@@ -113,12 +127,8 @@ int ppc_serve_start(ppc_engine *e, char *err, size_t errlen)
         return -1;
     }
     e->listen_port_actual = ppc_net_local_port(e->listen_fd);
-    if (e->tls_mode == PPC_TLS_PSK &&
-        (ppc_random(e->tls_salt, sizeof e->tls_salt) < 0 ||
-         ppc_tls_derive(e->opts.secret, e->opts.secret_len, e->tls_salt, e->tls_key) < 0)) {
-        snprintf(err, errlen, "cannot derive the TLS key from the secret");
+    if (serve_key(e, err, errlen) < 0)
         return -1;
-    }
     e->last_client_activity = ppc_now_ms();
     return 0;
 }
@@ -182,7 +192,7 @@ static void limit_pending(ppc_engine *e, const char *addr)
 /* Serve a connected socket fd: send the preamble, start TLS as its
  * server (the handshake runs on the socket's events). The connection owns fd from here,
  * also on failure. 0 or -1. */
-static int serve_socket(ppc_engine *e, int fd)
+static ppc_sconn *serve_socket(ppc_engine *e, int fd)
 {
     char peer[64];
     ppc_net_peer(fd, peer, sizeof peer);
@@ -195,7 +205,7 @@ static int serve_socket(ppc_engine *e, int fd)
     ppc_sconn *s = calloc(1, sizeof *s);
     if (!s) {
         close(fd);
-        return -1;
+        return NULL;
     }
     ppc_net_tune(fd);
     /* the preamble goes first, in the clear: a fresh socket takes 24 bytes */
@@ -206,7 +216,7 @@ static int serve_socket(ppc_engine *e, int fd)
     if (send(fd, pre, sizeof pre, MSG_NOSIGNAL) != (ssize_t)sizeof pre) {
         close(fd);
         free(s);
-        return -1;
+        return NULL;
     }
     s->c.fd = fd;
     s->c.src.kind = PPC_SRC_SCONN;
@@ -219,7 +229,7 @@ static int serve_socket(ppc_engine *e, int fd)
         ppc_tls_free(ssl);
         close(fd);
         free(s);
-        return -1;
+        return NULL;
     }
     if (ssl)
         ppc_conn_tls_start(&s->c, ssl, 1);
@@ -228,7 +238,7 @@ static int serve_socket(ppc_engine *e, int fd)
     s->next = e->sconns;
     e->sconns = s;
     ppc_engine_log(e, PPC_LOG_DEBUG, "connection from %s", s->peer);
-    return 0;
+    return s;
 }
 
 void ppc_serve_accept(ppc_engine *e)
@@ -503,7 +513,7 @@ void ppc_serve_flush(ppc_engine *e)
 
 int ppc_serve_tick(ppc_engine *e)
 {
-    if (e->listen_fd < 0)
+    if (e->listen_fd < 0 && !e->sconns)
         return -1;
     int64_t now = ppc_now_ms();
     int hb = e->opts.liveness_ms / 3;
@@ -555,6 +565,11 @@ int ppc_serve_tick(ppc_engine *e)
 
 void ppc_serve_shutdown(ppc_engine *e)
 {
+    if (e->dial_pending) {
+        close(e->dial_fd);
+        e->dial_fd = -1;
+        e->dial_pending = 0;
+    }
     while (e->sconns)
         sconn_close(e, e->sconns, "the node is shutting down");
     if (e->listen_fd >= 0) {
@@ -562,4 +577,124 @@ void ppc_serve_shutdown(ppc_engine *e)
         ppc_fd_close(e->listen_fd);
         e->listen_fd = -1;
     }
+}
+
+/* Connect-back: the node dials the client (no inbound port on the node).
+ * The socket we dialed is served exactly like an accepted one: the client
+ * still speaks first and must authenticate; only the TCP direction differs. */
+#define DIAL_BACKOFF_MIN_MS 100
+#define DIAL_BACKOFF_MAX_MS 5000
+#define DIAL_CONNECT_MS 5000 /* a dial not connected by then is dropped */
+#define DIAL_POLL_MS 10      /* how often a dial in progress is looked at */
+
+static int dial_finish(ppc_engine *e, int64_t now);
+
+ppc_sconn *ppc_serve_adopt(ppc_engine *e, int fd)
+{
+    if (e->nclients >= MAX_CLIENTS) {
+        close(fd);
+        return NULL;
+    }
+    return serve_socket(e, fd); /* closes fd when it fails */
+}
+
+int ppc_serve_dial_start(ppc_engine *e, char *err, size_t errlen)
+{
+    const char *h = e->opts.connect_host;
+    if (!h || !*h || strlen(h) >= sizeof e->dial_host || e->opts.connect_port <= 0 ||
+        e->opts.connect_port > 65535) {
+        snprintf(err, errlen, "invalid address to dial");
+        return -1;
+    }
+    if ((!e->opts.secret || e->opts.secret_len == 0) && e->tls_mode != PPC_TLS_CERT) {
+        snprintf(err, errlen, "an engine that dials a client needs a secret");
+        return -1;
+    }
+    if (serve_key(e, err, errlen) < 0)
+        return -1;
+    snprintf(e->dial_host, sizeof e->dial_host, "%s", h);
+    snprintf(e->dial_port, sizeof e->dial_port, "%d", e->opts.connect_port);
+    e->opts.connect_host = e->dial_host; /* the caller's string is not kept */
+    e->dial_next = 0;
+    e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+    e->dial_last_alive = ppc_now_ms();
+    return 0;
+}
+
+int ppc_serve_dial_tick(ppc_engine *e)
+{
+    if (!e->dial_host[0])
+        return -1;
+    int64_t now = ppc_now_ms();
+    if (e->dial_pending)
+        return dial_finish(e, now);
+    ppc_sconn *d = NULL;
+    for (ppc_sconn *s = e->sconns; s && !d; s = s->next)
+        if (s->dialed)
+            d = s;
+    /* reachable: connected (the client's kernel accepted us, so it runs,
+     * even while no Server of it takes the connection yet) */
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    int alive =
+        d && (d->state == S_READY || getpeername(d->c.fd, (struct sockaddr *)&sa, &sl) == 0);
+    if (alive != e->dial_alive) {
+        pthread_mutex_lock(&e->mu);
+        e->dial_alive = alive;
+        if (!alive)
+            e->dial_last_alive = now;
+        pthread_mutex_unlock(&e->mu);
+    }
+    if (d) {
+        if (d->state == S_READY)
+            e->dial_backoff_ms = DIAL_BACKOFF_MIN_MS;
+        return -1; /* connected (or connecting): its events take over */
+    }
+    if (now < e->dial_next)
+        return (int)(e->dial_next - now);
+    e->dial_next = now + e->dial_backoff_ms;
+    e->dial_backoff_ms =
+        e->dial_backoff_ms * 2 > DIAL_BACKOFF_MAX_MS ? DIAL_BACKOFF_MAX_MS : e->dial_backoff_ms * 2;
+    char err[256] = "";
+    int fd = ppc_net_connect(e->dial_host, e->dial_port, err, sizeof err);
+    if (fd < 0) {
+        ppc_engine_log(e, PPC_LOG_DEBUG, "cannot dial %s:%s: %s", e->dial_host, e->dial_port, err);
+        return (int)(e->dial_next - now);
+    }
+    e->dial_fd = fd;
+    e->dial_pending = 1;
+    e->dial_started = now;
+    return dial_finish(e, now);
+}
+
+/* The dial in progress: once connected, the socket is served (the node
+ * sends its preamble first, so it must be connected); not connected within
+ * DIAL_CONNECT_MS, it is dropped and dialed again after the backoff. Polled
+ * on the tick: the engine thread never blocks on it. */
+static int dial_finish(ppc_engine *e, int64_t now)
+{
+    struct pollfd p = {.fd = e->dial_fd, .events = POLLOUT};
+    int n = poll(&p, 1, 0);
+    if (n == 0) {
+        if (now - e->dial_started < DIAL_CONNECT_MS)
+            return DIAL_POLL_MS;
+        ppc_engine_log(e, PPC_LOG_DEBUG, "cannot dial %s:%s: timed out", e->dial_host, e->dial_port);
+    }
+    int err = n < 0 ? errno : ppc_net_sock_error(e->dial_fd);
+    int fd = e->dial_fd;
+    e->dial_pending = 0;
+    e->dial_fd = -1;
+    if (n == 0 || err) {
+        if (err)
+            ppc_engine_log(e, PPC_LOG_DEBUG, "cannot dial %s:%s: %s", e->dial_host, e->dial_port,
+                           strerror(err));
+        close(fd);
+        return e->dial_next > now ? (int)(e->dial_next - now) : 0;
+    }
+    ppc_sconn *s = ppc_serve_adopt(e, fd);
+    if (!s)
+        return e->dial_next > now ? (int)(e->dial_next - now) : 0;
+    s->dialed = 1;
+    ppc_engine_log(e, PPC_LOG_DEBUG, "dialed %s:%s", e->dial_host, e->dial_port);
+    return -1; /* the connection's events and ppc_serve_tick take over */
 }

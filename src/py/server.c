@@ -602,6 +602,8 @@ typedef struct server_args {
     PyObject *listen; /* borrowed: None, or (host, port) */
     const char *bcast;
     const char *certfile, *keyfile, *cafile; /* TLS certificate mode, or NULL */
+    int rendezvous;   /* connect-back: listening socket fd whose connections are nodes, or -1 */
+    PyObject *connect; /* borrowed: None, or (host, port) this node dials */
 } server_args;
 
 /* What the engine options point into; freed once the engine has copied it. */
@@ -629,19 +631,25 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
                              "_broadcast", "_shm", "_test", "_certfile", "_keyfile",
-                             "_cafile", NULL};
+                             "_cafile", "_rendezvous", "_connect", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
     PyObject *timeout_o = NULL, *liveness_o = Py_None, *test = Py_None;
     int proto = 5, raise_exc = 1, shm = 1;
     memset(a, 0, sizeof *a);
     a->listen = Py_None;
     a->discover_port = 51000;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpOzzz:Server", kwlist, &ncpus_o,
+    a->rendezvous = -1;
+    a->connect = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpOzzziO:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &a->listen, &liveness_o, &a->announce,
                                      &a->discover_port, &a->bcast, &shm, &test, &a->certfile,
-                                     &a->keyfile, &a->cafile))
+                                     &a->keyfile, &a->cafile, &a->rendezvous, &a->connect))
         return -1;
+    if (a->connect != Py_None && !PyTuple_Check(a->connect)) {
+        PyErr_SetString(PyExc_TypeError, "_connect must be a (host, port) tuple");
+        return -1;
+    }
     if ((a->certfile || a->keyfile || a->cafile) && !(a->certfile && a->keyfile && a->cafile)) {
         PyErr_SetString(PyExc_ValueError,
                         "TLS certificates need all three of certfile, keyfile and cafile");
@@ -704,7 +712,8 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
         PyErr_SetString(PyExc_TypeError, "_listen must be a (host, port) tuple");
         return -1;
     }
-    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None) && !a->certfile &&
+    if ((PyTuple_GET_SIZE(ppservers) > 0 || a->listen != Py_None || a->rendezvous >= 0 ||
+         a->connect != Py_None) && !a->certfile &&
         (secret == Py_None || PyObject_Length(secret) == 0)) {
         PyErr_SetString(PyExc_ValueError,
                         "a secret is required to use remote nodes: pass secret=..., or set "
@@ -793,6 +802,11 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
     }
     if (a->listen != Py_None &&
         !PyArg_ParseTuple(a->listen, "zi:_listen", &o->listen_host, &o->listen_port))
+        return -1;
+    o->rendezvous_fd = a->rendezvous;
+    o->has_rendezvous = a->rendezvous >= 0;
+    if (a->connect != Py_None &&
+        !PyArg_ParseTuple(a->connect, "si:_connect", &o->connect_host, &o->connect_port))
         return -1;
     /* remote nodes: "host[:port]" entries; any "*" entry asks for discovery */
     Py_ssize_t nps = PyTuple_GET_SIZE(self->ppservers);
