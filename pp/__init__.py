@@ -101,6 +101,10 @@ class Server(_ppc.Server):
     job with its own type, the worker's traceback attached as __cause__;
     when False, pp's old behaviour: the traceback is printed and job()
     returns None.
+    status_port: serve a live status page, /status (JSON), /metrics
+    (Prometheus) and /health on this port (0: a free one; see status_url),
+    from the engine's own thread. status_host: the address (default
+    127.0.0.1); any other needs the secret as "Authorization: Bearer ...".
     """
 
     default_port = 60000
@@ -108,7 +112,7 @@ class Server(_ppc.Server):
 
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
                  proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
-                 **node_options):
+                 status_port=None, status_host=None, **node_options):
         global _live_servers
         # Debug lines only where logging is in use: a program that never
         # imported logging has no handler that could show them, and importing
@@ -118,8 +122,14 @@ class Server(_ppc.Server):
         logger = logging.getLogger("pp") if logging else None
         if logger:
             logger.debug("Creating server instance (pp-%s)", __version__)
+        if status_port is not None:
+            if status_host not in (None, "", "127.0.0.1", "localhost", "::1") and secret is None:
+                secret = _user_secret()
+            from ._statusassets import assets
+            node_options["_status"] = (status_host, status_port, assets())
         if secret is None and (ppservers or node_options.get("_listen")):
             secret = _user_secret()
+        self._status_host = status_host
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
                              raise_exceptions, **node_options)
         if _live_servers is None:
@@ -129,6 +139,17 @@ class Server(_ppc.Server):
         _live_servers.add(self)
         if logger:
             logger.debug("pp local server started with %d workers", self.get_ncpus())
+
+    @property
+    def status_url(self):
+        """The status page's address ("http://127.0.0.1:PORT/"), or None."""
+        port = self._status_port()
+        if not port:
+            return None
+        host = self._status_host or "127.0.0.1"
+        if ":" in host:
+            host = "[%s]" % host
+        return "http://%s:%d/" % (host, port)
 
     def get_stats(self):
         """Node name -> Statistics (ncpus, njobs, time)."""

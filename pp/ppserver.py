@@ -16,7 +16,8 @@ import time
 USAGE = """Parallel Python Network Server (pp-%(version)s)
 Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
                 [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
-                [-k seconds] [-P pid_file]
+                [-k seconds] [-P pid_file] [--status-port port] [--status-host host]
+       ppserver --status [--watch] [--status-port port] [--status-host host] [-s secret]
 
 Options:
 -h                 : this help message
@@ -35,6 +36,13 @@ Options:
 -k seconds         : liveness: a silent client is dropped after this long
                      (default 3600); jobs may run longer
 -P pid_file        : file to write the process id to
+--status-port port : serve a status page, /status, /metrics and /health on
+                     this port (0: a free one, logged); config: status_port
+--status-host host : its address (default 127.0.0.1; any other requires the
+                     secret as a bearer token); config: status_host
+--status           : print the status of the ppserver whose status page is on
+                     --status-port (and --status-host) and exit; --watch:
+                     refresh it every 2 s until Ctrl-C
 
 A secret is required: there is no built-in default. Give one with -s,
 the config file ([general] secret = ...), the PP_SECRET variable, or
@@ -43,13 +51,15 @@ pp_secret = '...' in ~/.pythonrc.py.
 
 
 def _parse(argv):
-    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:")
+    opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:",
+                               ["status-port=", "status-host=", "status", "watch"])
     cfg = {
         "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
         "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
         "broadcast": "255.255.255.255", "port": 60000, "workers": "autodetect",
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
-        "discover_port": 51000,
+        "discover_port": 51000, "status_port": None, "status_host": None,
+        "show_status": False, "watch": False,
     }
     config_path = None
     for o, a in opts:
@@ -71,6 +81,8 @@ def _parse(argv):
             ("network", "timeout"): ("timeout", float),
             ("network", "socket_timeout"): ("socket_timeout", float),
             ("network", "discovery_port"): ("discover_port", int),
+            ("network", "status_port"): ("status_port", int),
+            ("network", "status_host"): ("status_host", str),
         }
         for (sec, key), (name, fn) in conv.items():
             src = g if sec == "general" else n
@@ -106,6 +118,14 @@ def _parse(argv):
             cfg["socket_timeout"] = float(a)
         elif o == "-P":
             cfg["pid_file"] = a
+        elif o == "--status-port":
+            cfg["status_port"] = int(a)
+        elif o == "--status-host":
+            cfg["status_host"] = a
+        elif o == "--status":
+            cfg["show_status"] = True
+        elif o == "--watch":
+            cfg["watch"] = True
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if not cfg["secret"]:
@@ -113,6 +133,21 @@ def _parse(argv):
         from pp import _user_secret
         cfg["secret"] = _user_secret() or None
     return cfg
+
+
+def _show_status(cfg):
+    """ppserver --status: the terminal picture of python -m pp.status."""
+    if cfg["status_port"] is None:
+        sys.stderr.write("ppserver: --status needs the status page's port: --status-port PORT "
+                         "(or status_port in the config file)\n")
+        return 2
+    from pp import status
+    host = cfg["status_host"] or "127.0.0.1"
+    if ":" in host:
+        host = "[%s]" % host
+    url = "http://%s:%d/" % (host, cfg["status_port"])
+    argv = [url] + (["--watch"] if cfg["watch"] else [])
+    return status.main(argv, token=cfg["secret"])
 
 
 def _bool(v):
@@ -132,6 +167,8 @@ def main(argv=None):
         sys.stderr.write("ppserver: %s\n\n" % e)
         sys.stderr.write(USAGE % {"version": _version()})
         return 2
+    if cfg["show_status"]:
+        return _show_status(cfg)
     if not cfg["secret"]:
         sys.stderr.write(
             "ppserver: refusing to start without a secret: anyone who can reach the port "
@@ -154,7 +191,8 @@ def main(argv=None):
         server = pp.Server(ncpus=cfg["workers"], secret=cfg["secret"], restart=cfg["restart"],
                            proto=cfg["proto"], _listen=(cfg["interface"], cfg["port"]),
                            _liveness=cfg["socket_timeout"], _announce=cfg["autodiscovery"],
-                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"])
+                           _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"],
+                           status_port=cfg["status_port"], status_host=cfg["status_host"])
     except (OSError, ValueError, TypeError) as e:
         sys.stderr.write("ppserver: %s\n" % e)
         return 1
@@ -166,6 +204,8 @@ def main(argv=None):
     log.info("ppserver %s listening on %s:%d with %d workers%s", pp.__version__,
              cfg["interface"], port, server.get_ncpus(),
              ", announcing itself" if cfg["autodiscovery"] else "")
+    if server.status_url:
+        log.info("status page on %s", server.status_url)
     sys.stdout.flush()
     try:
         while not stop:

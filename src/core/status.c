@@ -465,14 +465,16 @@ static void render_json(ppc_status *s, out *o)
     uint64_t sum = 0;
     for (int k = 59; k >= 0; k--) {
         uint32_t v = s->per_sec[(s->cur_sec - k) % RING];
-        if (k > 0)
-            sum += v;
+        sum += v;
         put(o, "%u%s", v, k ? "," : "");
     }
-    int64_t full = (now - s->started_ms) / 1000;
-    if (full > 59)
-        full = 59;
-    put(o, "],\"jobs_per_second_1m\":%.3f,", full > 0 ? (double)sum / (double)full : 0.0);
+    /* the window: 59 whole seconds and the current one so far, or less
+     * while the engine is younger */
+    double span = 59.0 + (double)(now % 1000) / 1000.0;
+    double age = (double)(now - s->started_ms) / 1000.0;
+    if (age < span)
+        span = age;
+    put(o, "],\"jobs_per_second_1m\":%.3f,", span > 0.05 ? (double)sum / span : 0.0);
     /* histogram */
     put(o, "\"histogram\":{\"bounds_seconds\":[");
     for (int b = 0; b < PPC_STATUS_NBUCKETS - 1; b++)
