@@ -693,7 +693,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         s->refused++;
         return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "read-only: GET only\n");
     }
-    if (*upload_data_size != 0) {
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (*upload_data_size != 0 || (cl && strcmp(cl, "0") != 0) ||
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
         s->refused++;
         return reply_text(c, MHD_HTTP_BAD_REQUEST, "a GET has no body\n");
     }
