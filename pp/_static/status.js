@@ -4,6 +4,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   let token = sessionStorage.getItem("ppc-token") || "";
+  let lastTop = null; // the newest error shown so far
 
   function fmtNum(n) { return n.toLocaleString("en-US"); }
   function fmtSec(s) {
@@ -12,6 +13,13 @@
     if (s < 1) return (s * 1e3).toFixed(1) + " ms";
     if (s < 120) return s.toFixed(2) + " s";
     return (s / 60).toFixed(1) + " min";
+  }
+  // a bucket's upper bound, short: 10µs, 1ms, 1s, 1min
+  function shortSec(s) {
+    if (s < 1e-3) return Math.round(s * 1e6) + "\u00b5s";
+    if (s < 1) return Math.round(s * 1e3) + "ms";
+    if (s < 60) return Math.round(s) + "s";
+    return Math.round(s / 60) + "min";
   }
   function fmtBytes(b) {
     if (b < 0) return "\u2013";
@@ -57,7 +65,7 @@
   function niceMax(v) {
     if (v <= 0) return 1;
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
   function axes(g, w, h, L, B, max) {
@@ -92,7 +100,7 @@
     const [g, w, h] = setup($("hist"));
     const c = hist.counts, L = 44, B = 20, max = niceMax(Math.max(...c));
     axes(g, w, h, L, B, max);
-    const labels = hist.bounds_seconds.map((b) => "\u2264" + fmtSec(b).replace(" ", "")).concat(["more"]);
+    const labels = hist.bounds_seconds.map(shortSec).concat(["more"]);
     const n = c.length, bw = (w - 4 - L) / n, y0 = h - B;
     for (let i = 0; i < n; i++) {
       const bh = (y0 - 8) * c[i] / max;
@@ -132,16 +140,24 @@
     if (!s.errors.length) {
       box.replaceChildren(el("p", "muted", "none"));
     } else {
-      box.replaceChildren(...s.errors.map((e) => {
+      const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.dataset.key));
+      const shown = s.errors.slice(0, 6);
+      box.replaceChildren(...shown.map((e, i) => {
         const d = el("details", "err"), sm = el("summary");
+        d.dataset.key = e.time + "|" + e.node + "|" + e.message;
+        // the newest one opens by itself; others stay as the user left them
+        if ((i === 0 && d.dataset.key !== lastTop) || open.has(d.dataset.key)) d.open = true;
         sm.append(el("span", "ty", e.type), document.createTextNode(": " + e.message),
                   el("span", "meta", "on " + e.node + ", " + new Date(e.time * 1000).toLocaleTimeString()));
         d.append(sm);
         if (e.traceback) d.append(el("pre", "", e.traceback));
         return d;
       }));
+      lastTop = shown[0].time + "|" + shown[0].node + "|" + shown[0].message;
+      if (s.errors.length > shown.length)
+        box.append(el("p", "muted", (s.errors.length - shown.length) + " older errors in /status"));
     }
-    drawRate(s.jobs_per_second);
+    drawRate(s.jobs_per_second.slice(0, -1)); // whole seconds: the current one is partial
     drawHist(s.histogram);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() +
       ", engine up " + fmtSec(s.uptime_seconds);
