@@ -57,6 +57,7 @@ def build_cases():
                       case="curve"))
     c.append(dict(id="remote", group="remote", script="remote.py", impls=["ppft", "ppc"],
                   rounds={"ppft": 3}))
+    c.append(dict(id="status", group="status", script="status.py", impls=["ppc"]))  # page cost
     return c
 
 
