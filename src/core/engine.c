@@ -132,14 +132,14 @@ static void publish(ppc_engine *e)
     ppc_job *list = e->done_head, *drop = NULL, *served = NULL;
     e->done_head = e->done_tail = NULL;
     int cbs = 0;
-    ppc_status *st = e->status;
+    if (e->status) /* the status page's counters: outside the lock */
+        for (ppc_job *j = list; j; j = j->next)
+            ppc_status_note_job(e->status, j, e->loop_ms);
     pthread_mutex_lock(&e->mu);
     while (list) {
         ppc_job *j = list;
         list = j->next;
         j->next = NULL;
-        if (st)
-            ppc_status_note_job(st, j, e->loop_ms);
         if (j->status == PPC_JOB_OK && !j->cancelled) {
             if (j->node == 0) {
                 e->local_njobs++;
