@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # bump the stamp's number when the dependency list changes
-STAMP := $(VENV)/.ppc-deps-2
+STAMP := $(VENV)/.ppc-deps-3
 SRC := $(wildcard src/core/*.c src/core/*.h src/py/*.c src/py/*.h)
 EXT := pp/_ppc$(shell $(PY) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CC ?= cc
@@ -18,11 +18,11 @@ CORE_SRC := $(wildcard src/core/*.c)
 # the interpreters `make test` runs the pytest suite on, and what they need
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
-TEST_DEPS := pytest pytest-timeout numpy pillow
+TEST_DEPS := pytest pytest-timeout numpy pillow prometheus_client
 # Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
-APT_BUILD := build-essential python3-dev python3-venv libssl-dev
+APT_BUILD := build-essential python3-dev python3-venv libssl-dev libmicrohttpd-dev
 # ... and those only the tests need
-APT_TEST := openssl slurm-wlm munge openmpi-bin libopenmpi-dev iproute2
+APT_TEST := openssl slurm-wlm munge openmpi-bin libopenmpi-dev iproute2 chromium
 # warnings are errors in make test and CI only (setup.py reads PPC_EXTRA_CFLAGS)
 TEST_CFLAGS := -Werror
 
@@ -61,9 +61,9 @@ demo-cluster: build
 # C unit tests of the plain-C engine, plain and under ASan + UBSan.
 build/ctest/%: tests/c/%.c $(CORE_SRC) $(wildcard src/core/*.h tests/c/*.h) tests/c/echo_worker.c
 	@mkdir -p build/ctest
-	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lssl -lcrypto
+	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lssl -lcrypto -lmicrohttpd
 	$(CC) $(CWARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lssl -lcrypto
+	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lssl -lcrypto -lmicrohttpd
 build/ctest/echo_worker: tests/c/echo_worker.c $(CORE_SRC)
 	@mkdir -p build/ctest
 	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< src/core/buf.c src/core/frame.c

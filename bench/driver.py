@@ -61,6 +61,7 @@ def build_cases():
           for i in ("remote_tls_tiny", "remote_tls_echo")]  # TLS against cleartext
     c += [dict(id=i, group="mpi", script="mpi.py", impls=["mpi4py", "ppc"])
           for i in ("mpi_tiny", "mpi_startup")]
+    c.append(dict(id="status", group="status", script="status.py", impls=["ppc"]))  # page cost
     return c
 
 

@@ -142,6 +142,10 @@ class Server(_ppc.Server):
     job with its own type, the worker's traceback attached as __cause__;
     when False, pp's old behaviour: the traceback is printed and job()
     returns None.
+    status_port: serve a live status page, /status (JSON), /metrics
+    (Prometheus) and /health on this port (0: a free one; see status_url),
+    from the engine's own thread. status_host: the address (default
+    127.0.0.1); any other needs the secret as "Authorization: Bearer ...".
     """
 
     default_port = 60000
@@ -149,7 +153,8 @@ class Server(_ppc.Server):
 
     def __init__(self, ncpus="autodetect", ppservers=(), secret=None, restart=False,
                  proto=_ppc.HIGHEST_PROTOCOL, socket_timeout=3600, raise_exceptions=True,
-                 secret_file=None, certfile=None, keyfile=None, cafile=None, **node_options):
+                 secret_file=None, certfile=None, keyfile=None, cafile=None,
+                 status_port=None, status_host=None, **node_options):
         global _live_servers
         # Debug lines only where logging is in use: a program that never
         # imported logging has no handler that could show them, and importing
@@ -182,6 +187,12 @@ class Server(_ppc.Server):
                 "makes one)", len(secret), MIN_SECRET_LEN)
         if certfile is not None or keyfile is not None or cafile is not None:
             node_options.update(_certfile=certfile, _keyfile=keyfile, _cafile=cafile)
+        if status_port is not None:
+            if status_host not in (None, "", "127.0.0.1", "localhost", "::1") and secret is None:
+                secret = _user_secret()
+            from ._statusassets import assets
+            node_options["_status"] = (status_host, status_port, assets())
+        self._status_host = status_host
         _ppc.Server.__init__(self, ncpus, ppservers, secret, restart, proto, socket_timeout,
                              raise_exceptions, **node_options)
         if _live_servers is None:
@@ -191,6 +202,17 @@ class Server(_ppc.Server):
         _live_servers.add(self)
         if logger:
             logger.debug("pp local server started with %d workers", self.get_ncpus())
+
+    @property
+    def status_url(self):
+        """The status page's address ("http://127.0.0.1:PORT/"), or None."""
+        port = self._status_port()
+        if not port:
+            return None
+        host = self._status_host or "127.0.0.1"
+        if ":" in host:
+            host = "[%s]" % host
+        return "http://%s:%d/" % (host, port)
 
     def get_stats(self):
         """Node name -> Statistics (ncpus, njobs, time)."""

@@ -18,6 +18,8 @@ Usage: ppserver [-hdar] [-f format] [-n proto] [-c config_path] [-i interface]
                 [-b broadcast] [-p port] [-w nworkers] [-s secret] [-t seconds]
                 [-k seconds] [-P pid_file] [--secret-file path] [--new-secret]
                 [--certfile path --keyfile path --cafile path] [--connect host:port]
+                [--status-port port] [--status-host host]
+       ppserver --status [--watch] [--status-port port] [--status-host host] [-s secret]
 
 Options:
 -h                 : this help message
@@ -45,6 +47,13 @@ Options:
 -P pid_file        : file to write the process id to
 --connect host:port: dial that client instead of listening (connect-back:
                      no inbound port here); redialed with backoff when lost
+--status-port port : serve a status page, /status, /metrics and /health on
+                     this port (0: a free one, logged); config: status_port
+--status-host host : its address (default 127.0.0.1; any other requires the
+                     secret as a bearer token); config: status_host
+--status           : print the status of the ppserver whose status page is on
+                     --status-port (and --status-host) and exit; --watch:
+                     refresh it every 2 s until Ctrl-C
 
 A secret (or certificates) is required: there is no built-in default.
 Make one with --new-secret, store it in a file only you can read, and give
@@ -57,7 +66,8 @@ secret = ...), the PP_SECRET variable, or pp_secret = '...' in
 def _parse(argv):
     opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:",
                                ["secret-file=", "new-secret", "certfile=", "keyfile=",
-                                "cafile=", "connect="])
+                                "cafile=", "connect=", "status-port=", "status-host=", "status",
+                                "watch"])
     cfg = {
         "debug": False, "format": "%(asctime)s %(levelname)s %(message)s",
         "autodiscovery": False, "restart": False, "proto": 5, "interface": "0.0.0.0",
@@ -65,6 +75,8 @@ def _parse(argv):
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
         "discover_port": 51000, "secret_file": None, "certfile": None, "keyfile": None,
         "cafile": None, "secret_on_cmdline": False, "connect": None,
+        "discover_port": 51000, "status_port": None, "status_host": None,
+        "show_status": False, "watch": False,
     }
     config_path = None
     for o, a in opts:
@@ -89,6 +101,8 @@ def _parse(argv):
             ("general", "secret_file"): ("secret_file", str),
             ("general", "certfile"): ("certfile", str), ("general", "keyfile"): ("keyfile", str),
             ("general", "cafile"): ("cafile", str),
+            ("network", "status_port"): ("status_port", int),
+            ("network", "status_host"): ("status_host", str),
         }
         for (sec, key), (name, fn) in conv.items():
             src = g if sec == "general" else n
@@ -140,6 +154,14 @@ def _parse(argv):
             if not sep or not host or not port.isdigit():
                 raise getopt.GetoptError("--connect wants host:port, not %r" % a)
             cfg["connect"] = (host.strip("[]"), int(port))
+        elif o == "--status-port":
+            cfg["status_port"] = int(a)
+        elif o == "--status-host":
+            cfg["status_host"] = a
+        elif o == "--status":
+            cfg["show_status"] = True
+        elif o == "--watch":
+            cfg["watch"] = True
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if cfg["secret_file"]:
@@ -153,6 +175,21 @@ def _parse(argv):
         from pp import _user_secret
         cfg["secret"] = _user_secret() or None
     return cfg
+
+
+def _show_status(cfg):
+    """ppserver --status: the terminal picture of python -m pp.status."""
+    if cfg["status_port"] is None:
+        sys.stderr.write("ppserver: --status needs the status page's port: --status-port PORT "
+                         "(or status_port in the config file)\n")
+        return 2
+    from pp import status
+    host = cfg["status_host"] or "127.0.0.1"
+    if ":" in host:
+        host = "[%s]" % host
+    url = "http://%s:%d/" % (host, cfg["status_port"])
+    argv = [url] + (["--watch"] if cfg["watch"] else [])
+    return status.main(argv, token=cfg["secret"])
 
 
 def _bool(v):
@@ -172,6 +209,8 @@ def main(argv=None):
         sys.stderr.write("ppserver: %s\n\n" % e)
         sys.stderr.write(USAGE % {"version": _version()})
         return 2
+    if cfg["show_status"]:
+        return _show_status(cfg)
     if not cfg["secret"] and not cfg["certfile"]:
         sys.stderr.write(
             "ppserver: refusing to start without a secret: anyone who can reach the port "
@@ -203,7 +242,8 @@ def main(argv=None):
                            proto=cfg["proto"], _liveness=cfg["socket_timeout"],
                            _broadcast=cfg["broadcast"], _discover_port=cfg["discover_port"],
                            certfile=cfg["certfile"], keyfile=cfg["keyfile"],
-                           cafile=cfg["cafile"], **where)
+                           cafile=cfg["cafile"], status_port=cfg["status_port"],
+                           status_host=cfg["status_host"], **where)
     except (OSError, ValueError, TypeError) as e:
         sys.stderr.write("ppserver: %s\n" % e)
         return 1
@@ -220,6 +260,8 @@ def main(argv=None):
         log.info("ppserver %s listening on %s:%d with %d workers%s (%s)", pp.__version__,
                  cfg["interface"], port, server.get_ncpus(),
                  ", announcing itself" if cfg["autodiscovery"] else "", tls)
+    if server.status_url:
+        log.info("status page on %s", server.status_url)
     sys.stdout.flush()
     try:
         while not stop:

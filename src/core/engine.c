@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "engine_int.h"
 #include "frame.h"
+#include "status.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -149,6 +150,9 @@ static void publish(ppc_engine *e)
     ppc_job *list = e->done_head, *drop = NULL, *served = NULL;
     e->done_head = e->done_tail = NULL;
     int cbs = 0;
+    if (e->status) /* the status page's counters: outside the lock */
+        for (ppc_job *j = list; j; j = j->next)
+            ppc_status_note_job(e->status, j, e->loop_ms);
     pthread_mutex_lock(&e->mu);
     while (list) {
         ppc_job *j = list;
@@ -284,6 +288,8 @@ static void *engine_main(void *arg)
         int n = epoll_wait(e->epfd, evs, 64, idle ? timeout : 0);
         if (n < 0 && errno != EINTR)
             n = 0;
+        if (e->status)
+            e->loop_ms = ppc_now_ms();
         pthread_mutex_lock(&e->mu);
         e->sleeping = 0;
         e->saturated = 0;
@@ -332,6 +338,8 @@ static void *engine_main(void *arg)
                 ppc_remote_accept(e);
             } else if (src->kind == PPC_SRC_UDP) {
                 ppc_discover_event(e);
+            } else if (src->kind == PPC_SRC_STATUS) {
+                ppc_status_event(e->status);
             } else {
                 ppc_pool_event(e->pool, src, evs[i].events);
             }
@@ -345,6 +353,8 @@ static void *engine_main(void *arg)
         t = min_timeout(t, ppc_serve_tick(e));
         t = min_timeout(t, ppc_serve_dial_tick(e));
         t = min_timeout(t, ppc_discover_tick(e));
+        if (e->status)
+            t = min_timeout(t, ppc_status_tick(e->status));
         /* before schedule and publish: it may settle a reaped worker's job */
         t = min_timeout(t, ppc_pool_tick(e->pool));
         schedule(e);
@@ -356,6 +366,9 @@ static void *engine_main(void *arg)
         if (e->rq_head && timeout < 0 && e->nrn > 0)
             timeout = 1000; /* re-check whether queued jobs can still run */
     }
+    /* no page once the engine stops: /health answers only while it runs */
+    ppc_status_free(e->status);
+    e->status = NULL;
     ppc_serve_shutdown(e);
     ppc_discover_stop(e);
     fail_queue(e, PPC_JOB_EDESTROYED, "the server was destroyed");
@@ -556,6 +569,12 @@ ppc_engine *ppc_engine_new(const ppc_engine_opts *o, char *err, size_t errlen)
         ppc_discover_start(e, err, errlen) < 0)
         goto fail;
     e->opts.discover_patterns = NULL; /* the caller's: parsed by now */
+    if (o->status_on) {
+        if (!(e->status = ppc_status_start(e, err, errlen)))
+            goto fail;
+        e->status_port = ppc_status_port(e->status);
+        e->loop_ms = ppc_now_ms();
+    }
     /* The engine thread takes no signals: SIGPIPE on a dead worker's pipe
      * becomes EPIPE, and the caller's handlers (Ctrl-C) stay with it. */
     sigset_t all, old;
@@ -647,6 +666,7 @@ void ppc_engine_free(ppc_engine *e)
             ppc_pool_shutdown(e->pool); /* adopted workers, if any */
         ppc_pool_free(e->pool);
     }
+    ppc_status_free(e->status); /* the engine thread never ran */
     ppc_shm_pool_destroy(&e->shm);
     free(e->shmret);
     ppc_remote_free(e);
@@ -888,6 +908,11 @@ size_t ppc_engine_pending(ppc_engine *e)
     size_t n = e->total_pending;
     pthread_mutex_unlock(&e->mu);
     return n;
+}
+
+int ppc_engine_status_port(ppc_engine *e)
+{
+    return e->status_port; /* set before the engine thread starts */
 }
 
 int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max)

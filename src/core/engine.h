@@ -100,7 +100,22 @@ typedef struct ppc_engine_opts {
     int has_rendezvous;
     const char *connect_host;
     int connect_port;
+    /* status page (status.h): served when status_on, on status_host (NULL:
+     * 127.0.0.1) and status_port (0: any free port); the page's files are
+     * copied (path such as "/index.html", content type, bytes) */
+    int status_on;
+    const char *status_host;
+    int status_port;
+    const struct ppc_status_asset *status_assets;
+    int nstatus_assets;
 } ppc_engine_opts;
+
+typedef struct ppc_status_asset {
+    const char *path;
+    const char *type;
+    const uint8_t *data;
+    size_t len;
+} ppc_status_asset;
 
 #define PPC_GROUP_ALL UINT32_MAX
 
@@ -185,6 +200,9 @@ size_t ppc_engine_pending(ppc_engine *e);
  * last client activity. A node that dials its client: 1 while connected
  * to it, and ms since it was last. */
 void ppc_engine_server_info(ppc_engine *e, int *port, int *nclients, int64_t *idle_ms);
+
+/* The status page's port, or 0 when it is not served. */
+int ppc_engine_status_port(ppc_engine *e);
 
 /* Process ids of the live local workers; returns count (<= max). */
 int ppc_engine_worker_pids(ppc_engine *e, int *pids, int max);

@@ -28,7 +28,8 @@ enum {
     PPC_SRC_SCONN = 6,  /* ppserver: connection from a client */
     PPC_SRC_UDP = 7,    /* autodiscovery socket */
     PPC_SRC_WPID = 8,   /* pidfd of a worker whose pipe closed: it exited */
-    PPC_SRC_RDV = 9     /* client: rendezvous socket, nodes dial in (connect-back) */
+    PPC_SRC_RDV = 9,    /* client: rendezvous socket, nodes dial in (connect-back) */
+    PPC_SRC_STATUS = 10 /* the status page's HTTP epoll fd (status.c) */
 };
 typedef struct ppc_evsrc {
     int kind;
@@ -59,6 +60,7 @@ typedef struct ppc_worker {
     int killed;         /* we sent SIGKILL */
     int expected;       /* it was told to go and had nothing left to do */
     char why[96];       /* the engine's reason (a broken protocol), or "" */
+    int64_t busy_since; /* loop time (ms) its current job started; status page */
 } ppc_worker;
 
 /* A framed, non-blocking stream socket (either side of the network). */
@@ -244,6 +246,9 @@ struct ppc_engine {
      * it is not (ppc_engine_server_info reports it to the idle timeout) */
     int dial_alive;
     int64_t dial_last_alive;
+    struct ppc_status *status; /* the status page, or NULL (status.c) */
+    int64_t loop_ms;           /* this loop turn's time, kept while status is on */
+    int status_port;           /* its port, fixed before the thread starts */
 };
 
 /* engine.c services for the nodes */
@@ -331,6 +336,8 @@ int ppc_pool_tick(ppc_pool *p);
 int ppc_pool_dead(ppc_pool *p, const char **msg);
 /* Fail in-flight jobs with EDESTROYED and stop every worker. */
 void ppc_pool_shutdown(ppc_pool *p);
+/* The live workers, in a list linked by next (engine thread: status page). */
+ppc_worker *ppc_pool_workers(ppc_pool *p);
 /* Cancel the jobs of a gone requester: workers running them are stopped. */
 void ppc_pool_cancel_origin(ppc_pool *p, void *origin);
 

@@ -462,7 +462,8 @@ int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j)
     else
         w->fl_head = j;
     w->fl_tail = j;
-    w->inflight++;
+    if (w->inflight++ == 0)
+        w->busy_since = p->e->loop_ms;
     j->node = 0;
     atomic_store_explicit(&j->state, PPC_JOB_RUNNING, memory_order_relaxed);
     return 0;
@@ -641,7 +642,8 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     w->fl_head = j->next;
     if (!w->fl_head)
         w->fl_tail = NULL;
-    w->inflight--;
+    if (--w->inflight > 0)
+        w->busy_since = e->loop_ms; /* the next one starts now */
     j->next = NULL;
     if (f->aux & (PPC_AUX_NOSHM | PPC_AUX_NOVM)) {
         /* the worker cannot map our segments (NOSHM: from now on arguments
@@ -855,6 +857,11 @@ void ppc_pool_shutdown(ppc_pool *p)
         }
         e->batch_n = 0;
     }
+}
+
+ppc_worker *ppc_pool_workers(ppc_pool *p)
+{
+    return p ? p->workers : NULL;
 }
 
 void ppc_pool_cancel_origin(ppc_pool *p, void *origin)

@@ -604,6 +604,7 @@ typedef struct server_args {
     const char *certfile, *keyfile, *cafile; /* TLS certificate mode, or NULL */
     int rendezvous;   /* connect-back: listening socket fd whose connections are nodes, or -1 */
     PyObject *connect; /* borrowed: None, or (host, port) this node dials */
+    PyObject *status; /* borrowed: None, or (host, port, ((path, type, bytes), ...)) */
 } server_args;
 
 /* What the engine options point into; freed once the engine has copied it. */
@@ -613,6 +614,7 @@ typedef struct opts_mem {
     const char **cenv;
     const char **nodes;
     const char **patterns; /* discovery entries of ppservers */
+    ppc_status_asset *assets;
 } opts_mem;
 
 static void opts_mem_free(opts_mem *m)
@@ -623,6 +625,7 @@ static void opts_mem_free(opts_mem *m)
     PyMem_Free(m->cenv);
     PyMem_Free(m->nodes);
     PyMem_Free(m->patterns);
+    PyMem_Free(m->assets);
 }
 
 static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_args *a)
@@ -631,21 +634,27 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
                              "proto",    "socket_timeout", "raise_exceptions",
                              "_listen",  "_liveness",      "_announce", "_discover_port",
                              "_broadcast", "_shm", "_test", "_certfile", "_keyfile",
-                             "_cafile", "_rendezvous", "_connect", NULL};
+                             "_cafile", "_rendezvous", "_connect", "_status", NULL};
     PyObject *ncpus_o = NULL, *ppservers = NULL, *secret = Py_None, *restart_o = Py_False;
     PyObject *timeout_o = NULL, *liveness_o = Py_None, *test = Py_None;
     int proto = 5, raise_exc = 1, shm = 1;
     memset(a, 0, sizeof *a);
     a->listen = Py_None;
+    a->status = Py_None;
     a->discover_port = 51000;
     a->rendezvous = -1;
     a->connect = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpOzzziO:Server", kwlist, &ncpus_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOOOiOpOOpizpOzzziOO:Server", kwlist, &ncpus_o,
                                      &ppservers, &secret, &restart_o, &proto, &timeout_o,
                                      &raise_exc, &a->listen, &liveness_o, &a->announce,
                                      &a->discover_port, &a->bcast, &shm, &test, &a->certfile,
-                                     &a->keyfile, &a->cafile, &a->rendezvous, &a->connect))
+                                     &a->keyfile, &a->cafile, &a->rendezvous, &a->connect,
+                                     &a->status))
         return -1;
+    if (a->status != Py_None && !PyTuple_Check(a->status)) {
+        PyErr_SetString(PyExc_TypeError, "_status must be a (host, port, assets) tuple");
+        return -1;
+    }
     if (a->connect != Py_None && !PyTuple_Check(a->connect)) {
         PyErr_SetString(PyExc_TypeError, "_connect must be a (host, port) tuple");
         return -1;
@@ -747,6 +756,37 @@ static int parse_args(ppc_Server *self, PyObject *args, PyObject *kw, server_arg
     return 0;
 }
 
+/* The status page: (host or None, port, ((path, content type, bytes), ...)). */
+static int status_opts(PyObject *st, ppc_engine_opts *o, opts_mem *m)
+{
+    PyObject *assets;
+    if (!PyArg_ParseTuple(st, "ziO!:_status", &o->status_host, &o->status_port, &PyTuple_Type,
+                          &assets))
+        return -1;
+    if (o->status_port < 0 || o->status_port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "status_port must be 0..65535 (0: a free port)");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(assets);
+    if (!(m->assets = PyMem_Calloc((size_t)n + 1, sizeof *m->assets))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *data;
+        Py_ssize_t len;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(assets, i), "ssy#:_status asset",
+                              &m->assets[i].path, &m->assets[i].type, &data, &len))
+            return -1;
+        m->assets[i].data = (const uint8_t *)data;
+        m->assets[i].len = (size_t)len;
+    }
+    o->status_on = 1;
+    o->status_assets = m->assets;
+    o->nstatus_assets = (int)n;
+    return 0;
+}
+
 static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *o, opts_mem *m)
 {
     memset(o, 0, sizeof *o);
@@ -807,6 +847,8 @@ static int engine_opts(ppc_Server *self, const server_args *a, ppc_engine_opts *
     o->has_rendezvous = a->rendezvous >= 0;
     if (a->connect != Py_None &&
         !PyArg_ParseTuple(a->connect, "si:_connect", &o->connect_host, &o->connect_port))
+        return -1;
+    if (a->status != Py_None && status_opts(a->status, o, m) < 0)
         return -1;
     /* remote nodes: "host[:port]" entries; any "*" entry asks for discovery */
     Py_ssize_t nps = PyTuple_GET_SIZE(self->ppservers);
@@ -1376,6 +1418,14 @@ static PyObject *Server_server_info(ppc_Server *self, PyObject *noargs)
     return Py_BuildValue("(iid)", port, n, (double)idle / 1000.0);
 }
 
+static PyObject *Server_status_port(ppc_Server *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (ppc_server_check_owner(self) < 0)
+        return NULL;
+    return PyLong_FromLong(self->engine ? ppc_engine_status_port(self->engine) : 0);
+}
+
 static PyObject *Server_active_tasks(ppc_Server *self, PyObject *noargs)
 {
     (void)noargs;
@@ -1538,6 +1588,8 @@ static PyMethodDef Server_methods[] = {
     {"rescan", (PyCFunction)Server_rescan, METH_NOARGS,
      "Autodiscovery: query for ppservers again and listen for announcements "
      "for the discovery window (5 s); returns at once."},
+    {"_status_port", (PyCFunction)Server_status_port, METH_NOARGS,
+     "The status page's port (0: not served)."},
     {"_worker_pids", (PyCFunction)Server_worker_pids, METH_NOARGS,
      "Process ids of the live local workers."},
     {"destroy", (PyCFunction)Server_destroy, METH_NOARGS,
