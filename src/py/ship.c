@@ -624,6 +624,126 @@ out:
     return rc;
 }
 
+/* 1 when o's __module__ is "__main__" (0 without an error otherwise). */
+static int in_main(PyObject *o)
+{
+    PyObject *m = PyObject_GetAttrString(o, "__module__");
+    int r = m && PyUnicode_Check(m) && PyUnicode_CompareWithASCIIString(m, "__main__") == 0;
+    Py_XDECREF(m);
+    PyErr_Clear();
+    return r;
+}
+
+/* The identifiers of a source text (not those after a dot), as a set. */
+static PyObject *source_idents(PyObject *src)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(src, &n);
+    PyObject *out = s ? PySet_New(NULL) : NULL;
+    for (Py_ssize_t i = 0; out && i < n;) {
+        char c = s[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_') {
+            Py_ssize_t b = i;
+            while (i < n && ((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+                             (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+                i++;
+            if (b > 0 && s[b - 1] == '.')
+                continue;
+            PyObject *id = PyUnicode_FromStringAndSize(s + b, i - b);
+            if (!id || PySet_Add(out, id) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(id);
+        } else {
+            i++;
+        }
+    }
+    return out;
+}
+
+/* A class of __main__ and what its class statement needs in the worker,
+ * appended to out in order: its bases of __main__ (any depth, each before
+ * the classes deriving from it), then the modules and imported names its
+ * source mentions (decorators such as @dataclass, field(), bases or types
+ * from other modules), then the class. seen: ids already placed. */
+static int add_main_class(PyObject *main, PyObject *cls, PyObject *out, PyObject *mods,
+                          PyObject *seen)
+{
+    PyObject *key = PyLong_FromVoidPtr(cls);
+    int c = key ? PySet_Contains(seen, key) : -1;
+    if (c == 0)
+        c = PySet_Add(seen, key) < 0 ? -1 : 0;
+    else if (c == 1)
+        c = 2;
+    Py_XDECREF(key);
+    if (c)
+        return c == 2 ? 0 : -1;
+    PyObject *mro = ((PyTypeObject *)cls)->tp_mro;
+    for (Py_ssize_t i = mro ? PyTuple_GET_SIZE(mro) - 1 : 0; i >= 1; i--) {
+        PyObject *b = PyTuple_GET_ITEM(mro, i);
+        if (in_main(b) && add_main_class(main, b, out, mods, seen) < 0)
+            return -1;
+    }
+    PyObject *fs = inspect_source(cls);
+    if (!fs)
+        return -1;
+    PyObject *ids = fs != Py_None ? source_idents(PyTuple_GET_ITEM(fs, 0)) : NULL;
+    Py_DECREF(fs);
+    PyObject *d = PyModule_GetDict(main); /* borrowed */
+    PyObject *it = ids ? PyObject_GetIter(ids) : NULL, *n;
+    while (it && (n = PyIter_Next(it))) {
+        PyObject *v = PyDict_GetItemWithError(d, n); /* borrowed */
+        int rc = 0;
+        if (v && PyModule_Check(v)) {
+            PyObject *mn = PyModule_GetNameObject(v);
+            PyObject *stmt = !mn ? NULL
+                             : PyUnicode_Compare(mn, n) == 0
+                                 ? PyUnicode_FromFormat("import %U", mn)
+                                 : PyUnicode_FromFormat("import %U as %U", mn, n);
+            rc = stmt ? PyList_Append(mods, stmt) : (PyErr_Clear(), 0);
+            Py_XDECREF(stmt);
+            Py_XDECREF(mn);
+        } else if (v && PyType_Check(v) && v != cls && in_main(v)) {
+            rc = add_main_class(main, v, out, mods, seen);
+        } else if (v && (PyFunction_Check(v) || PyType_Check(v) || PyCFunction_Check(v)) &&
+                   !in_main(v)) {
+            /* imported under its own name only: deps are bound by __name__ */
+            PyObject *nm = PyObject_GetAttrString(v, "__name__");
+            if (nm && PyUnicode_Check(nm) && PyUnicode_Compare(nm, n) == 0)
+                rc = PyList_Append(out, v);
+            else
+                PyErr_Clear();
+            Py_XDECREF(nm);
+        }
+        Py_DECREF(n);
+        if (rc < 0 || PyErr_Occurred())
+            break;
+    }
+    Py_XDECREF(it);
+    Py_XDECREF(ids);
+    if (PyErr_Occurred())
+        return -1;
+    return PyList_Append(out, cls);
+}
+
+/* deps with every class of __main__ expanded by add_main_class. */
+static int expand_main_classes(PyObject *main, PyObject *deps, PyObject *mods)
+{
+    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
+    int rc = out && seen ? 0 : -1;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(deps); i++) {
+        PyObject *d = PyList_GET_ITEM(deps, i);
+        if (main && PyType_Check(d) && in_main(d))
+            rc = add_main_class(main, d, out, mods, seen);
+        else
+            rc = PyList_Append(out, d);
+    }
+    if (rc == 0)
+        rc = PyList_SetSlice(deps, 0, PyList_GET_SIZE(deps), out);
+    Py_XDECREF(out);
+    Py_XDECREF(seen);
+    return rc;
+}
+
 /* The blob of a call's function (ppc_py.h). */
 PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
                           PyObject *globals, PyObject *main_names, int proto, int *vol,
@@ -656,6 +776,8 @@ PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
         if (rc < 0)
             goto out;
     }
+    if (expand_main_classes(main, deps, mods) < 0)
+        goto out;
     /* each dependency once, in order */
     seen = PySet_New(NULL);
     if (!seen)
