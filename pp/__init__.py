@@ -26,11 +26,21 @@ __all__ = ["Server", "Template", "DestroyedServerError", "WorkerError", "RemoteE
 
 
 
+# names of modules imported on first use (`import pp` stays cheap)
+_LAZY = {"wait": "futures", "as_completed": "futures", "FIRST_COMPLETED": "futures",
+         "FIRST_EXCEPTION": "futures", "ALL_COMPLETED": "futures",
+         "TimeoutError": "futures", "CancelledError": "futures", "Executor": "executor",
+         "progress": "_progress"}
+
+
 def __getattr__(name):
     # pp.logger, made on first use so that `import pp` does not import logging
     if name == "logger":
         import logging
         return logging.getLogger("pp")
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 

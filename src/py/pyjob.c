@@ -3,7 +3,14 @@
  * job() waits with the GIL released (in short slices so Ctrl-C is honoured
  * at once), then unpacks the worker's result a single time: prints what the
  * job wrote to stdout, unpickles the value, or rebuilds the exception with
- * the worker's traceback attached as __cause__. */
+ * the worker's traceback attached as __cause__.
+ *
+ * A Job is also a future (concurrent.futures' names and semantics):
+ * result/exception with a timeout, done/running/cancelled, cancel (only
+ * while queued), kill (its worker is killed and replaced), done callbacks
+ * (run on the Server's events thread, or at once when already done) and
+ * `await job` (pp/futures.py: one asyncio future per awaited job, settled
+ * from a done callback, no thread per job). */
 #include "ppc_py.h"
 #include "../core/frame.h"
 #include <string.h>
@@ -28,6 +35,8 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
     self->exc = NULL;
     self->pins = NULL;
     self->unpacked = 0;
+    self->done_cbs = NULL;
+    self->watched = 0;
     return self;
 }
 
@@ -280,12 +289,44 @@ static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes
     return obj;
 }
 
+/* The status a stopped job reports: a remote node answers a KILL with
+ * EKILLED whatever the reason; our own request says which. */
+static int job_status(ppc_job *j)
+{
+    int st = j->status;
+    if (st == PPC_JOB_EKILLED || st == PPC_JOB_ETIMEOUT) {
+        int kr = atomic_load(&j->killreq);
+        if (kr)
+            st = kr;
+    }
+    return st;
+}
+
+/* The class for a stopped job's error (new reference). */
+static PyObject *stop_error_type(int st)
+{
+    if (st == PPC_JOB_ETIMEOUT)
+        return ppc_import_attr("pp.futures", "TimeoutError");
+    return ppc_import_attr("concurrent.futures", "CancelledError");
+}
+
 int ppc_job_unpack(ppc_Job *self)
 {
     if (self->unpacked)
         return 0;
     Py_CLEAR(self->pins); /* the job is finished: no worker reads them any more */
     ppc_job *j = self->job;
+    int st = job_status(j);
+    if (st == PPC_JOB_ECANCELLED || st == PPC_JOB_EKILLED || st == PPC_JOB_ETIMEOUT) {
+        PyObject *type = stop_error_type(st);
+        const char *msg = j->result ? (const char *)j->result : "job stopped";
+        self->exc = type ? PyObject_CallFunction(type, "s", msg) : NULL;
+        Py_XDECREF(type);
+        if (!self->exc)
+            return -1;
+        self->unpacked = 1;
+        return 0;
+    }
     if (j->status != PPC_JOB_OK) {
         PyObject *type = j->status == PPC_JOB_EDESTROYED ? G.DestroyedServerError : G.WorkerError;
         const char *msg = j->result ? (const char *)j->result : "job failed";
@@ -352,10 +393,27 @@ int ppc_job_unpack(ppc_Job *self)
     return 0;
 }
 
+static int cancelled_early(ppc_Job *self)
+{
+    return atomic_load(&self->job->claim) == PPC_CLAIM_CANCELLED;
+}
+
+static PyObject *raise_cancelled(void)
+{
+    PyObject *t = ppc_import_attr("concurrent.futures", "CancelledError");
+    if (t) {
+        PyErr_SetString(t, "the job was cancelled");
+        Py_DECREF(t);
+    }
+    return NULL;
+}
+
 static PyObject *Job_result(ppc_Job *self)
 {
     if (!self->unpacked && ppc_server_check_owner(self->server) < 0)
         return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
     if (would_deadlock(self))
         return NULL;
     if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
@@ -396,6 +454,224 @@ static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     return Job_result(self);
+}
+
+/* Wait until done, at most secs (< 0: forever): 1 done, 0 timed out, -1
+ * error. Cancelled counts as done. */
+static int wait_secs(ppc_Job *self, double secs)
+{
+    if (ppc_server_check_owner(self->server) < 0 || would_deadlock(self))
+        return -1;
+    if (secs < 0) {
+        if (cancelled_early(self))
+            return 1;
+        return ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0 ? -1 : 1;
+    }
+    double left = secs;
+    for (;;) {
+        if (atomic_load_explicit(&self->job->state, memory_order_acquire) == PPC_JOB_DONE ||
+            cancelled_early(self))
+            return 1;
+        if (left <= 0)
+            return 0;
+        int ms = left * 1000 < WAIT_SLICE_MS ? (int)(left * 1000) + 1 : WAIT_SLICE_MS, done;
+        Py_BEGIN_ALLOW_THREADS
+        done = ppc_engine_wait_job(self->server->engine, self->job, ms);
+        Py_END_ALLOW_THREADS
+        if (done)
+            return 1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        left -= ms / 1000.0;
+    }
+}
+
+static int parse_timeout(PyObject *args, PyObject *kw, const char *fname, double *secs)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *t = Py_None;
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "|O:%s", fname);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, &t))
+        return -1;
+    *secs = -1;
+    if (t != Py_None) {
+        *secs = PyFloat_AsDouble(t);
+        if (*secs == -1 && PyErr_Occurred())
+            return -1;
+        if (*secs < 0)
+            *secs = 0;
+    }
+    return 0;
+}
+
+static int wait_or_raise(ppc_Job *self, PyObject *args, PyObject *kw, const char *fname)
+{
+    double secs;
+    if (parse_timeout(args, kw, fname, &secs) < 0)
+        return -1;
+    int rc = wait_secs(self, secs);
+    if (rc == 0) {
+        PyObject *t = ppc_import_attr("concurrent.futures", "TimeoutError");
+        if (t) {
+            PyErr_SetString(t, "the job is not done yet");
+            Py_DECREF(t);
+        }
+        return -1;
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+static PyObject *Job_fresult(ppc_Job *self, PyObject *args, PyObject *kw)
+{
+    if (wait_or_raise(self, args, kw, "result") < 0)
+        return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
+    if (ppc_job_unpack(self) < 0)
+        return NULL;
+    if (self->exc) {
+        PyException_SetTraceback(self->exc, Py_None);
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return NULL;
+    }
+    Py_INCREF(self->value);
+    return self->value;
+}
+
+static int is_stop(ppc_Job *self)
+{
+    int st = job_status(self->job);
+    return st == PPC_JOB_ECANCELLED || st == PPC_JOB_EKILLED;
+}
+
+static PyObject *Job_exception(ppc_Job *self, PyObject *args, PyObject *kw)
+{
+    if (wait_or_raise(self, args, kw, "exception") < 0)
+        return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
+    if (ppc_job_unpack(self) < 0)
+        return NULL;
+    if (self->exc && is_stop(self)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return NULL;
+    }
+    PyObject *r = self->exc ? self->exc : Py_None;
+    Py_INCREF(r);
+    return r;
+}
+
+static PyObject *Job_done(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyBool_FromLong(atomic_load(&self->job->state) == PPC_JOB_DONE ||
+                           cancelled_early(self));
+}
+
+static PyObject *Job_running(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyBool_FromLong(atomic_load(&self->job->state) == PPC_JOB_RUNNING &&
+                           !cancelled_early(self));
+}
+
+static PyObject *Job_cancelled(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    int c = cancelled_early(self) ||
+            (atomic_load(&self->job->state) == PPC_JOB_DONE && is_stop(self));
+    return PyBool_FromLong(c);
+}
+
+void ppc_job_fire_done(ppc_Job *self)
+{
+    while (self->done_cbs && PyList_GET_SIZE(self->done_cbs) > 0) {
+        PyObject *fn = PyList_GET_ITEM(self->done_cbs, 0);
+        Py_INCREF(fn);
+        if (PyList_SetSlice(self->done_cbs, 0, 1, NULL) < 0) {
+            Py_DECREF(fn);
+            PyErr_WriteUnraisable((PyObject *)self);
+            return;
+        }
+        PyObject *r = PyObject_CallOneArg(fn, (PyObject *)self);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_WriteUnraisable(fn);
+        Py_DECREF(fn);
+    }
+}
+
+static PyObject *Job_cancel(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (cancelled_early(self))
+        Py_RETURN_TRUE;
+    if (ppc_server_check_owner(self->server) < 0)
+        return NULL;
+    if (self->server->destroyed || !ppc_engine_cancel(self->server->engine, self->job))
+        Py_RETURN_FALSE;
+    ppc_job_fire_done(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Job_kill(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (cancelled_early(self))
+        Py_RETURN_TRUE;
+    if (ppc_server_check_owner(self->server) < 0)
+        return NULL;
+    if (self->server->destroyed)
+        Py_RETURN_FALSE;
+    int rc = ppc_engine_kill(self->server->engine, self->job, PPC_JOB_EKILLED);
+    if (rc == 1)
+        ppc_job_fire_done(self);
+    return PyBool_FromLong(rc != 0);
+}
+
+static PyObject *Job_add_done_callback(ppc_Job *self, PyObject *fn)
+{
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback needs a callable");
+        return NULL;
+    }
+    if (!self->done_cbs && !(self->done_cbs = PyList_New(0)))
+        return NULL;
+    if (PyList_Append(self->done_cbs, fn) < 0)
+        return NULL;
+    ppc_job *j = self->job;
+    int done = atomic_load(&j->state) == PPC_JOB_DONE || cancelled_early(self);
+    if (!done && !self->watched) {
+        if (ppc_server_check_owner(self->server) < 0)
+            return NULL;
+        self->watched = 1;
+        if (!j->has_cb) {
+            /* the engine's event holds this Job until it is handled */
+            Py_INCREF(self);
+            j->user = self;
+            if (!ppc_engine_watch(self->server->engine, j)) {
+                j->user = NULL;
+                Py_DECREF(self);
+                done = 1;
+            }
+        }
+        /* a job with a pp callback: the events thread runs these after it */
+    }
+    if (done)
+        ppc_job_fire_done(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Job_await(ppc_Job *self)
+{
+    PyObject *f = ppc_import_attr("pp.futures", "_await");
+    if (!f)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(f, (PyObject *)self);
+    Py_DECREF(f);
+    return r;
 }
 
 static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
@@ -458,11 +734,28 @@ static void Job_dealloc(ppc_Job *self)
     Py_XDECREF(self->callbackargs);
     Py_XDECREF(self->value);
     Py_XDECREF(self->exc);
+    Py_XDECREF(self->done_cbs);
     PyObject_Free(self);
 }
 
 static PyMethodDef Job_methods[] = {
     {"wait", (PyCFunction)Job_wait, METH_NOARGS, "Wait until the job is finished."},
+    {"result", (PyCFunction)(void (*)(void))Job_fresult, METH_VARARGS | METH_KEYWORDS,
+     "result(timeout=None): the job's value, or raise its exception; "
+     "concurrent.futures.TimeoutError after timeout seconds, CancelledError when cancelled "
+     "or killed, TimeoutError when it ran past submit's timeout."},
+    {"exception", (PyCFunction)(void (*)(void))Job_exception, METH_VARARGS | METH_KEYWORDS,
+     "exception(timeout=None): the job's exception, or None."},
+    {"done", (PyCFunction)Job_done, METH_NOARGS, "True when finished or cancelled."},
+    {"running", (PyCFunction)Job_running, METH_NOARGS, "True while sent to a node."},
+    {"cancelled", (PyCFunction)Job_cancelled, METH_NOARGS, "True when cancelled or killed."},
+    {"cancel", (PyCFunction)Job_cancel, METH_NOARGS,
+     "Cancel the job if still queued (it never runs): True, else False."},
+    {"kill", (PyCFunction)Job_kill, METH_NOARGS,
+     "Stop the job: cancelled if queued, else its worker is killed and replaced; result() "
+     "raises CancelledError. False when it is done already."},
+    {"add_done_callback", (PyCFunction)Job_add_done_callback, METH_O,
+     "fn(job) once the job is done (at once if it is)."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Job_getset[] = {
@@ -471,6 +764,8 @@ static PyGetSetDef Job_getset[] = {
     {"tid", (getter)Job_tid, NULL, "The job's id.", NULL},
     {"group", (getter)Job_group, NULL, "The job's group.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
+
+static PyAsyncMethods Job_async = {.am_await = (unaryfunc)Job_await};
 
 PyTypeObject ppc_JobType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.Job",
@@ -482,4 +777,5 @@ PyTypeObject ppc_JobType = {
     .tp_repr = (reprfunc)Job_repr,
     .tp_methods = Job_methods,
     .tp_getset = Job_getset,
+    .tp_as_async = &Job_async,
 };
