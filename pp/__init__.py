@@ -160,6 +160,28 @@ class Server(_ppc.Server):
         print("%s active tasks, %s cores" % (self._active_tasks(), self.get_ncpus()))
         print("")
 
+    def map(self, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False):
+        """[func(*items) for items in zip(*iterables)], in chunks on the workers
+        (chunksize None: chosen from measured time per item). The first
+        exception a chunk raises is raised here."""
+        from . import _map
+        return _map.map(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                        chunksize=chunksize, progress=progress)
+
+    def imap(self, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False):
+        """Lazy map: an iterator of results in order; inputs read as needed,
+        a bounded number in flight. Closing it early stops its jobs."""
+        from . import _map
+        return _map.imap(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                         chunksize=chunksize, progress=progress)
+
+    def imap_unordered(self, func, *iterables, depfuncs=(), modules=(), chunksize=None,
+                       progress=False):
+        """As imap, results in the order their chunks complete."""
+        from . import _map
+        return _map.imap(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                         chunksize=chunksize, progress=progress, ordered=False)
+
     def __enter__(self):
         return self
 

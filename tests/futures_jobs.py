@@ -43,3 +43,18 @@ def square(x):
 
 def add(a, b):
     return a + b
+
+
+def inc(x):
+    return x + 1
+
+
+def fail_at(x, bad):
+    if x == bad:
+        raise KeyError(x)
+    return x
+
+
+def slow_id(x, seconds=0.2):
+    time.sleep(seconds)
+    return x

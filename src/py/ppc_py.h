@@ -78,6 +78,9 @@ typedef struct {
     int watched;            /* the engine sends an event when it is done */
 } ppc_Job;
 
+/* ship.c: Chunk, Server.map's unit of work (pp._ppc.Chunk) */
+extern PyTypeObject ppc_ChunkType;
+
 /* pyjob.c */
 ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *cbargs);
 /* Unpack the result once (prints captured output). 0 or -1 with an error. */

@@ -695,6 +695,14 @@ static PyObject *Job_tid(ppc_Job *self, void *c)
     return PyLong_FromUnsignedLongLong(self->job->id);
 }
 
+static PyObject *Job_exec_time(ppc_Job *self, void *c)
+{
+    (void)c;
+    if (atomic_load(&self->job->state) != PPC_JOB_DONE)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble((double)self->job->exec_ns / 1e9);
+}
+
 static PyObject *Job_group(ppc_Job *self, void *c)
 {
     (void)c;
@@ -763,6 +771,8 @@ static PyGetSetDef Job_getset[] = {
      NULL},
     {"tid", (getter)Job_tid, NULL, "The job's id.", NULL},
     {"group", (getter)Job_group, NULL, "The job's group.", NULL},
+    {"exec_time", (getter)Job_exec_time, NULL,
+     "Seconds the job ran in its worker (as the worker reports), None until done.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyAsyncMethods Job_async = {.am_await = (unaryfunc)Job_await};
