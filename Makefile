@@ -18,7 +18,7 @@ CORE_SRC := $(wildcard src/core/*.c)
 # the interpreters `make test` runs the pytest suite on, and what they need
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
-TEST_DEPS := pytest pytest-timeout numpy pillow
+TEST_DEPS := pytest pytest-timeout numpy pillow joblib scikit-learn tqdm
 # Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
 APT_BUILD := build-essential python3-dev python3-venv libssl-dev
 # ... and those only the tests need
