@@ -217,3 +217,28 @@ def test_asyncio_thousands_of_jobs_no_thread_per_job():
         out, one, peak = asyncio.run(main())
         assert out == [i + 1 for i in range(3000)] and one == 25
         assert peak <= before + 2
+
+
+@pytest.mark.timeout(40)
+def test_kill_frames_reach_only_the_senders_jobs(start_ppserver):  # noqa: F811
+    """A second authenticated client sending KILL for every id (and KILL
+    before authenticating) stops none of the first client's jobs."""
+    from clusterutil import HDR, Wire, frame
+    F_KILL = 34
+    node = start_ppserver(workers=2, secret=SECRET)
+    with pp.Server(ncpus=0, ppservers=(node.addr,), secret=SECRET) as c:
+        jobs = [c.submit(F.sleep_pid, (1.0, i)) for i in range(4)]
+        wait_until(lambda: any(j.running() for j in jobs))
+        w = Wire(node.port)
+        w.handshake(SECRET)
+        for i in range(0, 2000):
+            w.send(frame(F_KILL, b"", fid=i))
+        w.send(frame(F_KILL, b"x" * 100, fid=1))
+        w.send(HDR.pack(0, 2 ** 64 - 1, F_KILL, 255, 65535, 2 ** 32 - 1))
+        raw = Wire(node.port)
+        raw.send(frame(F_KILL, b"", fid=1))  # before the handshake: refused
+        assert raw.closed_by_peer(5)
+        raw.close()
+        assert sorted(j.result(timeout=20)[0] for j in jobs) == [0, 1, 2, 3]
+        w.close()
+        assert c.submit(F.sleep_pid, (0, "after")).result(timeout=20)[0] == "after"
