@@ -9,30 +9,127 @@ module) takes its module's globals along, so the modules it imports at top
 level are imported in the worker too. map runs in chunks (Server.imap).
 """
 import concurrent.futures as _cf
-import functools
 import threading
 import time
 
 from . import _ppc
 
 
-class _JobFuture(_cf.Future):
-    """A Future bound to its job: cancel() cancels the job (only while it is
-    queued), running() asks the job."""
+class _WatchList(list):
+    """A Future's waiter list: the stdlib's wait() and as_completed() add
+    their waiter here, which makes the future follow its job from then on."""
 
-    def __init__(self, job=None):
-        _cf.Future.__init__(self)
+    __slots__ = ("fut",)
+
+    def append(self, waiter):
+        list.append(self, waiter)
+        self.fut._watch()
+
+
+class _JobFuture(_cf.Future):
+    """A Future bound to its job, settled lazily: from the job's done
+    callback once something needs notifying (add_done_callback, the
+    stdlib's wait/as_completed, asyncio), else by result(), exception() or
+    done() in the caller's thread: a future only waited on costs no event.
+    cancel() cancels the job (only while it is queued); running() asks it.
+
+    The futures of one Executor share one condition (an RLock: the stdlib
+    takes several futures' conditions at once): result() and exception()
+    wait on the job, GIL-free, never on the condition, and a Future made
+    this way costs a third of a plain one."""
+
+    def __init__(self, job, condition):
+        # Future.__init__'s fields, without a Condition per future
+        self._condition = condition
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._done_callbacks = []
         self._job = job
+        self._watched = False
+        self._wl = None
+
+    @property
+    def _waiters(self):
+        w = self._wl
+        if w is None:
+            w = self._wl = _WatchList()
+            w.fut = self
+        return w
+
+    def _watch(self):
+        if not self._watched:
+            self._watched = True
+            self._job.add_done_callback(self._settle)
+
+    def _settle(self, job=None):
+        job = self._job
+        if self._state != _PENDING:
+            return
+        try:
+            if job.cancelled():
+                if _cf.Future.cancel(self):
+                    self.set_running_or_notify_cancel()
+                return
+            exc = job.exception()
+            if exc is None:
+                self.set_result(job.result())
+            else:
+                self.set_exception(exc)
+        except _cf.InvalidStateError:
+            pass  # settled by another thread meanwhile
+
+    def done(self):
+        if self._state == _PENDING and self._job.done():
+            self._settle()
+        return _cf.Future.done(self)
+
+    def _wait_job(self, timeout):
+        if self._state == _PENDING:
+            try:
+                self._job.exception(timeout)  # waits without the GIL
+            except _cf.CancelledError:
+                pass
+            self._settle()
+
+    def result(self, timeout=None):
+        if self._state == _PENDING:
+            try:
+                value = self._job.result(timeout)  # waits without the GIL
+            except BaseException:
+                if not self._job.done():
+                    raise  # the wait timed out, or was interrupted
+            else:
+                try:
+                    self.set_result(value)
+                except _cf.InvalidStateError:
+                    pass  # settled by the done callback meanwhile
+                return value
+            self._settle()
+        return _cf.Future.result(self, 0)
+
+    def exception(self, timeout=None):
+        self._wait_job(timeout)
+        return _cf.Future.exception(self, 0)
+
+    def add_done_callback(self, fn):
+        self._watch()
+        _cf.Future.add_done_callback(self, fn)
 
     def cancel(self):
-        job = self._job
-        if job is not None and not job.cancel():
+        if self._state == _PENDING and not self._job.cancel():
             return False
-        return _cf.Future.cancel(self)
+        if not _cf.Future.cancel(self):
+            return False
+        if self._state == "CANCELLED":
+            self.set_running_or_notify_cancel()  # waiters see it, as an executor's worker would
+        return True
 
     def running(self):
-        job = self._job
-        return job.running() if job is not None else _cf.Future.running(self)
+        return self._state == _PENDING and self._job.running()
+
+
+_PENDING = "PENDING"  # concurrent.futures._base's state names
 
 
 def _main_globals(fn):
@@ -57,36 +154,28 @@ class Executor(_cf.Executor):
         ncpus = "autodetect" if max_workers is None else max_workers
         self._server = Server(ncpus, ppservers=ppservers, secret=secret, **server_options)
         self._lock = threading.Lock()
+        self._condition = threading.Condition(threading.RLock())
         self._shutdown = False
-        self._futures = set()  # not yet done: for shutdown(cancel_futures=True)
-
-    def _done(self, fut, job):
-        with self._lock:
-            self._futures.discard(fut)
-        if fut.cancelled():
-            return
-        if job.cancelled():
-            _cf.Future.cancel(fut)
-            fut.set_running_or_notify_cancel()
-            return
-        exc = job.exception()
-        if exc is None:
-            fut.set_result(job.result())
-        else:
-            fut.set_exception(exc)
+        self._futures = []  # for shutdown: done ones pruned now and then
+        self._prune_at = 1024
 
     def submit(self, fn, /, *args, **kwargs):
+        g = getattr(fn, "__globals__", None)
+        if g is not None and g.get("__name__") != "__main__":
+            g = None  # shipped by reference: its module imports what it needs
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            g = _main_globals(fn)
             if kwargs:
                 job = self._server.submit(_ppc.Chunk(fn, 2), (args, kwargs), globals=g)
             else:
                 job = self._server.submit(fn, args, globals=g)
-            fut = _JobFuture(job)
-            self._futures.add(fut)
-        job.add_done_callback(functools.partial(self._done, fut))
+            fut = _JobFuture(job, self._condition)
+            futures = self._futures
+            futures.append(fut)
+            if len(futures) >= self._prune_at:
+                futures[:] = [f for f in futures if not f._job.done()]
+                self._prune_at = max(1024, 2 * len(futures))
         return fut
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, buffersize=None):
@@ -110,7 +199,8 @@ class Executor(_cf.Executor):
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:
             self._shutdown = True
-            pending = list(self._futures)
+            pending = [f for f in self._futures if not f.done()]
+            self._futures = []
         if cancel_futures:
             for f in pending:
                 f.cancel()

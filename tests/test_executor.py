@@ -108,9 +108,12 @@ def test_main_functions_with_top_level_imports(run_python, ok):
             return math.sqrt(x) + (box.v if box else 0), j.dumps([x]), join("a", "b")
 
         if __name__ == "__main__":
-            with pp.Executor(2) as ex:
+            # each in fresh workers: an import one job ran must not hide another's
+            with pp.Executor(1) as ex:
                 print(ex.submit(work, 16).result())
+            with pp.Executor(1) as ex:
                 print(ex.submit(work, 9, box=Box(1)).result()[0])
+            with pp.Executor(1) as ex:
                 print(list(ex.map(work, [4]))[0][0])
     """))
     assert out.splitlines()[0] == "(4.0, '[16]', 'a/b')"

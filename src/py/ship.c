@@ -730,6 +730,8 @@ static int autoimport_name(PyObject *globals, PyObject *n, PyObject *seen, PyObj
  * which the function (transitively) names are imported/shipped too. */
 static int autoimport(PyObject *func, PyObject *globals, PyObject *deps, PyObject *mods)
 {
+    if (Py_TYPE(func) == &ppc_ChunkType)
+        func = ((ppc_Chunk *)func)->func; /* a chunk needs what its function names */
     PyObject *todo = PyList_New(0), *seen = PySet_New(NULL);
     int rc = -1;
     if (!todo || !seen || PyList_Append(todo, func) < 0)
