@@ -45,6 +45,7 @@ peer_venv() {
 # alone; Ray is large and pins its own dependencies, so it lives alone too.
 peer_venv "$HERE/.venv-ppft" "import ppft, pp, numpy, matplotlib" ppft numpy matplotlib
 peer_venv "$HERE/.venv-ray" "import ray, numpy" ray numpy
+peer_venv "$HERE/.venv-dask" "import dask.distributed" "dask[distributed]"
 
 # -- 2. the project's venv (ours), plus numpy and matplotlib for the bench.
 if ! make -C "$ROOT" venv >&2; then
@@ -91,4 +92,8 @@ DRIVER_PID=$!
 wait "$DRIVER_PID"
 rc=$?
 DRIVER_PID=
+# the map case runs its variants itself (bench/cases/mapbench.py)
+if [ $rc -eq 0 ] && [ -x "$PPC_PY" ]; then
+    "$PPC_PY" "$HERE/cases/mapbench.py" $(printf '%s\n' "$@" | grep -x -e --quick) || rc=$?
+fi
 exit $rc

@@ -19,6 +19,7 @@ import operator
 from . import _ppc
 
 TARGET_S = 0.01     # aim for chunks of about this much work
+MIN_S = 0.001       # the last chunks of a known-length input: not below this
 FIRST_CHUNK = 16    # items per chunk before anything was measured
 MAX_CHUNK = 1 << 16  # most items in one chunk when the length is unknown
 
@@ -33,17 +34,33 @@ def _workers(server):
 
 
 class _Sizer(object):
-    """Chooses the next chunk's size from measured time per item."""
+    """Chooses the next chunk's size from measured time per item: about
+    TARGET_S of work, and, for an input of known length, guided toward the
+    end (at most a quarter of a worker's share of what is left, down to
+    about MIN_S of work), so the last chunks finish together."""
 
     def __init__(self, chunksize, total, nworkers):
         self.fixed = chunksize
+        self.total = total
+        self.nworkers = nworkers
+        self.sent = 0
         self.cap = MAX_CHUNK
         if total:
             self.cap = max(1, min(MAX_CHUNK, math.ceil(total / (4.0 * nworkers))))
         self.size = min(FIRST_CHUNK, self.cap)
+        self.floor = 1
 
     def next(self):
-        return self.fixed or self.size
+        if self.fixed:
+            return self.fixed
+        size = self.size
+        if self.total:
+            left = self.total - self.sent
+            size = min(size, max(self.floor, math.ceil(left / (4.0 * self.nworkers))))
+        return size
+
+    def sent_items(self, n):
+        self.sent += n
 
     def measured(self, job, n):
         if self.fixed:
@@ -53,12 +70,15 @@ class _Sizer(object):
             return
         per = max(t / n, 1e-8)
         self.size = int(max(1, min(self.cap, TARGET_S / per)))
+        self.floor = int(max(1, min(self.size, MIN_S / per)))
 
 
 def _items(iterables):
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     if len(iterables) == 1:
+        if type(iterables[0]) is range:
+            return iterables[0], False  # sliced, not iterated (_run)
         return iter(iterables[0]), False
     return zip(*iterables), True
 
@@ -113,6 +133,8 @@ def _run(server, chunk, it, sizer, depfuncs, modules, nworkers, bar, ordered, de
          max_items, globals):
     max_chunks = 2 * nworkers + 1
     inflight = 0
+    rng = it if type(it) is range else None
+    pos = 0
     pending = collections.deque()
     exhausted = False
     islice = itertools.islice
@@ -129,12 +151,17 @@ def _run(server, chunk, it, sizer, depfuncs, modules, nworkers, bar, ordered, de
                     want = min(want, max_items - inflight)
                     if want <= 0:
                         break
-                items = list(islice(it, want))
+                if rng is not None:  # a range travels as a range: a few bytes a chunk
+                    items = rng[pos:pos + want]
+                    pos += len(items)
+                else:
+                    items = list(islice(it, want))
                 if not items:
                     exhausted = True
                     break
                 job = submit(chunk, (items,), depfuncs, modules, globals=globals)
                 inflight += len(items)
+                sizer.sent_items(len(items))
                 if not ordered:
                     job.add_done_callback(put)
                 pending.append((job, len(items)))

@@ -10,7 +10,7 @@
 # round (pool made and warmed first, untimed) and prints JSON.
 #
 # Variants: serial loop; limit (ncpus plain forked processes, each looping
-# over its share, told to go through a pipe); ppc Server.map and
+# over its share, blocks of 64 dealt round-robin, told to go through a pipe); ppc Server.map and
 # Executor.map (automatic chunks); ProcessPoolExecutor.map with chunksize 1
 # (on 20,000 items, per item) and hand-tuned (len/8); joblib's default
 # Parallel; dask.distributed LocalCluster client.map and Ray remote tasks
@@ -85,7 +85,10 @@ def run_variant(v, n, rounds):
                 pid = os.fork()
                 if pid == 0:
                     os.read(go_r, 1)
-                    c = sum(1 for x in range(k, n, ncpu) if f(x))
+                    # blocks of 64 dealt round-robin: every share has small
+                    # and large, odd and even numbers alike
+                    c = sum(1 for b in range(k * 64, n, ncpu * 64)
+                            for x in range(b, min(b + 64, n)) if f(x))
                     os.write(res_w, str(c).encode())
                     os._exit(0)
                 procs.append((pid, go_w, res_r))
