@@ -100,6 +100,12 @@ class _JobFuture(_cf.Future):
                 if not self._job.done():
                     raise  # the wait timed out, or was interrupted
             else:
+                with self._condition:
+                    if self._state == _PENDING and self._wl is None and not self._done_callbacks:
+                        # nobody to notify: finished without the stdlib's machinery
+                        self._result = value
+                        self._state = _FINISHED
+                        return value
                 try:
                     self.set_result(value)
                 except _cf.InvalidStateError:
@@ -130,6 +136,7 @@ class _JobFuture(_cf.Future):
 
 
 _PENDING = "PENDING"  # concurrent.futures._base's state names
+_FINISHED = "FINISHED"
 
 
 def _main_globals(fn):

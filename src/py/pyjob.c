@@ -488,6 +488,10 @@ static int wait_secs(ppc_Job *self, double secs)
 
 static int parse_timeout(PyObject *args, PyObject *kw, const char *fname, double *secs)
 {
+    if (PyTuple_GET_SIZE(args) == 0 && (!kw || PyDict_GET_SIZE(kw) == 0)) {
+        *secs = -1; /* result(): no parsing on the common path */
+        return 0;
+    }
     static char *kwlist[] = {"timeout", NULL};
     PyObject *t = Py_None;
     char fmt[32];
