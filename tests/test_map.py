@@ -107,3 +107,15 @@ def test_progress_line_counts_items(run_python):
     last = [seg for seg in proc.stderr.replace("\n", "\r").split("\r") if seg.strip()]
     assert any("500/500" in x for x in last), proc.stderr
     assert any("7/7" in x for x in last), proc.stderr
+
+
+@pytest.mark.timeout(30)
+def test_progress_uses_tqdm_when_installed(run_python):
+    pytest.importorskip("tqdm", reason="tqdm is not installed for this Python")
+    proc = run_python("""
+        import pp
+        with pp.Server(2) as s:
+            assert s.map(abs, range(-300, 0), progress=True) == list(range(300, 0, -1))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "300/300" in proc.stderr and "|" in proc.stderr, proc.stderr  # tqdm's bar
