@@ -103,9 +103,23 @@ def _stop(pending):
             pass
 
 
-def imap(server, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False,
-         ordered=True, deadline=None, max_items=None, globals=None):
-    """The iterator behind Server.imap/imap_unordered and Executor.map.
+def imap(server, func, *iterables, **kw):
+    """Results one by one (Server.imap, imap_unordered, Executor.map)."""
+    return _flat(chunks(server, func, *iterables, **kw))
+
+
+def _flat(gen):
+    try:
+        for res in gen:
+            yield from res
+    finally:
+        gen.close()  # at once, not when the collector gets to it
+
+
+def chunks(server, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False,
+           ordered=True, deadline=None, max_items=None, globals=None):
+    """The result lists of the chunks, in order (or as completed), behind
+    Server.map/imap/imap_unordered and Executor.map.
     deadline: time.monotonic() by which each result must be there
     (concurrent.futures.TimeoutError otherwise); max_items: most items in
     flight; globals: as submit's (the function's top-level imports)."""
@@ -188,7 +202,7 @@ def _run(server, chunk, it, sizer, depfuncs, modules, nworkers, bar, ordered, de
             sizer.measured(job, n)
             if bar is not None:
                 bar.update(n)
-            yield from res
+            yield res
     finally:
         if pending:
             _stop(pending)
@@ -197,4 +211,11 @@ def _run(server, chunk, it, sizer, depfuncs, modules, nworkers, bar, ordered, de
 
 
 def map(server, func, *iterables, **kw):
-    return list(imap(server, func, *iterables, **kw))
+    out = []
+    gen = chunks(server, func, *iterables, **kw)
+    try:
+        for res in gen:  # chunk by chunk: no generator step per item
+            out.extend(res)
+    finally:
+        gen.close()
+    return out

@@ -156,8 +156,8 @@ class Executor(_cf.Executor):
 
     def __init__(self, max_workers=None, *, ppservers=(), secret=None, **server_options):
         from . import Server
-        if max_workers is not None and max_workers < 0:
-            raise ValueError("max_workers must be >= 0")
+        if max_workers is not None and (max_workers < 0 or (max_workers == 0 and not ppservers)):
+            raise ValueError("max_workers must be greater than 0 (0 only with ppservers)")
         ncpus = "autodetect" if max_workers is None else max_workers
         self._server = Server(ncpus, ppservers=ppservers, secret=secret, **server_options)
         self._lock = threading.Lock()

@@ -77,6 +77,8 @@ def test_map_timeout_buffersize_and_shutdown():
         ex.submit(F.inc, 1)
     with pytest.raises(RuntimeError):
         ex.map(F.inc, [1])
+    with pytest.raises(ValueError):
+        pp.Executor(0)
 
 
 @pytest.mark.timeout(30)
