@@ -10,6 +10,7 @@ import pytest
 
 import pp
 import futures_jobs as F
+from clusterutil import start_ppserver  # noqa: F401 (fixture)
 from conftest import _wait_until as wait_until
 
 
@@ -119,3 +120,15 @@ def test_progress_uses_tqdm_when_installed(run_python):
     """)
     assert proc.returncode == 0, proc.stderr
     assert "300/300" in proc.stderr and "|" in proc.stderr, proc.stderr  # tqdm's bar
+
+
+@pytest.mark.timeout(40)
+def test_map_and_executor_on_a_ppserver(start_ppserver):  # noqa: F811
+    node = start_ppserver(workers=2, secret="map-secret")
+    with pp.Server(ncpus=0, ppservers=(node.addr,), secret="map-secret") as c:
+        assert c.map(F.inc, range(20000)) == list(range(1, 20001))
+        assert c.map(lambda x: -x, range(100), chunksize=9) == [-x for x in range(100)]
+        assert c.get_stats()[node.addr].njobs > 0
+    with pp.Executor(0, ppservers=(node.addr,), secret="map-secret") as ex:
+        assert ex.submit(F.add, 1, b=2).result(timeout=20) == 3
+        assert list(ex.map(F.square, range(50))) == [x * x for x in range(50)]
