@@ -34,20 +34,23 @@ class _JobFuture(_cf.Future):
     cancel() cancels the job (only while it is queued); running() asks it.
 
     The futures of one Executor share one condition (an RLock: the stdlib
-    takes several futures' conditions at once): result() and exception()
-    wait on the job, GIL-free, never on the condition, and a Future made
-    this way costs a third of a plain one."""
+    takes several futures' conditions at once), held by the Executor's own
+    subclass: result() and exception() wait on the job, GIL-free, never on
+    the condition, and making a future sets one attribute."""
 
-    def __init__(self, job, condition):
-        # Future.__init__'s fields, without a Condition per future
-        self._condition = condition
-        self._state = _PENDING
-        self._result = None
-        self._exception = None
-        self._done_callbacks = []
+    # Future.__init__'s fields as class defaults: a future is made by
+    # __new__ plus its job (Executor.submit), nothing per future but that;
+    # _condition comes from the Executor's own subclass
+    _state = "PENDING"
+    _result = None
+    _exception = None
+    _done_callbacks = ()  # a list once a callback is added
+    _job = None
+    _watched = False
+    _wl = None
+
+    def __init__(self, job):
         self._job = job
-        self._watched = False
-        self._wl = None
 
     @property
     def _waiters(self):
@@ -100,7 +103,7 @@ class _JobFuture(_cf.Future):
                 if not self._job.done():
                     raise  # the wait timed out, or was interrupted
             else:
-                with self._condition:
+                with self._rlock:
                     if self._state == _PENDING and self._wl is None and not self._done_callbacks:
                         # nobody to notify: finished without the stdlib's machinery
                         self._result = value
@@ -119,6 +122,8 @@ class _JobFuture(_cf.Future):
         return _cf.Future.exception(self, 0)
 
     def add_done_callback(self, fn):
+        if type(self._done_callbacks) is tuple:
+            self._done_callbacks = []
         self._watch()
         _cf.Future.add_done_callback(self, fn)
 
@@ -161,7 +166,12 @@ class Executor(_cf.Executor):
         ncpus = "autodetect" if max_workers is None else max_workers
         self._server = Server(ncpus, ppservers=ppservers, secret=secret, **server_options)
         self._lock = threading.Lock()
-        self._condition = threading.Condition(threading.RLock())
+        rlock = threading.RLock()
+        # this Executor's futures: one condition for all (see _JobFuture)
+        self._Future = type("Future", (_JobFuture,), {
+            "_condition": threading.Condition(rlock), "_rlock": rlock,
+            "__module__": __name__, "__slots__": ()})
+        self._new = _JobFuture.__new__
         self._shutdown = False
         self._futures = []  # for shutdown: done ones pruned now and then
         self._prune_at = 1024
@@ -177,7 +187,8 @@ class Executor(_cf.Executor):
                 job = self._server.submit(_ppc.Chunk(fn, 2), (args, kwargs), globals=g)
             else:
                 job = self._server.submit(fn, args, globals=g)
-            fut = _JobFuture(job, self._condition)
+            fut = self._new(self._Future)
+            fut._job = job
             futures = self._futures
             futures.append(fut)
             if len(futures) >= self._prune_at:
