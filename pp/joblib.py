@@ -4,8 +4,9 @@
         ...  # joblib.Parallel, scikit-learn's n_jobs
 
 runs on ppc's workers, and on ppservers given as
-``joblib.parallel_backend("pp", n_jobs=-1, ppservers=("host:port",),
-secret=...)``. A batch of joblib calls is one job; batches are pickled as
+``joblib.parallel_backend("pp", n_jobs=8, ppservers=("host:port",),
+secret=..., ncpus=0)`` (ncpus: local workers; by default n_jobs, at most
+the cores). A batch of joblib calls is one job; batches are pickled as
 args (numpy data out of band), with cloudpickle (standalone or joblib's
 copy, where installed) for batches the pickle module cannot handle
 (lambdas, closures). Servers are
@@ -61,9 +62,10 @@ class PPBackend(AutoBatchingMixin, ParallelBackendBase):
     default_n_jobs = -1
 
     def __init__(self, nesting_level=None, inner_max_num_threads=None, ppservers=(),
-                 secret=None, **server_options):
+                 secret=None, ncpus=None, **server_options):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads)
+        self.ncpus = ncpus  # local workers (None: n_jobs, at most the cores; 0: nodes only)
         self.ppservers = tuple(ppservers)
         self.secret = secret
         self.server_options = server_options
@@ -83,7 +85,7 @@ class PPBackend(AutoBatchingMixin, ParallelBackendBase):
         n = self.effective_n_jobs(n_jobs)
         if n == 1 and not self.ppservers:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
-        ncpus = 0 if self.ppservers and n_jobs == 0 else min(n, joblib.cpu_count())
+        ncpus = self.ncpus if self.ncpus is not None else min(n, joblib.cpu_count())
         self.server = _server(ncpus, self.ppservers, self.secret, self.server_options)
         self.parallel = parallel
         return n

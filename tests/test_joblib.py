@@ -9,6 +9,7 @@ joblib = pytest.importorskip("joblib", reason="joblib is not installed for this 
 
 import pp.joblib  # noqa: E402,F401 (registers the backend)
 import futures_jobs as F  # noqa: E402
+from clusterutil import start_ppserver  # noqa: E402,F401 (fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,3 +42,12 @@ def test_scikit_learn_cross_val_and_grid_search():
                           n_jobs=2).fit(X, y)
     assert list(par) == list(serial)
     assert gs.best_params_["C"] in (0.1, 1.0, 10.0) and gs.best_score_ > 0.9
+
+
+def test_parallel_on_a_ppserver(start_ppserver):  # noqa: F811
+    node = start_ppserver(workers=2, secret="joblib-secret")
+    with joblib.parallel_backend("pp", n_jobs=4, ppservers=(node.addr,), secret="joblib-secret",
+                                 ncpus=0):
+        out = joblib.Parallel()(joblib.delayed(F.sleep_pid)(0, i) for i in range(20))
+    assert [t for t, _ in out] == list(range(20))
+    assert {p for _, p in out} <= set(node.workers())
