@@ -95,7 +95,10 @@ class _JobFuture(_cf.Future):
                 pass
             self._settle()
 
-    def result(self, timeout=None):
+    # the common case in C (pp._ppc._future_result), every case here
+    result = _ppc._future_result
+
+    def _result_py(self, timeout=None):
         if self._state == _PENDING:
             try:
                 value = self._job.result(timeout)  # waits without the GIL
@@ -176,7 +179,16 @@ class Executor(_cf.Executor):
         self._futures = []  # for shutdown: done ones pruned now and then
         self._prune_at = 1024
 
-    def submit(self, fn, /, *args, **kwargs):
+    # the common case in C (pp._ppc._executor_submit), every case here
+    submit = _ppc._executor_submit
+
+    def _prune(self):
+        futures = self._futures
+        futures[:] = [f for f in futures if not f._job.done()]
+        self._prune_at = max(1024, 2 * len(futures))
+
+    def _submit_py(self, fn, /, *args, **kwargs):
+        """submit(fn, /, *args, **kwargs) -> concurrent.futures.Future"""
         g = getattr(fn, "__globals__", None)
         if g is not None and g.get("__name__") != "__main__":
             g = None  # shipped by reference: its module imports what it needs
@@ -189,11 +201,9 @@ class Executor(_cf.Executor):
                 job = self._server.submit(fn, args, globals=g)
             fut = self._new(self._Future)
             fut._job = job
-            futures = self._futures
-            futures.append(fut)
-            if len(futures) >= self._prune_at:
-                futures[:] = [f for f in futures if not f._job.done()]
-                self._prune_at = max(1024, 2 * len(futures))
+            self._futures.append(fut)
+            if len(self._futures) >= self._prune_at:
+                self._prune()
         return fut
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, buffersize=None):

@@ -120,3 +120,42 @@ def test_main_functions_with_top_level_imports(run_python, ok):
     """))
     assert out.splitlines()[0] == "(4.0, '[16]', 'a/b')"
     assert out.split()[-2:] == ["4.0", "2.0"]
+
+
+@pytest.mark.timeout(30)
+def test_future_result_paths():
+    """result() in each state: in time, with a timeout that passes, after
+    the job raised, after cancel, watched by a callback and by the stdlib's
+    wait, and many futures (the Executor's list pruned)."""
+    with pp.Executor(1) as ex:
+        slow = ex.submit(F.slow_id, 1, 0.5)
+        with pytest.raises(cf.TimeoutError):
+            slow.result(timeout=0.05)
+        assert slow.result(timeout=10) == 1 and slow.done() and not slow.running()
+        bad = ex.submit(F.fail_at, 3, 3)
+        with pytest.raises(KeyError):
+            bad.result()
+        assert isinstance(bad.exception(), KeyError)
+        block = ex.submit(F.slow_id, 0, 0.4)
+        queued = ex.submit(F.inc, 1)
+        assert queued.cancel()
+        with pytest.raises(cf.CancelledError):
+            queued.result()
+        seen = []
+        watched = ex.submit(F.inc, 41)
+        watched.add_done_callback(lambda f: seen.append(f.result()))
+        assert watched.result() == 42
+        assert block.result() == 0
+        for _ in range(100):
+            if seen:
+                break
+            time.sleep(0.02)
+        assert seen == [42]
+        waited = ex.submit(F.slow_id, 7, 0.2)
+        done, _ = cf.wait([waited], timeout=10)
+        assert done == {waited} and waited.result() == 7
+        many = [ex.submit(F.inc, i) for i in range(3000)]
+        assert [f.result() for f in many] == list(range(1, 3001))
+        assert len(ex._futures) < 3000  # done ones dropped on the way
+        with pytest.raises(TypeError):
+            ex.submit()

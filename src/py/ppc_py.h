@@ -88,6 +88,8 @@ int ppc_job_unpack(ppc_Job *self);
 /* Run the done callbacks not yet run (each once), fn(job); errors are
  * reported as unraisable, never raised. */
 void ppc_job_fire_done(ppc_Job *self);
+/* pp._ppc._future_result and _executor_submit: pp.Executor's fast paths. */
+int ppc_job_add_executor_methods(PyObject *m);
 /* server.c: keep the pins of a dropped Job until its job has finished;
  * release those whose jobs have (all: every one, the engine being stopped). */
 int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins);

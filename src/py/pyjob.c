@@ -793,3 +793,257 @@ PyTypeObject ppc_JobType = {
     .tp_getset = Job_getset,
     .tp_as_async = &Job_async,
 };
+
+/* ------------------------------------------- pp.Executor's fast paths
+ *
+ * pp/executor.py binds these as methods (instancemethod): Executor.submit
+ * and its futures' result() for the common case, in C, so a future costs
+ * little more than its job. Anything unusual (keyword arguments, a
+ * timeout, a future someone watches, an error) goes to the Python
+ * methods _submit_py and _result_py, which handle every case. Both run
+ * under the GIL without releasing it between their check and their update
+ * (the modules declare the GIL used), so no other thread sees a half-made
+ * change. */
+
+static PyObject *interned(PyObject **slot, const char *s)
+{
+    if (!*slot)
+        *slot = PyUnicode_InternFromString(s);
+    return *slot;
+}
+
+static PyObject *getattr_s(PyObject *o, PyObject **slot, const char *name)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_GetAttr(o, n) : NULL;
+}
+
+static int setattr_s(PyObject *o, PyObject **slot, const char *name, PyObject *v)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_SetAttr(o, n, v) : -1;
+}
+
+static PyObject *s_state, *s_job, *s_wl, *s_cbs, *s_result, *s_result_py, *s_finished;
+static PyObject *s_submit_py, *s_shutdown, *s_server, *s_future, *s_futures, *s_prune_at,
+    *s_submit, *s_globals_kw, *s_lock, *s_acquire, *s_release;
+
+/* Drop the futures whose jobs are done from the Executor's list (kept for
+ * shutdown); the next pruning when it has doubled. 0 or -1. */
+static int prune_futures(PyObject *self, PyObject *futs)
+{
+    Py_ssize_t n = PyList_GET_SIZE(futs), k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(futs, i);
+        PyObject *job = getattr_s(f, &s_job, "_job");
+        int done = !job || !Py_IS_TYPE(job, &ppc_JobType) ||
+                   atomic_load(&((ppc_Job *)job)->job->state) == PPC_JOB_DONE ||
+                   cancelled_early((ppc_Job *)job);
+        if (!job)
+            PyErr_Clear();
+        Py_XDECREF(job);
+        if (!done) {
+            Py_INCREF(f);
+            PyObject *old = PyList_GET_ITEM(futs, k);
+            PyList_SET_ITEM(futs, k, f);
+            Py_DECREF(old);
+            k++;
+        }
+    }
+    if (PyList_SetSlice(futs, k, n, NULL) < 0)
+        return -1;
+    PyObject *at = PyLong_FromSsize_t(k * 2 > 1024 ? k * 2 : 1024);
+    int rc = at ? setattr_s(self, &s_prune_at, "_prune_at", at) : -1;
+    Py_XDECREF(at);
+    return rc;
+}
+
+static PyObject *slow(PyObject **slot, const char *name, PyObject *const *a, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_VectorcallMethod(n, a, (size_t)nargs, kwnames) : NULL;
+}
+
+/* 1 when the attribute is the str "PENDING" */
+static int is_pending(PyObject *self)
+{
+    PyObject *st = getattr_s(self, &s_state, "_state");
+    int r = st && PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, "PENDING") == 0;
+    Py_XDECREF(st);
+    PyErr_Clear();
+    return r;
+}
+
+/* Nobody to notify: no waiter list made, no done callback added. */
+static int unwatched(PyObject *self)
+{
+    PyObject *wl = getattr_s(self, &s_wl, "_wl");
+    PyObject *cbs = wl ? getattr_s(self, &s_cbs, "_done_callbacks") : NULL;
+    int r = wl == Py_None && cbs && PySequence_Check(cbs) && PySequence_Size(cbs) == 0;
+    Py_XDECREF(wl);
+    Py_XDECREF(cbs);
+    PyErr_Clear();
+    return r;
+}
+
+static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    (void)mod;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw != 0 || !is_pending(a[0]))
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    PyObject *self = a[0];
+    PyObject *job = getattr_s(self, &s_job, "_job");
+    if (!job || !Py_IS_TYPE(job, &ppc_JobType)) {
+        Py_XDECREF(job);
+        PyErr_Clear();
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    }
+    ppc_Job *jo = (ppc_Job *)job;
+    PyObject *v = Job_fresult(jo, G.empty_tuple, NULL); /* waits without the GIL */
+    if (!v) {
+        int done = atomic_load(&jo->job->state) == PPC_JOB_DONE || cancelled_early(jo);
+        Py_DECREF(job);
+        if (!done)
+            return NULL; /* interrupted while waiting */
+        PyErr_Clear();   /* the job's own error: the stdlib's way below */
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    }
+    Py_DECREF(job);
+    if (is_pending(self) && unwatched(self) && interned(&s_finished, "FINISHED") &&
+        setattr_s(self, &s_result, "_result", v) == 0 &&
+        setattr_s(self, &s_state, "_state", s_finished) == 0)
+        return v;
+    PyErr_Clear();
+    Py_DECREF(v);
+    return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+}
+
+static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    (void)mod;
+    if (nargs < 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 0))
+        return slow(&s_submit_py, "_submit_py", a, nargs, kwnames);
+    PyObject *self = a[0], *fn = a[1];
+    PyObject *g = NULL; /* a function of __main__ takes its globals (its imports) along */
+    if (PyFunction_Check(fn)) {
+        PyObject *gl = PyFunction_GET_GLOBALS(fn);
+        PyObject *nm = PyDict_GetItemString(gl, "__name__"); /* borrowed */
+        if (nm && PyUnicode_Check(nm) && PyUnicode_CompareWithASCIIString(nm, "__main__") == 0)
+            g = gl;
+    }
+    PyObject *lock = getattr_s(self, &s_lock, "_lock");
+    if (!lock)
+        return NULL;
+    PyObject *r = interned(&s_acquire, "acquire") ? PyObject_CallMethodNoArgs(lock, s_acquire)
+                                                  : NULL;
+    if (!r) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *fut = NULL, *job = NULL, *args = NULL, *server = NULL, *cls = NULL, *futs = NULL;
+    PyObject *sd = getattr_s(self, &s_shutdown, "_shutdown");
+    int down = sd ? PyObject_IsTrue(sd) : -1;
+    Py_XDECREF(sd);
+    if (down != 0) {
+        if (down > 0)
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        goto out;
+    }
+    args = PyTuple_New(nargs - 2);
+    if (!args)
+        goto out;
+    for (Py_ssize_t i = 2; i < nargs; i++) {
+        Py_INCREF(a[i]);
+        PyTuple_SET_ITEM(args, i - 2, a[i]);
+    }
+    server = getattr_s(self, &s_server, "_server");
+    if (!server || !interned(&s_submit, "submit"))
+        goto out;
+    if (g) {
+        if (!s_globals_kw && !(s_globals_kw = Py_BuildValue("(s)", "globals")))
+            goto out;
+        PyObject *call[4] = {server, fn, args, g};
+        job = PyObject_VectorcallMethod(s_submit, call, 3, s_globals_kw);
+    } else {
+        PyObject *call[3] = {server, fn, args};
+        job = PyObject_VectorcallMethod(s_submit, call, 3, NULL);
+    }
+    if (!job)
+        goto out;
+    cls = getattr_s(self, &s_future, "_Future");
+    if (!cls || !PyType_Check(cls)) {
+        if (cls)
+            PyErr_SetString(PyExc_TypeError, "Executor._Future is not a class");
+        goto out;
+    }
+    fut = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (!fut || setattr_s(fut, &s_job, "_job", job) < 0) {
+        Py_CLEAR(fut);
+        goto out;
+    }
+    futs = getattr_s(self, &s_futures, "_futures");
+    if (!futs || !PyList_Check(futs) || PyList_Append(futs, fut) < 0) {
+        if (futs && !PyList_Check(futs))
+            PyErr_SetString(PyExc_TypeError, "Executor._futures is not a list");
+        Py_CLEAR(fut);
+        goto out;
+    }
+    PyObject *at = getattr_s(self, &s_prune_at, "_prune_at");
+    Py_ssize_t lim = at ? PyLong_AsSsize_t(at) : -1;
+    Py_XDECREF(at);
+    if (lim < 0) {
+        Py_CLEAR(fut);
+        goto out;
+    }
+    if (PyList_GET_SIZE(futs) >= lim && prune_futures(self, futs) < 0)
+        Py_CLEAR(fut);
+out:
+    Py_XDECREF(futs);
+    Py_XDECREF(cls);
+    Py_XDECREF(job);
+    Py_XDECREF(server);
+    Py_XDECREF(args);
+    {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyObject *rr = interned(&s_release, "release")
+                           ? PyObject_CallMethodNoArgs(lock, s_release)
+                           : NULL;
+        Py_XDECREF(rr);
+        if (!rr && !t) {
+            Py_CLEAR(fut);
+        } else {
+            if (!rr)
+                PyErr_Clear();
+            PyErr_Restore(t, v, tb);
+        }
+    }
+    Py_DECREF(lock);
+    return fut;
+}
+
+static PyMethodDef exec_defs[] = {
+    {"_future_result", (PyCFunction)(void (*)(void))future_result, METH_FASTCALL | METH_KEYWORDS,
+     "result(timeout=None) of an Executor's future (pp/executor.py)."},
+    {"_executor_submit", (PyCFunction)(void (*)(void))executor_submit,
+     METH_FASTCALL | METH_KEYWORDS, "Executor.submit(fn, /, *args, **kwargs) (pp/executor.py)."},
+    {NULL, NULL, 0, NULL}};
+
+int ppc_job_add_executor_methods(PyObject *m)
+{
+    for (PyMethodDef *d = exec_defs; d->ml_name; d++) {
+        PyObject *f = PyCFunction_New(d, NULL);
+        PyObject *im = f ? PyInstanceMethod_New(f) : NULL;
+        Py_XDECREF(f);
+        if (!im || PyModule_AddObject(m, d->ml_name, im) < 0) {
+            Py_XDECREF(im);
+            return -1;
+        }
+    }
+    return 0;
+}
