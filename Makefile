@@ -8,7 +8,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # bump the stamp's number when the dependency list changes
-STAMP := $(VENV)/.ppc-deps-3
+STAMP := $(VENV)/.ppc-deps-4
 SRC := $(wildcard src/core/*.c src/core/*.h src/py/*.c src/py/*.h)
 EXT := pp/_ppc$(shell $(PY) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CC ?= cc
@@ -18,7 +18,7 @@ CORE_SRC := $(wildcard src/core/*.c)
 # the interpreters `make test` runs the pytest suite on, and what they need
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
-TEST_DEPS := pytest pytest-timeout numpy pillow prometheus_client
+TEST_DEPS := pytest pytest-timeout numpy pillow prometheus_client joblib scikit-learn tqdm
 # Debian packages the build needs (tools/sysdeps.sh installs the missing ones)
 APT_BUILD := build-essential python3-dev python3-venv libssl-dev libmicrohttpd-dev
 # ... and those only the tests need

@@ -47,6 +47,7 @@ peer_venv "$HERE/.venv-ppft" "import ppft, pp, numpy, matplotlib" ppft numpy mat
 peer_venv "$HERE/.venv-ray" "import ray, numpy" ray numpy
 # mpi4py built from source against the system's Open MPI (libopenmpi-dev)
 peer_venv "$HERE/.venv-mpi4py" "import mpi4py.futures" --no-binary mpi4py mpi4py
+peer_venv "$HERE/.venv-dask" "import dask.distributed" "dask[distributed]"
 
 # -- 2. the project's venv (ours), plus numpy and matplotlib for the bench.
 if ! make -C "$ROOT" venv >&2; then
@@ -93,4 +94,8 @@ DRIVER_PID=$!
 wait "$DRIVER_PID"
 rc=$?
 DRIVER_PID=
+# the map case runs its variants itself (bench/cases/mapbench.py)
+if [ $rc -eq 0 ] && [ -x "$PPC_PY" ]; then
+    "$PPC_PY" "$HERE/cases/mapbench.py" $(printf '%s\n' "$@" | grep -x -e --quick) || rc=$?
+fi
 exit $rc

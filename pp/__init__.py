@@ -26,11 +26,21 @@ __all__ = ["Server", "Template", "DestroyedServerError", "WorkerError", "RemoteE
 
 
 
+# names of modules imported on first use (`import pp` stays cheap)
+_LAZY = {"wait": "futures", "as_completed": "futures", "FIRST_COMPLETED": "futures",
+         "FIRST_EXCEPTION": "futures", "ALL_COMPLETED": "futures",
+         "TimeoutError": "futures", "CancelledError": "futures", "Executor": "executor",
+         "progress": "_progress"}
+
+
 def __getattr__(name):
     # pp.logger, made on first use so that `import pp` does not import logging
     if name == "logger":
         import logging
         return logging.getLogger("pp")
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
@@ -233,6 +243,28 @@ class Server(_ppc.Server):
         print("Time elapsed since server creation %s" % walltime)
         print("%s active tasks, %s cores" % (self._active_tasks(), self.get_ncpus()))
         print("")
+
+    def map(self, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False):
+        """[func(*items) for items in zip(*iterables)], in chunks on the workers
+        (chunksize None: chosen from measured time per item). The first
+        exception a chunk raises is raised here."""
+        from . import _map
+        return _map.map(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                        chunksize=chunksize, progress=progress)
+
+    def imap(self, func, *iterables, depfuncs=(), modules=(), chunksize=None, progress=False):
+        """Lazy map: an iterator of results in order; inputs read as needed,
+        a bounded number in flight. Closing it early stops its jobs."""
+        from . import _map
+        return _map.imap(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                         chunksize=chunksize, progress=progress)
+
+    def imap_unordered(self, func, *iterables, depfuncs=(), modules=(), chunksize=None,
+                       progress=False):
+        """As imap, results in the order their chunks complete."""
+        from . import _map
+        return _map.imap(self, func, *iterables, depfuncs=depfuncs, modules=modules,
+                         chunksize=chunksize, progress=progress, ordered=False)
 
     def __enter__(self):
         return self

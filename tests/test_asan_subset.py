@@ -332,3 +332,47 @@ def test_big_results_and_forks():
         assert s.submit(fork_here, (os.urandom(2 << 20),))() == (0, 0)
     finally:
         s.destroy()
+
+
+def test_futures_cancel_kill_timeout_retries_map_executor():
+    """The futures paths: cancel while queued, kill while running, a
+    timeout, retries after a worker death, done callbacks and await, map's
+    chunks (per-item loop in C), an Executor's futures."""
+    import asyncio
+    import concurrent.futures as cf
+    import itertools
+    with pp.Server(2) as s:
+        block = [s.submit(time.sleep, (0.5,)) for _ in range(2)]
+        queued = [s.submit(abs, (-i,)) for i in range(20)]
+        assert all(q.cancel() for q in queued[::2])
+        victim = s.submit(time.sleep, (30,))
+        assert _wait_until(victim.running)
+        assert victim.kill()
+        with pytest.raises(cf.CancelledError):
+            victim.result(timeout=20)
+        t = s.submit(time.sleep, (30,), timeout=0.3)
+        with pytest.raises(TimeoutError):
+            t.result(timeout=20)
+        die = s.submit(os._exit, (3,), retries=2)
+        with pytest.raises(pp.WorkerError):
+            die.result(timeout=20)
+        seen = []
+        queued[1].add_done_callback(seen.append)
+        assert [q.result(timeout=20) for q in queued[1::2]] == list(range(1, 20, 2))
+        assert _wait_until(lambda: seen == [queued[1]])
+        for b in block:
+            b.result(timeout=20)
+
+        async def main():
+            return await asyncio.gather(*(s.submit(abs, (-i,)) for i in range(200)))
+        assert asyncio.run(main()) == list(range(200))
+        assert s.map(lambda x: x * 2, range(10000)) == [x * 2 for x in range(10000)]
+        assert s.map(pow, range(5), itertools.repeat(2)) == [0, 1, 4, 9, 16]
+        it = s.imap(abs, itertools.count())
+        assert next(it) == 0
+        it.close()
+    with pp.Executor(2) as ex:
+        fs = [ex.submit(abs, -i) for i in range(100)]
+        assert sorted(f.result() for f in cf.as_completed(fs)) == list(range(100))
+        assert ex.submit(int, "7", base=8).result() == 7
+        assert list(ex.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]

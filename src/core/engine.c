@@ -119,6 +119,74 @@ void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j)
     e->rq_len++;
 }
 
+int ppc_engine_retry(ppc_engine *e, ppc_job *j)
+{
+    if (atomic_load(&j->killreq) || j->retried >= j->retries)
+        return 0;
+    j->retried++;
+    free(j->result);
+    j->result = NULL;
+    j->result_len = 0;
+    j->result_aux = 0;
+    j->status = PPC_JOB_OK;
+    ppc_engine_log(e, PPC_LOG_INFO, "job %llu runs again (try %d of %d) after its worker died",
+                   (unsigned long long)j->id, j->retried + 1, j->retries + 1);
+    ppc_engine_requeue_front(e, j);
+    return 1;
+}
+
+/* A queued job that must not run (cancelled, or killed or timed out while
+ * back in the queue): complete it with its status. */
+static void complete_stopped(ppc_engine *e, ppc_job *j)
+{
+    int why = atomic_load(&j->killreq);
+    if (!why)
+        why = PPC_JOB_ECANCELLED;
+    ppc_job_fail(j, why,
+                 why == PPC_JOB_ETIMEOUT  ? "the job ran past its timeout"
+                 : why == PPC_JOB_EKILLED ? "the job was killed"
+                                          : "the job was cancelled");
+    ppc_engine_complete(e, j);
+}
+
+static int must_stop(ppc_job *j)
+{
+    return atomic_load(&j->killreq) || atomic_load(&j->claim) == PPC_CLAIM_CANCELLED;
+}
+
+/* Cancelled jobs leave the run queue at once (their waiters and group
+ * counts need not wait for the queue to reach them). */
+static void sweep_cancelled(ppc_engine *e)
+{
+    ppc_job **pp = &e->rq_head, *prev = NULL;
+    while (*pp) {
+        ppc_job *j = *pp;
+        if (atomic_load(&j->claim) == PPC_CLAIM_CANCELLED) {
+            *pp = j->next;
+            e->rq_len--;
+            j->next = NULL;
+            complete_stopped(e, j);
+        } else {
+            prev = j;
+            pp = &j->next;
+        }
+    }
+    e->rq_tail = prev;
+}
+
+/* kill() requests: the node running the job stops it; a job back in the
+ * queue is completed by schedule. Each request holds a job reference. */
+static void run_kills(ppc_engine *e, ppc_job **kills, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ppc_job *j = kills[i];
+        if (atomic_load(&j->state) == PPC_JOB_RUNNING && !ppc_pool_kill_job(e->pool, j))
+            ppc_remote_kill_job(e, j);
+        ppc_job_decref(j);
+    }
+    free(kills);
+}
+
 static ppc_job *rq_pop(ppc_engine *e)
 {
     ppc_job *j = e->rq_head;
@@ -167,6 +235,8 @@ static void publish(ppc_engine *e)
                 e->rn[j->node - 1]->time_ns += j->exec_ns;
             }
         }
+        if (j->timeout_ms)
+            atomic_fetch_sub(&e->ntimed, 1);
         if (j->origin || j->cancelled) {
             /* a ppserver's job for a client (or for a gone one) */
             j->next = served;
@@ -178,6 +248,15 @@ static void publish(ppc_engine *e)
             else
                 e->cb_head = j;
             e->cb_tail = j; /* the engine's reference goes with the event */
+            cbs++;
+        } else if (j->notify) {
+            /* watched: the engine's reference goes with a PPC_EV_DONE */
+            finish_locked(e, j);
+            if (e->cb_tail)
+                e->cb_tail->next = j;
+            else
+                e->cb_head = j;
+            e->cb_tail = j;
             cbs++;
         } else {
             finish_locked(e, j);
@@ -240,6 +319,11 @@ static void schedule(ppc_engine *e)
             ppc_job_decref(j);
             continue;
         }
+        if (must_stop(j)) {
+            rq_pop(e);
+            complete_stopped(e, j);
+            continue;
+        }
         ppc_worker *w = ppc_pool_pick(e->pool, e->rq_len);
         ppc_rnode *r = w ? NULL : ppc_remote_pick(e, j, e->rq_len);
         if (!w && !r) {
@@ -253,6 +337,12 @@ static void schedule(ppc_engine *e)
             break;
         }
         rq_pop(e);
+        if (!ppc_job_take(j)) { /* cancelled just now */
+            complete_stopped(e, j);
+            continue;
+        }
+        if (j->timeout_ms)
+            j->started_ms = ppc_now_ms(); /* a remote job's timeout counts from here */
         int rc = w ? ppc_pool_dispatch(e->pool, w, j) : ppc_remote_dispatch(e, r, j);
         if (rc < 0) {
             ppc_job_fail(j, PPC_JOB_EWORKER, "out of memory while sending the job");
@@ -277,7 +367,8 @@ static void *engine_main(void *arg)
     int timeout = 0;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        int idle = !e->in_head && e->want_workers < 0 && !e->stopping && !e->nshmret;
+        int idle = !e->in_head && e->want_workers < 0 && !e->stopping && !e->nshmret &&
+                   !e->cancels && !e->nkills;
         if (idle) {
             e->sleeping = 1;
             /* every node is full: a new job could not be placed before some
@@ -306,6 +397,12 @@ static void *engine_main(void *arg)
         int want = e->want_workers;
         e->want_workers = -1;
         int stopping = e->stopping;
+        int cancels = e->cancels;
+        e->cancels = 0;
+        ppc_job **kills = e->kills;
+        size_t nkills = e->nkills;
+        e->kills = NULL;
+        e->nkills = e->capkills = 0;
         struct ppc_shmret *rets = NULL;
         size_t nrets = e->nshmret;
         if (nrets) {
@@ -345,6 +442,10 @@ static void *engine_main(void *arg)
             }
         }
         e->batch_n = 0;
+        if (cancels)
+            sweep_cancelled(e);
+        if (nkills)
+            run_kills(e, kills, nkills);
         if (stopping)
             break;
         if (want >= 0)
@@ -358,6 +459,11 @@ static void *engine_main(void *arg)
         /* before schedule and publish: it may settle a reaped worker's job */
         t = min_timeout(t, ppc_pool_tick(e->pool));
         schedule(e);
+        if (atomic_load(&e->ntimed) > 0) { /* after schedule: jobs just sent count */
+            int64_t now = ppc_now_ms();
+            t = min_timeout(t, ppc_pool_timeouts(e->pool, now));
+            t = min_timeout(t, ppc_remote_timeouts(e, now));
+        }
         ppc_pool_flush(e->pool);
         ppc_remote_flush(e);
         publish(e);
@@ -627,6 +733,16 @@ void ppc_engine_stop(ppc_engine *e)
             ppc_job_fail(j, PPC_JOB_EDESTROYED, "the server was destroyed");
             j->has_cb = 0;
             finish_locked(e, j);
+            if (j->notify) { /* its watcher gets its event */
+                j->next = NULL;
+                if (e->cb_tail)
+                    e->cb_tail->next = j;
+                else
+                    e->cb_head = j;
+                e->cb_tail = j;
+                j = nx;
+                continue;
+            }
             pthread_mutex_unlock(&e->mu);
             ppc_job_decref(j);
             pthread_mutex_lock(&e->mu);
@@ -656,6 +772,9 @@ void ppc_engine_free(ppc_engine *e)
         e->cb_head = j->next;
         ppc_job_decref(j);
     }
+    for (size_t i = 0; i < e->nkills; i++)
+        ppc_job_decref(e->kills[i]);
+    free(e->kills);
     ppc_logmsg *m;
     while ((m = e->log_head)) {
         e->log_head = m->next;
@@ -715,6 +834,8 @@ int ppc_engine_submit(ppc_engine *e, ppc_job *j, uint32_t group, int has_cb)
     j->has_cb = has_cb ? 1 : 0;
     j->next = NULL;
     ppc_job_incref(j);
+    if (j->timeout_ms)
+        atomic_fetch_add(&e->ntimed, 1);
     e->group_pending[group]++;
     e->total_pending++;
     if (e->in_tail)
@@ -817,7 +938,7 @@ int ppc_engine_next_event(ppc_engine *e, int timeout_ms, ppc_event *ev)
             if (!e->cb_head)
                 e->cb_tail = NULL;
             j->next = NULL;
-            ev->kind = PPC_EV_JOB;
+            ev->kind = j->has_cb ? PPC_EV_JOB : PPC_EV_DONE;
             ev->job = j;
             break;
         }
@@ -977,4 +1098,57 @@ static void worker_note(ppc_engine *e, int pid, uint8_t type, uint8_t aux, uint6
 void ppc_engine_shm_return(ppc_engine *e, int pid, uint64_t seg_id, int drop)
 {
     worker_note(e, pid, PPC_F_SHMRET, drop ? PPC_AUX_SHM_DROP : 0, seg_id);
+}
+
+int ppc_engine_cancel(ppc_engine *e, ppc_job *j)
+{
+    if (!ppc_job_cancel(j))
+        return 0;
+    pthread_mutex_lock(&e->mu);
+    e->cancels++;
+    wake_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    return 1;
+}
+
+int ppc_engine_kill(ppc_engine *e, ppc_job *j, int why)
+{
+    if (ppc_engine_cancel(e, j))
+        return 1;
+    int rc = 0;
+    pthread_mutex_lock(&e->mu);
+    int expect = 0;
+    if (!e->stopping && !e->stopped && atomic_load(&j->state) < PPC_JOB_COMPLETE &&
+        atomic_compare_exchange_strong(&j->killreq, &expect, why)) {
+        if (e->nkills == e->capkills) {
+            size_t cap = e->capkills ? e->capkills * 2 : 8;
+            ppc_job **n = realloc(e->kills, cap * sizeof *n);
+            if (n) {
+                e->kills = n;
+                e->capkills = cap;
+            }
+        }
+        if (e->nkills < e->capkills) {
+            ppc_job_incref(j);
+            e->kills[e->nkills++] = j;
+            rc = 2;
+        } else {
+            atomic_store(&j->killreq, 0); /* out of memory: not asked */
+        }
+        wake_locked(e);
+    } else if (atomic_load(&j->killreq) && atomic_load(&j->state) < PPC_JOB_COMPLETE) {
+        rc = 2;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int ppc_engine_watch(ppc_engine *e, ppc_job *j)
+{
+    pthread_mutex_lock(&e->mu);
+    int done = atomic_load(&j->state) == PPC_JOB_DONE;
+    if (!done)
+        j->notify = 1;
+    pthread_mutex_unlock(&e->mu);
+    return !done;
 }

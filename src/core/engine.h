@@ -163,7 +163,9 @@ int ppc_engine_wait_job(ppc_engine *e, ppc_job *j, int timeout_ms);
 /* Wait until no job of the group (or PPC_GROUP_ALL) is pending. */
 int ppc_engine_wait_group(ppc_engine *e, uint32_t group, int timeout_ms);
 
-enum ppc_event_kind { PPC_EV_NONE = 0, PPC_EV_JOB = 1, PPC_EV_LOG = 2, PPC_EV_STOP = 3 };
+enum ppc_event_kind { PPC_EV_NONE = 0, PPC_EV_JOB = 1, PPC_EV_LOG = 2, PPC_EV_STOP = 3,
+                      PPC_EV_DONE = 4 /* a watched job (ppc_engine_watch) is DONE; the
+                                         caller owns one reference */ };
 enum ppc_log_level { PPC_LOG_DEBUG = 10, PPC_LOG_INFO = 20, PPC_LOG_WARNING = 30, PPC_LOG_ERROR = 40 };
 
 typedef struct ppc_event {
@@ -179,6 +181,22 @@ typedef struct ppc_event {
 int ppc_engine_next_event(ppc_engine *e, int timeout_ms, ppc_event *ev);
 /* The callback of a job has run: mark it DONE and wake its waiters. */
 void ppc_engine_callback_done(ppc_engine *e, ppc_job *j);
+
+/* Futures. Before submit, a job may get timeout_ms (its worker is killed
+ * when it runs longer; status PPC_JOB_ETIMEOUT) and retries (it runs again
+ * when its worker dies under it). */
+/* Cancel a job not yet taken for a node: 1 (it never runs; it completes
+ * with PPC_JOB_ECANCELLED), 0 when too late. */
+int ppc_engine_cancel(ppc_engine *e, ppc_job *j);
+/* Stop a job (why: PPC_JOB_EKILLED): 1 when it was still queued (cancelled
+ * as by ppc_engine_cancel), 2 when its worker is being killed (locally, or
+ * by a KILL frame on a ppserver) and it completes with status why, 0 when
+ * it is done already or the engine is stopped. */
+int ppc_engine_kill(ppc_engine *e, ppc_job *j, int why);
+/* Ask for a PPC_EV_DONE event when a job without callback is DONE (a job
+ * with a callback gives its PPC_EV_JOB anyway): 1 when an event will come,
+ * 0 when it is DONE already. */
+int ppc_engine_watch(ppc_engine *e, ppc_job *j);
 
 /* Change the number of local workers while jobs run. */
 int ppc_engine_set_workers(ppc_engine *e, int n);

@@ -249,6 +249,12 @@ struct ppc_engine {
     struct ppc_status *status; /* the status page, or NULL (status.c) */
     int64_t loop_ms;           /* this loop turn's time, kept while status is on */
     int status_port;           /* its port, fixed before the thread starts */
+    /* futures (locked): kill requests for the engine thread (each holds a
+     * job reference), cancels not yet swept from the run queue */
+    ppc_job **kills;
+    size_t nkills, capkills;
+    int cancels;
+    atomic_int ntimed; /* jobs with a timeout submitted and not yet done */
 };
 
 /* engine.c services for the nodes */
@@ -260,6 +266,9 @@ void ppc_engine_requeue_front(ppc_engine *e, ppc_job *j);
 void ppc_engine_log(ppc_engine *e, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int64_t ppc_now_ms(void);
+/* A job whose worker died under it: requeued at the front when it has
+ * retries left and nobody asked to stop it (1), else 0. */
+int ppc_engine_retry(ppc_engine *e, ppc_job *j);
 
 /* pool.c: large data */
 /* A frame without payload for local worker pid, if it is alive (SHMRET also
@@ -290,6 +299,12 @@ void ppc_remote_accept(ppc_engine *e);
 /* Take a connected socket as a node: it enters the handshake exactly as a
  * node we connected to; lost, it is not redialed (it dials again). */
 int ppc_remote_adopt(ppc_engine *e, int fd);
+/* kill(): ask the node running j to kill it (a KILL frame): 1 when j is on
+ * a node, else 0. */
+int ppc_remote_kill_job(ppc_engine *e, ppc_job *j);
+/* Jobs on nodes past their timeout get a KILL; ms until the next one is
+ * due, or -1. */
+int ppc_remote_timeouts(ppc_engine *e, int64_t now);
 
 /* serve.c: the ppserver side */
 int ppc_serve_start(ppc_engine *e, char *err, size_t errlen);
@@ -340,5 +355,13 @@ void ppc_pool_shutdown(ppc_pool *p);
 ppc_worker *ppc_pool_workers(ppc_pool *p);
 /* Cancel the jobs of a gone requester: workers running them are stopped. */
 void ppc_pool_cancel_origin(ppc_pool *p, void *origin);
+/* kill(): the worker running j is killed now, or once j is the job it runs
+ * (j->killreq set by the caller): 1 when j is on a worker, else 0. */
+int ppc_pool_kill_job(ppc_pool *p, ppc_job *j);
+/* ppserver: the same for a client's job, named by its client id. */
+int ppc_pool_kill_client_job(ppc_pool *p, void *origin, uint64_t client_id);
+/* Workers whose job ran past its timeout are killed; ms until the next
+ * deadline, or -1. */
+int ppc_pool_timeouts(ppc_pool *p, int64_t now);
 
 #endif

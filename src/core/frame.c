@@ -5,7 +5,8 @@
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX) ||
+           t == PPC_F_KILL;
 }
 
 int ppc_frame_parse(const uint8_t *data, size_t avail, uint64_t max_len, ppc_frame *f)

@@ -46,7 +46,10 @@ enum ppc_frame_type {
     PPC_F_PONG = 21,
     PPC_F_ERROR = 22,
     PPC_F_BYE = 23,
-    PPC_F_TYPE_MAX = 23
+    PPC_F_TYPE_MAX = 23,
+    PPC_F_KILL = 34    /* client -> ppserver: id = the client's job id: kill
+                          the worker running it (or drop it, queued); the
+                          job's RESULT says PPC_JOB_EKILLED */
 };
 
 /* aux bits of JOB and RESULT frames (shm.h has the layouts):

@@ -41,6 +41,8 @@ ppc_job *ppc_job_new(ppc_blob *fn, const void *args, size_t args_len)
     memset(j, 0, sizeof(*j));
     atomic_init(&j->state, PPC_JOB_QUEUED);
     atomic_init(&j->refs, 1);
+    atomic_init(&j->claim, PPC_CLAIM_QUEUED);
+    atomic_init(&j->killreq, 0);
     j->fn = fn;
     if (fn)
         ppc_blob_incref(fn);
@@ -91,4 +93,18 @@ ppc_job *ppc_job_list_reverse(ppc_job *head)
         head = nx;
     }
     return rev;
+}
+
+int ppc_job_take(ppc_job *j)
+{
+    int expect = PPC_CLAIM_QUEUED;
+    return atomic_compare_exchange_strong(&j->claim, &expect, PPC_CLAIM_TAKEN) ||
+           expect == PPC_CLAIM_TAKEN;
+}
+
+int ppc_job_cancel(ppc_job *j)
+{
+    int expect = PPC_CLAIM_QUEUED;
+    return atomic_compare_exchange_strong(&j->claim, &expect, PPC_CLAIM_CANCELLED) ||
+           expect == PPC_CLAIM_CANCELLED;
 }

@@ -39,8 +39,14 @@ enum ppc_job_status {
     PPC_JOB_OK = 0,         /* result holds the worker's opaque result */
     PPC_JOB_EWORKER = 1,    /* result holds a message: worker died */
     PPC_JOB_EDESTROYED = 2, /* the engine was destroyed first */
-    PPC_JOB_ENONODE = 3     /* no node can run it; result holds a message */
+    PPC_JOB_ENONODE = 3,    /* no node can run it; result holds a message */
+    PPC_JOB_ECANCELLED = 4, /* cancelled while queued: it never ran */
+    PPC_JOB_EKILLED = 5,    /* its worker was killed on request (kill) */
+    PPC_JOB_ETIMEOUT = 6    /* its worker was killed: it ran past its timeout */
 };
+
+/* claim: who has the job while it is queued (cancel races dispatch) */
+enum { PPC_CLAIM_QUEUED = 0, PPC_CLAIM_TAKEN = 1, PPC_CLAIM_CANCELLED = 2 };
 
 typedef struct ppc_job {
     struct ppc_job *next; /* link for whichever queue holds the job */
@@ -65,6 +71,14 @@ typedef struct ppc_job {
     ppc_shm_seg *result_seg;   /* PPC_AUX_INARG: the argument segment holding the result */
     uint8_t *result;    /* malloc'd; result payload or error text */
     size_t result_len;
+    /* futures: cancel, kill, timeout, retries, done notification */
+    atomic_int claim;     /* PPC_CLAIM_*: set TAKEN once by the scheduler, CANCELLED by cancel */
+    atomic_int killreq;   /* 0, or PPC_JOB_EKILLED / PPC_JOB_ETIMEOUT: stop it where it runs */
+    uint8_t notify;       /* (engine lock) the caller wants an event when it is done */
+    uint8_t retries;      /* runs again after this many worker deaths under it */
+    uint8_t retried;
+    uint32_t timeout_ms;  /* 0: none; a job running longer has its worker killed */
+    int64_t started_ms;   /* when it began on its worker (local) or was sent (remote) */
     size_t args_len;
     uint8_t args[];
 } ppc_job;
@@ -80,5 +94,10 @@ void ppc_job_fail(ppc_job *j, int status, const char *msg);
  * node's in-flight jobs at the front of the run queue, in their order,
  * takes them last to first.) */
 ppc_job *ppc_job_list_reverse(ppc_job *head);
+/* The scheduler takes a queued job for a node: 1, or 0 when the caller
+ * cancelled it first (it must then never run). */
+int ppc_job_take(ppc_job *j);
+/* The caller cancels a job not yet taken: 1, or 0 when too late. */
+int ppc_job_cancel(ppc_job *j);
 
 #endif

@@ -253,14 +253,25 @@ static void settle(ppc_pool *p, ppc_worker *w, int st)
             ppc_engine_log(e, PPC_LOG_DEBUG, "stopped worker %d: its job's client is gone",
                            (int)w->pid);
             ppc_engine_complete(e, j);
+        } else if (j && atomic_load(&j->killreq)) {
+            /* kill() or its timeout: the worker was killed for it */
+            int why = atomic_load(&j->killreq);
+            ppc_job_fail(j, why,
+                         why == PPC_JOB_ETIMEOUT ? "the job ran past its timeout; its worker "
+                                                   "was killed and replaced"
+                                                 : "the job was killed; its worker was replaced");
+            ppc_pool_args_done(p, j, 1);
+            ppc_engine_complete(e, j);
         } else if (j) {
             char msg[200];
             snprintf(msg, sizeof msg, "worker process %d died while running the job (%s)",
                      (int)w->pid, how);
             ppc_engine_log(e, PPC_LOG_WARNING, "%s; starting a replacement", msg);
-            ppc_job_fail(j, PPC_JOB_EWORKER, msg);
-            ppc_pool_args_done(p, j, 1);
-            ppc_engine_complete(e, j);
+            if (!ppc_engine_retry(e, j)) {
+                ppc_job_fail(j, PPC_JOB_EWORKER, msg);
+                ppc_pool_args_done(p, j, 1);
+                ppc_engine_complete(e, j);
+            }
         } else {
             ppc_engine_log(e, PPC_LOG_WARNING, "idle worker process %d exited (%s)", (int)w->pid,
                            how);
@@ -461,6 +472,8 @@ int ppc_pool_dispatch(ppc_pool *p, ppc_worker *w, ppc_job *j)
         w->fl_tail->next = j;
     else
         w->fl_head = j;
+    if (w->fl_head == j && j->timeout_ms)
+        j->started_ms = ppc_now_ms(); /* it runs now: its timeout counts */
     w->fl_tail = j;
     if (w->inflight++ == 0)
         w->busy_since = p->e->loop_ms;
@@ -645,6 +658,13 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
     if (--w->inflight > 0)
         w->busy_since = e->loop_ms; /* the next one starts now */
     j->next = NULL;
+    if (w->fl_head) {
+        /* the next job runs now: its timeout counts; a kill waits for this */
+        if (w->fl_head->timeout_ms)
+            w->fl_head->started_ms = ppc_now_ms();
+        if (atomic_load(&w->fl_head->killreq))
+            kill(w->pid, SIGKILL);
+    }
     if (f->aux & (PPC_AUX_NOSHM | PPC_AUX_NOVM)) {
         /* the worker cannot map our segments (NOSHM: from now on arguments
          * go inline) or read our memory (NOVM: from now on holes are
@@ -894,4 +914,54 @@ void ppc_pool_free(ppc_pool *p)
         free_worker(p, w);
     }
     free(p);
+}
+
+int ppc_pool_kill_job(ppc_pool *p, ppc_job *j)
+{
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        for (ppc_job *x = w->fl_head; x; x = x->next) {
+            if (x != j)
+                continue;
+            /* the worker runs its head; a job behind it gets killed when
+             * it becomes the head (on_frame), so no other job is lost */
+            if (w->fl_head == j)
+                kill(w->pid, SIGKILL);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int ppc_pool_kill_client_job(ppc_pool *p, void *origin, uint64_t client_id)
+{
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        for (ppc_job *x = w->fl_head; x; x = x->next) {
+            if (x->origin != origin || x->client_id != client_id)
+                continue;
+            atomic_store(&x->killreq, PPC_JOB_EKILLED);
+            if (w->fl_head == x)
+                kill(w->pid, SIGKILL);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int ppc_pool_timeouts(ppc_pool *p, int64_t now)
+{
+    int t = -1;
+    for (ppc_worker *w = p->workers; w; w = w->next) {
+        ppc_job *j = w->fl_head;
+        if (!j || !j->timeout_ms || atomic_load(&j->killreq))
+            continue;
+        int64_t left = j->started_ms + (int64_t)j->timeout_ms - now;
+        if (left <= 0) {
+            int expect = 0;
+            if (atomic_compare_exchange_strong(&j->killreq, &expect, PPC_JOB_ETIMEOUT))
+                kill(w->pid, SIGKILL);
+        } else if (t < 0 || left < t) {
+            t = (int)left;
+        }
+    }
+    return t;
 }

@@ -408,6 +408,8 @@ static void on_result(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         r->fl_tail = prev;
     j->next = NULL;
     r->inflight--;
+    if (f->flags == PPC_JOB_EWORKER && ppc_engine_retry(e, j))
+        return;
     if (j->args_seg && e->pool)
         ppc_pool_args_done(e->pool, j, 0); /* only read from here: reusable */
     if (f->flags == PPC_JOB_OK && f->len >= 8) {
@@ -866,4 +868,43 @@ int ppc_remote_adopt(ppc_engine *e, int fd)
     set_state(e, r, R_CONNECTING);
     ppc_engine_log(e, PPC_LOG_DEBUG, "node dialed in from %s", peer);
     return 0;
+}
+
+int ppc_remote_kill_job(ppc_engine *e, ppc_job *j)
+{
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        for (ppc_job *x = r->fl_head; x; x = x->next) {
+            if (x != j)
+                continue;
+            if (r->state == R_READY)
+                ppc_conn_put(&r->c, PPC_F_KILL, 0, j->id, NULL, 0, NULL, 0);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The client keeps the clock (one clock, no per-job timers on nodes): a
+ * remote job's timeout counts from when it was sent to its node. */
+int ppc_remote_timeouts(ppc_engine *e, int64_t now)
+{
+    int t = -1;
+    for (int i = 0; i < e->nrn; i++) {
+        ppc_rnode *r = e->rn[i];
+        for (ppc_job *j = r->fl_head; j; j = j->next) {
+            if (!j->timeout_ms || atomic_load(&j->killreq))
+                continue;
+            int64_t left = j->started_ms + (int64_t)j->timeout_ms - now;
+            if (left <= 0) {
+                int expect = 0;
+                if (atomic_compare_exchange_strong(&j->killreq, &expect, PPC_JOB_ETIMEOUT) &&
+                    r->state == R_READY)
+                    ppc_conn_put(&r->c, PPC_F_KILL, 0, j->id, NULL, 0, NULL, 0);
+            } else if (t < 0 || left < t) {
+                t = (int)left;
+            }
+        }
+    }
+    return t;
 }

@@ -361,6 +361,20 @@ static void job_error(ppc_sconn *s, uint64_t id, int status, const char *msg)
     ppc_conn_put(&s->c, PPC_F_RESULT, (uint8_t)status, id, msg, strlen(msg), NULL, 0);
 }
 
+/* KILL from a client: its job (named by the client's id) is dropped if
+ * queued, or its worker killed; the RESULT says PPC_JOB_EKILLED. A client
+ * reaches only its own jobs. */
+static void on_kill(ppc_engine *e, ppc_sconn *s, uint64_t client_id)
+{
+    for (ppc_job *j = e->rq_head; j; j = j->next) {
+        if (j->origin == s && j->client_id == client_id) {
+            atomic_store(&j->killreq, PPC_JOB_EKILLED);
+            return;
+        }
+    }
+    ppc_pool_kill_client_job(e->pool, s, client_id);
+}
+
 static void on_ready(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
 {
     switch (f->type) {
@@ -406,6 +420,9 @@ static void on_ready(ppc_engine *e, ppc_sconn *s, const ppc_frame *f)
         e->rq_len++;
         return;
     }
+    case PPC_F_KILL:
+        on_kill(e, s, f->id);
+        return;
     case PPC_F_PING:
         /* answer at once: the client's liveness interval may be shorter
          * than ours, so our own heartbeat period is not enough for it */

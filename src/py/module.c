@@ -99,6 +99,13 @@ static PyObject *init_module(const char *name)
     Py_INCREF(&ppc_JobType);
     if (PyModule_AddObject(m, "Job", (PyObject *)&ppc_JobType) < 0)
         goto fail;
+    if (PyType_Ready(&ppc_ChunkType) < 0)
+        goto fail;
+    Py_INCREF(&ppc_ChunkType);
+    if (PyModule_AddObject(m, "Chunk", (PyObject *)&ppc_ChunkType) < 0)
+        goto fail;
+    if (ppc_job_add_executor_methods(m) < 0)
+        goto fail;
     if (PyModule_AddIntConstant(m, "HIGHEST_PROTOCOL", 5) < 0)
         goto fail;
     return m;

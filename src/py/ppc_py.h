@@ -74,12 +74,22 @@ typedef struct {
     PyObject *exc;          /* unpacked exception, or NULL */
     PyObject *pins;         /* bytes a worker reads from our memory, or NULL */
     int unpacked;
+    PyObject *done_cbs;     /* add_done_callback's functions not yet run, or NULL */
+    int watched;            /* the engine sends an event when it is done */
 } ppc_Job;
+
+/* ship.c: Chunk, Server.map's unit of work (pp._ppc.Chunk) */
+extern PyTypeObject ppc_ChunkType;
 
 /* pyjob.c */
 ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *cbargs);
 /* Unpack the result once (prints captured output). 0 or -1 with an error. */
 int ppc_job_unpack(ppc_Job *self);
+/* Run the done callbacks not yet run (each once), fn(job); errors are
+ * reported as unraisable, never raised. */
+void ppc_job_fire_done(ppc_Job *self);
+/* pp._ppc._future_result and _executor_submit: pp.Executor's fast paths. */
+int ppc_job_add_executor_methods(PyObject *m);
 /* server.c: keep the pins of a dropped Job until its job has finished;
  * release those whose jobs have (all: every one, the engine being stopped). */
 int ppc_server_hold_pins(ppc_Server *s, ppc_job *j, PyObject *pins);

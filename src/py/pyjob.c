@@ -3,7 +3,14 @@
  * job() waits with the GIL released (in short slices so Ctrl-C is honoured
  * at once), then unpacks the worker's result a single time: prints what the
  * job wrote to stdout, unpickles the value, or rebuilds the exception with
- * the worker's traceback attached as __cause__. */
+ * the worker's traceback attached as __cause__.
+ *
+ * A Job is also a future (concurrent.futures' names and semantics):
+ * result/exception with a timeout, done/running/cancelled, cancel (only
+ * while queued), kill (its worker is killed and replaced), done callbacks
+ * (run on the Server's events thread, or at once when already done) and
+ * `await job` (pp/futures.py: one asyncio future per awaited job, settled
+ * from a done callback, no thread per job). */
 #include "ppc_py.h"
 #include "../core/frame.h"
 #include <string.h>
@@ -28,6 +35,8 @@ ppc_Job *ppc_job_wrap(ppc_Server *s, ppc_job *j, PyObject *callback, PyObject *c
     self->exc = NULL;
     self->pins = NULL;
     self->unpacked = 0;
+    self->done_cbs = NULL;
+    self->watched = 0;
     return self;
 }
 
@@ -280,12 +289,44 @@ static PyObject *load_shm_result(ppc_Job *self, const ppc_result *res, int holes
     return obj;
 }
 
+/* The status a stopped job reports: a remote node answers a KILL with
+ * EKILLED whatever the reason; our own request says which. */
+static int job_status(ppc_job *j)
+{
+    int st = j->status;
+    if (st == PPC_JOB_EKILLED || st == PPC_JOB_ETIMEOUT) {
+        int kr = atomic_load(&j->killreq);
+        if (kr)
+            st = kr;
+    }
+    return st;
+}
+
+/* The class for a stopped job's error (new reference). */
+static PyObject *stop_error_type(int st)
+{
+    if (st == PPC_JOB_ETIMEOUT)
+        return ppc_import_attr("pp.futures", "TimeoutError");
+    return ppc_import_attr("concurrent.futures", "CancelledError");
+}
+
 int ppc_job_unpack(ppc_Job *self)
 {
     if (self->unpacked)
         return 0;
     Py_CLEAR(self->pins); /* the job is finished: no worker reads them any more */
     ppc_job *j = self->job;
+    int st = job_status(j);
+    if (st == PPC_JOB_ECANCELLED || st == PPC_JOB_EKILLED || st == PPC_JOB_ETIMEOUT) {
+        PyObject *type = stop_error_type(st);
+        const char *msg = j->result ? (const char *)j->result : "job stopped";
+        self->exc = type ? PyObject_CallFunction(type, "s", msg) : NULL;
+        Py_XDECREF(type);
+        if (!self->exc)
+            return -1;
+        self->unpacked = 1;
+        return 0;
+    }
     if (j->status != PPC_JOB_OK) {
         PyObject *type = j->status == PPC_JOB_EDESTROYED ? G.DestroyedServerError : G.WorkerError;
         const char *msg = j->result ? (const char *)j->result : "job failed";
@@ -352,10 +393,27 @@ int ppc_job_unpack(ppc_Job *self)
     return 0;
 }
 
+static int cancelled_early(ppc_Job *self)
+{
+    return atomic_load(&self->job->claim) == PPC_CLAIM_CANCELLED;
+}
+
+static PyObject *raise_cancelled(void)
+{
+    PyObject *t = ppc_import_attr("concurrent.futures", "CancelledError");
+    if (t) {
+        PyErr_SetString(t, "the job was cancelled");
+        Py_DECREF(t);
+    }
+    return NULL;
+}
+
 static PyObject *Job_result(ppc_Job *self)
 {
     if (!self->unpacked && ppc_server_check_owner(self->server) < 0)
         return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
     if (would_deadlock(self))
         return NULL;
     if (atomic_load_explicit(&self->job->state, memory_order_acquire) != PPC_JOB_DONE &&
@@ -398,6 +456,228 @@ static PyObject *Job_call(ppc_Job *self, PyObject *args, PyObject *kw)
     return Job_result(self);
 }
 
+/* Wait until done, at most secs (< 0: forever): 1 done, 0 timed out, -1
+ * error. Cancelled counts as done. */
+static int wait_secs(ppc_Job *self, double secs)
+{
+    if (ppc_server_check_owner(self->server) < 0 || would_deadlock(self))
+        return -1;
+    if (secs < 0) {
+        if (cancelled_early(self))
+            return 1;
+        return ppc_wait_interruptible(self->server->engine, self->job, 0, 0) < 0 ? -1 : 1;
+    }
+    double left = secs;
+    for (;;) {
+        if (atomic_load_explicit(&self->job->state, memory_order_acquire) == PPC_JOB_DONE ||
+            cancelled_early(self))
+            return 1;
+        if (left <= 0)
+            return 0;
+        int ms = left * 1000 < WAIT_SLICE_MS ? (int)(left * 1000) + 1 : WAIT_SLICE_MS, done;
+        Py_BEGIN_ALLOW_THREADS
+        done = ppc_engine_wait_job(self->server->engine, self->job, ms);
+        Py_END_ALLOW_THREADS
+        if (done)
+            return 1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        left -= ms / 1000.0;
+    }
+}
+
+static int parse_timeout(PyObject *args, PyObject *kw, const char *fname, double *secs)
+{
+    if (PyTuple_GET_SIZE(args) == 0 && (!kw || PyDict_GET_SIZE(kw) == 0)) {
+        *secs = -1; /* result(): no parsing on the common path */
+        return 0;
+    }
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *t = Py_None;
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "|O:%s", fname);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, &t))
+        return -1;
+    *secs = -1;
+    if (t != Py_None) {
+        *secs = PyFloat_AsDouble(t);
+        if (*secs == -1 && PyErr_Occurred())
+            return -1;
+        if (*secs < 0)
+            *secs = 0;
+    }
+    return 0;
+}
+
+static int wait_or_raise(ppc_Job *self, PyObject *args, PyObject *kw, const char *fname)
+{
+    double secs;
+    if (parse_timeout(args, kw, fname, &secs) < 0)
+        return -1;
+    int rc = wait_secs(self, secs);
+    if (rc == 0) {
+        PyObject *t = ppc_import_attr("concurrent.futures", "TimeoutError");
+        if (t) {
+            PyErr_SetString(t, "the job is not done yet");
+            Py_DECREF(t);
+        }
+        return -1;
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+static PyObject *Job_fresult(ppc_Job *self, PyObject *args, PyObject *kw)
+{
+    if (wait_or_raise(self, args, kw, "result") < 0)
+        return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
+    if (ppc_job_unpack(self) < 0)
+        return NULL;
+    if (self->exc) {
+        PyException_SetTraceback(self->exc, Py_None);
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return NULL;
+    }
+    Py_INCREF(self->value);
+    return self->value;
+}
+
+static int is_stop(ppc_Job *self)
+{
+    int st = job_status(self->job);
+    return st == PPC_JOB_ECANCELLED || st == PPC_JOB_EKILLED;
+}
+
+static PyObject *Job_exception(ppc_Job *self, PyObject *args, PyObject *kw)
+{
+    if (wait_or_raise(self, args, kw, "exception") < 0)
+        return NULL;
+    if (cancelled_early(self) && atomic_load(&self->job->state) != PPC_JOB_DONE)
+        return raise_cancelled();
+    if (ppc_job_unpack(self) < 0)
+        return NULL;
+    if (self->exc && is_stop(self)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(self->exc), self->exc);
+        return NULL;
+    }
+    PyObject *r = self->exc ? self->exc : Py_None;
+    Py_INCREF(r);
+    return r;
+}
+
+static PyObject *Job_done(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyBool_FromLong(atomic_load(&self->job->state) == PPC_JOB_DONE ||
+                           cancelled_early(self));
+}
+
+static PyObject *Job_running(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    return PyBool_FromLong(atomic_load(&self->job->state) == PPC_JOB_RUNNING &&
+                           !cancelled_early(self));
+}
+
+static PyObject *Job_cancelled(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    int c = cancelled_early(self) ||
+            (atomic_load(&self->job->state) == PPC_JOB_DONE && is_stop(self));
+    return PyBool_FromLong(c);
+}
+
+void ppc_job_fire_done(ppc_Job *self)
+{
+    while (self->done_cbs && PyList_GET_SIZE(self->done_cbs) > 0) {
+        PyObject *fn = PyList_GET_ITEM(self->done_cbs, 0);
+        Py_INCREF(fn);
+        if (PyList_SetSlice(self->done_cbs, 0, 1, NULL) < 0) {
+            Py_DECREF(fn);
+            PyErr_WriteUnraisable((PyObject *)self);
+            return;
+        }
+        PyObject *r = PyObject_CallOneArg(fn, (PyObject *)self);
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_WriteUnraisable(fn);
+        Py_DECREF(fn);
+    }
+}
+
+static PyObject *Job_cancel(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (cancelled_early(self))
+        Py_RETURN_TRUE;
+    if (ppc_server_check_owner(self->server) < 0)
+        return NULL;
+    if (self->server->destroyed || !ppc_engine_cancel(self->server->engine, self->job))
+        Py_RETURN_FALSE;
+    ppc_job_fire_done(self);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Job_kill(ppc_Job *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (cancelled_early(self))
+        Py_RETURN_TRUE;
+    if (ppc_server_check_owner(self->server) < 0)
+        return NULL;
+    if (self->server->destroyed)
+        Py_RETURN_FALSE;
+    int rc = ppc_engine_kill(self->server->engine, self->job, PPC_JOB_EKILLED);
+    if (rc == 1)
+        ppc_job_fire_done(self);
+    return PyBool_FromLong(rc != 0);
+}
+
+static PyObject *Job_add_done_callback(ppc_Job *self, PyObject *fn)
+{
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "add_done_callback needs a callable");
+        return NULL;
+    }
+    if (!self->done_cbs && !(self->done_cbs = PyList_New(0)))
+        return NULL;
+    if (PyList_Append(self->done_cbs, fn) < 0)
+        return NULL;
+    ppc_job *j = self->job;
+    int done = atomic_load(&j->state) == PPC_JOB_DONE || cancelled_early(self);
+    if (!done && !self->watched) {
+        if (ppc_server_check_owner(self->server) < 0)
+            return NULL;
+        self->watched = 1;
+        if (!j->has_cb) {
+            /* the engine's event holds this Job until it is handled */
+            Py_INCREF(self);
+            j->user = self;
+            if (!ppc_engine_watch(self->server->engine, j)) {
+                j->user = NULL;
+                Py_DECREF(self);
+                done = 1;
+            }
+        }
+        /* a job with a pp callback: the events thread runs these after it */
+    }
+    if (done)
+        ppc_job_fire_done(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Job_await(ppc_Job *self)
+{
+    PyObject *f = ppc_import_attr("pp.futures", "_await");
+    if (!f)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(f, (PyObject *)self);
+    Py_DECREF(f);
+    return r;
+}
+
 static PyObject *Job_wait(ppc_Job *self, PyObject *noargs)
 {
     (void)noargs;
@@ -417,6 +697,14 @@ static PyObject *Job_tid(ppc_Job *self, void *c)
 {
     (void)c;
     return PyLong_FromUnsignedLongLong(self->job->id);
+}
+
+static PyObject *Job_exec_time(ppc_Job *self, void *c)
+{
+    (void)c;
+    if (atomic_load(&self->job->state) != PPC_JOB_DONE)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble((double)self->job->exec_ns / 1e9);
 }
 
 static PyObject *Job_group(ppc_Job *self, void *c)
@@ -458,11 +746,28 @@ static void Job_dealloc(ppc_Job *self)
     Py_XDECREF(self->callbackargs);
     Py_XDECREF(self->value);
     Py_XDECREF(self->exc);
+    Py_XDECREF(self->done_cbs);
     PyObject_Free(self);
 }
 
 static PyMethodDef Job_methods[] = {
     {"wait", (PyCFunction)Job_wait, METH_NOARGS, "Wait until the job is finished."},
+    {"result", (PyCFunction)(void (*)(void))Job_fresult, METH_VARARGS | METH_KEYWORDS,
+     "result(timeout=None): the job's value, or raise its exception; "
+     "concurrent.futures.TimeoutError after timeout seconds, CancelledError when cancelled "
+     "or killed, TimeoutError when it ran past submit's timeout."},
+    {"exception", (PyCFunction)(void (*)(void))Job_exception, METH_VARARGS | METH_KEYWORDS,
+     "exception(timeout=None): the job's exception, or None."},
+    {"done", (PyCFunction)Job_done, METH_NOARGS, "True when finished or cancelled."},
+    {"running", (PyCFunction)Job_running, METH_NOARGS, "True while sent to a node."},
+    {"cancelled", (PyCFunction)Job_cancelled, METH_NOARGS, "True when cancelled or killed."},
+    {"cancel", (PyCFunction)Job_cancel, METH_NOARGS,
+     "Cancel the job if still queued (it never runs): True, else False."},
+    {"kill", (PyCFunction)Job_kill, METH_NOARGS,
+     "Stop the job: cancelled if queued, else its worker is killed and replaced; result() "
+     "raises CancelledError. False when it is done already."},
+    {"add_done_callback", (PyCFunction)Job_add_done_callback, METH_O,
+     "fn(job) once the job is done (at once if it is)."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Job_getset[] = {
@@ -470,7 +775,11 @@ static PyGetSetDef Job_getset[] = {
      NULL},
     {"tid", (getter)Job_tid, NULL, "The job's id.", NULL},
     {"group", (getter)Job_group, NULL, "The job's group.", NULL},
+    {"exec_time", (getter)Job_exec_time, NULL,
+     "Seconds the job ran in its worker (as the worker reports), None until done.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
+
+static PyAsyncMethods Job_async = {.am_await = (unaryfunc)Job_await};
 
 PyTypeObject ppc_JobType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.Job",
@@ -482,4 +791,259 @@ PyTypeObject ppc_JobType = {
     .tp_repr = (reprfunc)Job_repr,
     .tp_methods = Job_methods,
     .tp_getset = Job_getset,
+    .tp_as_async = &Job_async,
 };
+
+/* ------------------------------------------- pp.Executor's fast paths
+ *
+ * pp/executor.py binds these as methods (instancemethod): Executor.submit
+ * and its futures' result() for the common case, in C, so a future costs
+ * little more than its job. Anything unusual (keyword arguments, a
+ * timeout, a future someone watches, an error) goes to the Python
+ * methods _submit_py and _result_py, which handle every case. Both run
+ * under the GIL without releasing it between their check and their update
+ * (the modules declare the GIL used), so no other thread sees a half-made
+ * change. */
+
+static PyObject *interned(PyObject **slot, const char *s)
+{
+    if (!*slot)
+        *slot = PyUnicode_InternFromString(s);
+    return *slot;
+}
+
+static PyObject *getattr_s(PyObject *o, PyObject **slot, const char *name)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_GetAttr(o, n) : NULL;
+}
+
+static int setattr_s(PyObject *o, PyObject **slot, const char *name, PyObject *v)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_SetAttr(o, n, v) : -1;
+}
+
+static PyObject *s_state, *s_job, *s_wl, *s_cbs, *s_result, *s_result_py, *s_finished;
+static PyObject *s_submit_py, *s_shutdown, *s_server, *s_future, *s_futures, *s_prune_at,
+    *s_submit, *s_globals_kw, *s_lock, *s_acquire, *s_release;
+
+/* Drop the futures whose jobs are done from the Executor's list (kept for
+ * shutdown); the next pruning when it has doubled. 0 or -1. */
+static int prune_futures(PyObject *self, PyObject *futs)
+{
+    Py_ssize_t n = PyList_GET_SIZE(futs), k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(futs, i);
+        PyObject *job = getattr_s(f, &s_job, "_job");
+        int done = !job || !Py_IS_TYPE(job, &ppc_JobType) ||
+                   atomic_load(&((ppc_Job *)job)->job->state) == PPC_JOB_DONE ||
+                   cancelled_early((ppc_Job *)job);
+        if (!job)
+            PyErr_Clear();
+        Py_XDECREF(job);
+        if (!done) {
+            Py_INCREF(f);
+            PyObject *old = PyList_GET_ITEM(futs, k);
+            PyList_SET_ITEM(futs, k, f);
+            Py_DECREF(old);
+            k++;
+        }
+    }
+    if (PyList_SetSlice(futs, k, n, NULL) < 0)
+        return -1;
+    PyObject *at = PyLong_FromSsize_t(k * 2 > 1024 ? k * 2 : 1024);
+    int rc = at ? setattr_s(self, &s_prune_at, "_prune_at", at) : -1;
+    Py_XDECREF(at);
+    return rc;
+}
+
+static PyObject *slow(PyObject **slot, const char *name, PyObject *const *a, Py_ssize_t nargs,
+                      PyObject *kwnames)
+{
+    PyObject *n = interned(slot, name);
+    return n ? PyObject_VectorcallMethod(n, a, (size_t)nargs, kwnames) : NULL;
+}
+
+/* 1 when the attribute is the str "PENDING" */
+static int is_pending(PyObject *self)
+{
+    PyObject *st = getattr_s(self, &s_state, "_state");
+    int r = st && PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, "PENDING") == 0;
+    Py_XDECREF(st);
+    PyErr_Clear();
+    return r;
+}
+
+/* Nobody to notify: no waiter list made, no done callback added. */
+static int unwatched(PyObject *self)
+{
+    PyObject *wl = getattr_s(self, &s_wl, "_wl");
+    PyObject *cbs = wl ? getattr_s(self, &s_cbs, "_done_callbacks") : NULL;
+    int r = wl == Py_None && cbs && PySequence_Check(cbs) && PySequence_Size(cbs) == 0;
+    Py_XDECREF(wl);
+    Py_XDECREF(cbs);
+    PyErr_Clear();
+    return r;
+}
+
+static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    (void)mod;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw != 0 || !is_pending(a[0]))
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    PyObject *self = a[0];
+    PyObject *job = getattr_s(self, &s_job, "_job");
+    if (!job || !Py_IS_TYPE(job, &ppc_JobType)) {
+        Py_XDECREF(job);
+        PyErr_Clear();
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    }
+    ppc_Job *jo = (ppc_Job *)job;
+    PyObject *v = Job_fresult(jo, G.empty_tuple, NULL); /* waits without the GIL */
+    if (!v) {
+        int done = atomic_load(&jo->job->state) == PPC_JOB_DONE || cancelled_early(jo);
+        Py_DECREF(job);
+        if (!done)
+            return NULL; /* interrupted while waiting */
+        PyErr_Clear();   /* the job's own error: the stdlib's way below */
+        return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    }
+    Py_DECREF(job);
+    if (is_pending(self) && unwatched(self) && interned(&s_finished, "FINISHED") &&
+        setattr_s(self, &s_result, "_result", v) == 0 &&
+        setattr_s(self, &s_state, "_state", s_finished) == 0)
+        return v;
+    PyErr_Clear();
+    Py_DECREF(v);
+    return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+}
+
+static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    (void)mod;
+    if (nargs < 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 0))
+        return slow(&s_submit_py, "_submit_py", a, nargs, kwnames);
+    PyObject *self = a[0], *fn = a[1];
+    PyObject *g = NULL; /* a function of __main__ takes its globals (its imports) along */
+    if (PyFunction_Check(fn)) {
+        PyObject *gl = PyFunction_GET_GLOBALS(fn);
+        PyObject *nm = PyDict_GetItemString(gl, "__name__"); /* borrowed */
+        if (nm && PyUnicode_Check(nm) && PyUnicode_CompareWithASCIIString(nm, "__main__") == 0)
+            g = gl;
+    }
+    PyObject *lock = getattr_s(self, &s_lock, "_lock");
+    if (!lock)
+        return NULL;
+    PyObject *r = interned(&s_acquire, "acquire") ? PyObject_CallMethodNoArgs(lock, s_acquire)
+                                                  : NULL;
+    if (!r) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyObject *fut = NULL, *job = NULL, *args = NULL, *server = NULL, *cls = NULL, *futs = NULL;
+    PyObject *sd = getattr_s(self, &s_shutdown, "_shutdown");
+    int down = sd ? PyObject_IsTrue(sd) : -1;
+    Py_XDECREF(sd);
+    if (down != 0) {
+        if (down > 0)
+            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        goto out;
+    }
+    args = PyTuple_New(nargs - 2);
+    if (!args)
+        goto out;
+    for (Py_ssize_t i = 2; i < nargs; i++) {
+        Py_INCREF(a[i]);
+        PyTuple_SET_ITEM(args, i - 2, a[i]);
+    }
+    server = getattr_s(self, &s_server, "_server");
+    if (!server || !interned(&s_submit, "submit"))
+        goto out;
+    if (g) {
+        if (!s_globals_kw && !(s_globals_kw = Py_BuildValue("(s)", "globals")))
+            goto out;
+        PyObject *call[4] = {server, fn, args, g};
+        job = PyObject_VectorcallMethod(s_submit, call, 3, s_globals_kw);
+    } else {
+        PyObject *call[3] = {server, fn, args};
+        job = PyObject_VectorcallMethod(s_submit, call, 3, NULL);
+    }
+    if (!job)
+        goto out;
+    cls = getattr_s(self, &s_future, "_Future");
+    if (!cls || !PyType_Check(cls)) {
+        if (cls)
+            PyErr_SetString(PyExc_TypeError, "Executor._Future is not a class");
+        goto out;
+    }
+    fut = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (!fut || setattr_s(fut, &s_job, "_job", job) < 0) {
+        Py_CLEAR(fut);
+        goto out;
+    }
+    futs = getattr_s(self, &s_futures, "_futures");
+    if (!futs || !PyList_Check(futs) || PyList_Append(futs, fut) < 0) {
+        if (futs && !PyList_Check(futs))
+            PyErr_SetString(PyExc_TypeError, "Executor._futures is not a list");
+        Py_CLEAR(fut);
+        goto out;
+    }
+    PyObject *at = getattr_s(self, &s_prune_at, "_prune_at");
+    Py_ssize_t lim = at ? PyLong_AsSsize_t(at) : -1;
+    Py_XDECREF(at);
+    if (lim < 0) {
+        Py_CLEAR(fut);
+        goto out;
+    }
+    if (PyList_GET_SIZE(futs) >= lim && prune_futures(self, futs) < 0)
+        Py_CLEAR(fut);
+out:
+    Py_XDECREF(futs);
+    Py_XDECREF(cls);
+    Py_XDECREF(job);
+    Py_XDECREF(server);
+    Py_XDECREF(args);
+    {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        PyObject *rr = interned(&s_release, "release")
+                           ? PyObject_CallMethodNoArgs(lock, s_release)
+                           : NULL;
+        Py_XDECREF(rr);
+        if (!rr && !t) {
+            Py_CLEAR(fut);
+        } else {
+            if (!rr)
+                PyErr_Clear();
+            PyErr_Restore(t, v, tb);
+        }
+    }
+    Py_DECREF(lock);
+    return fut;
+}
+
+static PyMethodDef exec_defs[] = {
+    {"_future_result", (PyCFunction)(void (*)(void))future_result, METH_FASTCALL | METH_KEYWORDS,
+     "result(timeout=None) of an Executor's future (pp/executor.py)."},
+    {"_executor_submit", (PyCFunction)(void (*)(void))executor_submit,
+     METH_FASTCALL | METH_KEYWORDS, "Executor.submit(fn, /, *args, **kwargs) (pp/executor.py)."},
+    {NULL, NULL, 0, NULL}};
+
+int ppc_job_add_executor_methods(PyObject *m)
+{
+    for (PyMethodDef *d = exec_defs; d->ml_name; d++) {
+        PyObject *f = PyCFunction_New(d, NULL);
+        PyObject *im = f ? PyInstanceMethod_New(f) : NULL;
+        Py_XDECREF(f);
+        if (!im || PyModule_AddObject(m, d->ml_name, im) < 0) {
+            Py_XDECREF(im);
+            return -1;
+        }
+    }
+    return 0;
+}

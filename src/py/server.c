@@ -397,13 +397,14 @@ static void log_message(ppc_events *self, int level, const char *msg)
 
 /* Run one job's callback on the event thread: callback(*callbackargs,
  * result). Errors in the callback are logged, never lost. */
-static void run_callback(ppc_events *self, ppc_job *j)
+static void run_callback(ppc_events *self, ppc_job *j, ppc_Job *jo)
 {
-    ppc_Job *jo = (ppc_Job *)j->user;
-    j->user = NULL;
     if (!jo)
         return;
-    if (j->status == PPC_JOB_EDESTROYED) {
+    Py_INCREF(jo);
+    if (j->status == PPC_JOB_EDESTROYED || j->status == PPC_JOB_ECANCELLED ||
+        j->status == PPC_JOB_EKILLED ||
+        atomic_load(&j->claim) == PPC_CLAIM_CANCELLED) {
         Py_DECREF(jo);
         return;
     }
@@ -486,9 +487,20 @@ static void events_main(ppc_events *ev)
         } else if (kind == PPC_EV_LOG) {
             log_message(ev, x.level, x.msg);
             ppc_engine_set_log_level(e, pp_log_level());
-        } else if (kind == PPC_EV_JOB) {
-            run_callback(ev, x.job);
-            ppc_engine_callback_done(e, x.job);
+        } else if (kind == PPC_EV_JOB || kind == PPC_EV_DONE) {
+            /* the engine's event holds the Job (its user pointer) */
+            ppc_Job *jo = (ppc_Job *)x.job->user;
+            x.job->user = NULL;
+            if (kind == PPC_EV_JOB) {
+                run_callback(ev, x.job, jo);
+                ppc_engine_callback_done(e, x.job);
+            } else {
+                ppc_job_decref(x.job);
+            }
+            if (jo) {
+                ppc_job_fire_done(jo); /* futures' done callbacks, once DONE */
+                Py_DECREF(jo);
+            }
         }
     }
 }
@@ -1080,14 +1092,16 @@ void ppc_server_sweep_pins(ppc_Server *s, int all)
 
 /* submit's parameters, by position and keyword (fast call: no argument
  * tuple or keyword dict is built per job). */
-static const char *const submit_kw[] = {"func",     "args",  "depfuncs", "modules",
-                                        "callback", "callbackargs", "group", "globals"};
-#define SUBMIT_NARGS 8
+static const char *const submit_kw[] = {"func",     "args",         "depfuncs", "modules",
+                                        "callback", "callbackargs", "group",    "globals",
+                                        "timeout",  "retries"};
+#define SUBMIT_NARGS 8 /* by position; timeout and retries by keyword only */
+#define SUBMIT_NKW 10
 
 static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize_t nargsf,
                                PyObject *kwnames)
 {
-    PyObject *a[SUBMIT_NARGS] = {NULL};
+    PyObject *a[SUBMIT_NKW] = {NULL};
     Py_ssize_t npos = PyVectorcall_NARGS(nargsf);
     if (npos > SUBMIT_NARGS) {
         PyErr_Format(PyExc_TypeError, "submit() takes at most %d arguments (%zd given)",
@@ -1100,7 +1114,7 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, k);
         int at = -1;
-        for (int i = 0; i < SUBMIT_NARGS && at < 0; i++)
+        for (int i = 0; i < SUBMIT_NKW && at < 0; i++)
             if (PyUnicode_CompareWithASCIIString(name, submit_kw[i]) == 0)
                 at = i;
         if (at < 0) {
@@ -1124,6 +1138,33 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
     PyObject *globals = a[7] ? a[7] : Py_None;
     if (check_alive(self) < 0)
         return NULL;
+    /* timeout: seconds a job may run before its worker is killed (its
+     * result() raises TimeoutError); retries: runs again when its worker
+     * dies under it */
+    uint32_t timeout_ms = 0;
+    uint8_t retries = 0;
+    if (a[8] && a[8] != Py_None) {
+        double t = PyFloat_AsDouble(a[8]);
+        if (t == -1 && PyErr_Occurred())
+            return NULL;
+        if (!(t > 0) || t > 4e6) {
+            PyErr_SetString(PyExc_ValueError, "timeout must be a positive number of seconds");
+            return NULL;
+        }
+        timeout_ms = (uint32_t)(t * 1000 + 0.5);
+        if (!timeout_ms)
+            timeout_ms = 1;
+    }
+    if (a[9]) {
+        long r = PyLong_AsLong(a[9]);
+        if (r == -1 && PyErr_Occurred())
+            return NULL;
+        if (r < 0 || r > 255) {
+            PyErr_SetString(PyExc_ValueError, "retries must be between 0 and 255");
+            return NULL;
+        }
+        retries = (uint8_t)r;
+    }
     PyObject *empty = G.empty_tuple;
     if (!fargs)
         fargs = empty;
@@ -1243,6 +1284,8 @@ static PyObject *Server_submit(ppc_Server *self, PyObject *const *argv, Py_ssize
         PyErr_NoMemory();
         goto done;
     }
+    j->timeout_ms = timeout_ms;
+    j->retries = retries;
     int has_cb = callback != Py_None;
     ppc_Job *jo = ppc_job_wrap(self, j, has_cb ? callback : NULL, cbargs);
     if (!jo) {

@@ -27,7 +27,10 @@
  *       fns, ((cell index, spec), ...) or None; inside fns, ("back", k) is
  *       the k-th of the functions being built around it (recursion);
  *   ("obj", name, pickle)
- *       any other picklable callable (an instance, a partial).
+ *       any other picklable callable (an instance, a partial);
+ *   ("map", name, star, spec)
+ *       a Chunk (Server.map's unit of work): the function of spec run over
+ *       a list of items in one call, func(*item) when star, else func(item).
  * A blob with "code" specs loads only in the client's Python version
  * (marshal): its flag PPC_BLOB_SAME_PY keeps it off other nodes. A blob
  * with state (closure values, defaults, fns, an "obj" pickle) must be
@@ -35,6 +38,7 @@
  * to (ppc_ship_main_names) travel as deps, so instances of user classes
  * arrive with their definitions. */
 #include "ppc_py.h"
+#include <structmember.h>
 #include <string.h>
 
 
@@ -350,6 +354,152 @@ out:
     return r;
 }
 
+/* ------------------------------------------------------------ chunks */
+
+/* Chunk(func, star): calling it with a list of items returns the list of
+ * func(*item) (star) or func(item) results, the loop in C. Server.map
+ * submits chunks as jobs; a chunk travels as ("map", ...) around its
+ * function's own spec. Equal chunks (same function object, same star)
+ * hash alike, so repeated maps of one function reuse one blob. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    int star;
+} ppc_Chunk;
+
+static PyObject *Chunk_new(PyTypeObject *t, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"func", "star", NULL};
+    PyObject *func;
+    int star = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:Chunk", kwlist, &func, &star))
+        return NULL;
+    if (star < 0 || star > 2) {
+        PyErr_SetString(PyExc_ValueError, "Chunk's star is 0, 1 or 2");
+        return NULL;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "Chunk needs a callable");
+        return NULL;
+    }
+    ppc_Chunk *c = (ppc_Chunk *)t->tp_alloc(t, 0);
+    if (!c)
+        return NULL;
+    Py_INCREF(func);
+    c->func = func;
+    c->star = star;
+    return (PyObject *)c;
+}
+
+static void Chunk_dealloc(ppc_Chunk *c)
+{
+    Py_XDECREF(c->func);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *Chunk_call(ppc_Chunk *c, PyObject *args, PyObject *kw)
+{
+    if (c->star == 2) {
+        /* one call with keyword arguments: chunk(args, kwargs) */
+        PyObject *a, *k;
+        if (kw && PyDict_GET_SIZE(kw)) {
+            PyErr_SetString(PyExc_TypeError, "a keyword chunk takes (args, kwargs)");
+            return NULL;
+        }
+        if (!PyArg_ParseTuple(args, "O!O!:chunk", &PyTuple_Type, &a, &PyDict_Type, &k))
+            return NULL;
+        return PyObject_Call(c->func, a, k);
+    }
+    if (PyTuple_GET_SIZE(args) != 1 || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "a chunk is called with one list of items");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(PyTuple_GET_ITEM(args, 0), "a chunk's items must be a list");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *a = PySequence_Fast_GET_ITEM(seq, i), *r;
+        if (!c->star)
+            r = PyObject_CallOneArg(c->func, a);
+        else if (PyTuple_Check(a))
+            r = PyObject_Call(c->func, a, NULL);
+        else {
+            PyObject *t = PySequence_Tuple(a);
+            r = t ? PyObject_Call(c->func, t, NULL) : NULL;
+            Py_XDECREF(t);
+        }
+        if (!r)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, r);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static Py_hash_t Chunk_hash(ppc_Chunk *c)
+{
+    Py_hash_t h = (Py_hash_t)((uintptr_t)c->func >> 4) * 2 + c->star;
+    return h == -1 ? -2 : h;
+}
+
+static PyObject *Chunk_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(b) != Py_TYPE(a))
+        Py_RETURN_NOTIMPLEMENTED;
+    ppc_Chunk *x = (ppc_Chunk *)a, *y = (ppc_Chunk *)b;
+    int eq = x->func == y->func && x->star == y->star;
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyMemberDef Chunk_members[] = {
+    {"func", T_OBJECT, offsetof(ppc_Chunk, func), READONLY, "the function run per item"},
+    {"star", T_INT, offsetof(ppc_Chunk, star), READONLY, "items are argument tuples"},
+    {NULL, 0, 0, 0, NULL}};
+
+PyTypeObject ppc_ChunkType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc.Chunk",
+    .tp_basicsize = sizeof(ppc_Chunk),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Chunk(func, star=0): called with a list of items, returns "
+              "[func(*item) if star else func(item) for item in items]; star=2: "
+              "called as chunk(args, kwargs), returns func(*args, **kwargs).",
+    .tp_new = Chunk_new,
+    .tp_dealloc = (destructor)Chunk_dealloc,
+    .tp_call = (ternaryfunc)Chunk_call,
+    .tp_hash = (hashfunc)Chunk_hash,
+    .tp_richcompare = Chunk_richcompare,
+    .tp_members = Chunk_members,
+};
+
+static PyObject *chunk_of(PyObject *func, int star)
+{
+    if (PyType_Ready(&ppc_ChunkType) < 0)
+        return NULL;
+    ppc_Chunk *c = PyObject_New(ppc_Chunk, &ppc_ChunkType);
+    if (!c)
+        return NULL;
+    Py_INCREF(func);
+    c->func = func;
+    c->star = star;
+    return (PyObject *)c;
+}
+
+/* Is this spec (or the one a "map" spec wraps) a code object? */
+static int spec_is_code(PyObject *spec)
+{
+    const char *k = PyUnicode_AsUTF8(PyTuple_GET_ITEM(spec, 0));
+    if (!k) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!strcmp(k, "map") && PyTuple_GET_SIZE(spec) == 4)
+        return spec_is_code(PyTuple_GET_ITEM(spec, 3));
+    return !strcmp(k, "code");
+}
+
 /* Does a spec carry values that may change between submits? */
 static int spec_volatile(PyObject *spec)
 {
@@ -360,6 +510,8 @@ static int spec_volatile(PyObject *spec)
     }
     if (!strcmp(k, "obj"))
         return 1;
+    if (!strcmp(k, "map") && PyTuple_GET_SIZE(spec) == 4)
+        return spec_volatile(PyTuple_GET_ITEM(spec, 3));
     if (strcmp(k, "code") || PyTuple_GET_SIZE(spec) != 8)
         return 0;
     for (int i = 3; i <= 5; i++)
@@ -371,6 +523,11 @@ static int spec_volatile(PyObject *spec)
 /* The travelling form of one function or class. */
 static PyObject *fspec(PyObject *obj, int proto, PyObject *stack)
 {
+    if (Py_TYPE(obj) == &ppc_ChunkType) {
+        ppc_Chunk *c = (ppc_Chunk *)obj;
+        PyObject *inner = fspec(c->func, proto, stack);
+        return inner ? Py_BuildValue("(ssiN)", "map", "<chunk>", c->star, inner) : NULL;
+    }
     PyObject *name = attr_or_none(obj, "__name__");
     PyObject *mod = attr_or_none(obj, "__module__");
     PyObject *qn = attr_or_none(obj, "__qualname__");
@@ -573,6 +730,8 @@ static int autoimport_name(PyObject *globals, PyObject *n, PyObject *seen, PyObj
  * which the function (transitively) names are imported/shipped too. */
 static int autoimport(PyObject *func, PyObject *globals, PyObject *deps, PyObject *mods)
 {
+    if (Py_TYPE(func) == &ppc_ChunkType)
+        func = ((ppc_Chunk *)func)->func; /* a chunk needs what its function names */
     PyObject *todo = PyList_New(0), *seen = PySet_New(NULL);
     int rc = -1;
     if (!todo || !seen || PyList_Append(todo, func) < 0)
@@ -624,6 +783,126 @@ out:
     return rc;
 }
 
+/* 1 when o's __module__ is "__main__" (0 without an error otherwise). */
+static int in_main(PyObject *o)
+{
+    PyObject *m = PyObject_GetAttrString(o, "__module__");
+    int r = m && PyUnicode_Check(m) && PyUnicode_CompareWithASCIIString(m, "__main__") == 0;
+    Py_XDECREF(m);
+    PyErr_Clear();
+    return r;
+}
+
+/* The identifiers of a source text (not those after a dot), as a set. */
+static PyObject *source_idents(PyObject *src)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(src, &n);
+    PyObject *out = s ? PySet_New(NULL) : NULL;
+    for (Py_ssize_t i = 0; out && i < n;) {
+        char c = s[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_') {
+            Py_ssize_t b = i;
+            while (i < n && ((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+                             (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+                i++;
+            if (b > 0 && s[b - 1] == '.')
+                continue;
+            PyObject *id = PyUnicode_FromStringAndSize(s + b, i - b);
+            if (!id || PySet_Add(out, id) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(id);
+        } else {
+            i++;
+        }
+    }
+    return out;
+}
+
+/* A class of __main__ and what its class statement needs in the worker,
+ * appended to out in order: its bases of __main__ (any depth, each before
+ * the classes deriving from it), then the modules and imported names its
+ * source mentions (decorators such as @dataclass, field(), bases or types
+ * from other modules), then the class. seen: ids already placed. */
+static int add_main_class(PyObject *main, PyObject *cls, PyObject *out, PyObject *mods,
+                          PyObject *seen)
+{
+    PyObject *key = PyLong_FromVoidPtr(cls);
+    int c = key ? PySet_Contains(seen, key) : -1;
+    if (c == 0)
+        c = PySet_Add(seen, key) < 0 ? -1 : 0;
+    else if (c == 1)
+        c = 2;
+    Py_XDECREF(key);
+    if (c)
+        return c == 2 ? 0 : -1;
+    PyObject *mro = ((PyTypeObject *)cls)->tp_mro;
+    for (Py_ssize_t i = mro ? PyTuple_GET_SIZE(mro) - 1 : 0; i >= 1; i--) {
+        PyObject *b = PyTuple_GET_ITEM(mro, i);
+        if (in_main(b) && add_main_class(main, b, out, mods, seen) < 0)
+            return -1;
+    }
+    PyObject *fs = inspect_source(cls);
+    if (!fs)
+        return -1;
+    PyObject *ids = fs != Py_None ? source_idents(PyTuple_GET_ITEM(fs, 0)) : NULL;
+    Py_DECREF(fs);
+    PyObject *d = PyModule_GetDict(main); /* borrowed */
+    PyObject *it = ids ? PyObject_GetIter(ids) : NULL, *n;
+    while (it && (n = PyIter_Next(it))) {
+        PyObject *v = PyDict_GetItemWithError(d, n); /* borrowed */
+        int rc = 0;
+        if (v && PyModule_Check(v)) {
+            PyObject *mn = PyModule_GetNameObject(v);
+            PyObject *stmt = !mn ? NULL
+                             : PyUnicode_Compare(mn, n) == 0
+                                 ? PyUnicode_FromFormat("import %U", mn)
+                                 : PyUnicode_FromFormat("import %U as %U", mn, n);
+            rc = stmt ? PyList_Append(mods, stmt) : (PyErr_Clear(), 0);
+            Py_XDECREF(stmt);
+            Py_XDECREF(mn);
+        } else if (v && PyType_Check(v) && v != cls && in_main(v)) {
+            rc = add_main_class(main, v, out, mods, seen);
+        } else if (v && (PyFunction_Check(v) || PyType_Check(v) || PyCFunction_Check(v)) &&
+                   !in_main(v)) {
+            /* imported under its own name only: deps are bound by __name__ */
+            PyObject *nm = PyObject_GetAttrString(v, "__name__");
+            if (nm && PyUnicode_Check(nm) && PyUnicode_Compare(nm, n) == 0)
+                rc = PyList_Append(out, v);
+            else
+                PyErr_Clear();
+            Py_XDECREF(nm);
+        }
+        Py_DECREF(n);
+        if (rc < 0 || PyErr_Occurred())
+            break;
+    }
+    Py_XDECREF(it);
+    Py_XDECREF(ids);
+    if (PyErr_Occurred())
+        return -1;
+    return PyList_Append(out, cls);
+}
+
+/* deps with every class of __main__ expanded by add_main_class. */
+static int expand_main_classes(PyObject *main, PyObject *deps, PyObject *mods)
+{
+    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
+    int rc = out && seen ? 0 : -1;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(deps); i++) {
+        PyObject *d = PyList_GET_ITEM(deps, i);
+        if (main && PyType_Check(d) && in_main(d))
+            rc = add_main_class(main, d, out, mods, seen);
+        else
+            rc = PyList_Append(out, d);
+    }
+    if (rc == 0)
+        rc = PyList_SetSlice(deps, 0, PyList_GET_SIZE(deps), out);
+    Py_XDECREF(out);
+    Py_XDECREF(seen);
+    return rc;
+}
+
 /* The blob of a call's function (ppc_py.h). */
 PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
                           PyObject *globals, PyObject *main_names, int proto, int *vol,
@@ -656,6 +935,8 @@ PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
         if (rc < 0)
             goto out;
     }
+    if (expand_main_classes(main, deps, mods) < 0)
+        goto out;
     /* each dependency once, in order */
     seen = PySet_New(NULL);
     if (!seen)
@@ -687,7 +968,7 @@ PyObject *ppc_ship_encode(PyObject *func, PyObject *depfuncs, PyObject *modules,
         goto out;
     *vol = spec_volatile(mainspec);
     /* code objects only load in the same Python version */
-    *same_py = PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(mainspec, 0), "code") == 0;
+    *same_py = spec_is_code(mainspec);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(specs); i++) {
         PyObject *sp = PyList_GET_ITEM(specs, i);
         *vol |= spec_volatile(sp);
@@ -881,6 +1162,15 @@ static PyObject *materialize(PyObject *ns, PyObject *spec, PyObject *stack)
         return from_code(ns, spec, stack);
     if (!strcmp(kind, "obj") && n == 3)
         return PyObject_CallOneArg(G.pickle_loads, PyTuple_GET_ITEM(spec, 2));
+    if (!strcmp(kind, "map") && n == 4) {
+        int star = (int)PyLong_AsLong(PyTuple_GET_ITEM(spec, 2));
+        if (star < 0 || star > 2)
+            return PyErr_Occurred() ? NULL : malformed("chunk");
+        PyObject *f = materialize(ns, PyTuple_GET_ITEM(spec, 3), stack);
+        PyObject *c = f ? chunk_of(f, star) : NULL;
+        Py_XDECREF(f);
+        return c;
+    }
     if (!strcmp(kind, "back") && n == 2) {
         Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(spec, 1));
         if (k < 0 || k >= PyList_GET_SIZE(stack))

@@ -200,7 +200,7 @@ TEST(buf_shrink)
 
 static const uint8_t known_types[] = {PPC_F_INIT,      PPC_F_FUNC,  PPC_F_JOB,  PPC_F_RESULT, PPC_F_SHMDROP, PPC_F_SHMRET, PPC_F_VMOK,
                                       PPC_F_HELLO,     PPC_F_CHALLENGE, PPC_F_AUTH, PPC_F_WELCOME,
-                                      PPC_F_PING,      PPC_F_PONG,  PPC_F_ERROR, PPC_F_BYE};
+                                      PPC_F_PING,      PPC_F_PONG,  PPC_F_ERROR, PPC_F_BYE, PPC_F_KILL};
 
 static int is_known(unsigned t)
 {

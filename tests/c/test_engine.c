@@ -1242,6 +1242,81 @@ TEST(engine_releases_prestarted_on_error)
     CHECK(fcntl(ps.fd_to_worker, F_GETFD) < 0 || fcntl(ps.fd_from_worker, F_GETFD) < 0);
 }
 
+/* Futures: cancel while queued (never runs), kill while running (worker
+ * replaced, the jobs behind it still run), a timeout, retries exhausted,
+ * a watched job's PPC_EV_DONE event. */
+TEST(engine_cancel_kill_timeout_retries)
+{
+    ppc_engine *e = start_n(1);
+    REQUIRE(e != NULL);
+    ppc_blob *fn = ppc_blob_new(11, "f11", 3);
+    ppc_job *run = sub(e, fn, "sleep:5000", 0);
+    int64_t dl = ctest_now_ms() + WAIT_MS;
+    while (atomic_load(&run->state) != PPC_JOB_RUNNING && ctest_now_ms() < dl)
+        ctest_sleep_ms(2);
+    CHECK_EQ_INT(atomic_load(&run->state), PPC_JOB_RUNNING);
+    enum { NQ = 10 };
+    ppc_job *q[NQ];
+    for (int i = 0; i < NQ; i++) {
+        char a[32];
+        snprintf(a, sizeof a, "echo:q%d", i);
+        q[i] = sub(e, fn, a, 0);
+    }
+    for (int i = 1; i < NQ; i += 2)
+        CHECK_EQ_INT(ppc_engine_cancel(e, q[i]), 1);
+    CHECK_EQ_INT(ppc_engine_cancel(e, run), 0); /* too late: it runs */
+    int pids[8];
+    REQUIRE(wait_npids(e, 1, WAIT_MS, pids, 8) == 1);
+    int first = pids[0];
+    CHECK_EQ_INT(ppc_engine_kill(e, run, PPC_JOB_EKILLED), 2);
+    CHECK_EQ_INT(ppc_engine_wait_job(e, run, WAIT_MS), 1);
+    CHECK_EQ_INT(run->status, PPC_JOB_EKILLED);
+    CHECK_EQ_INT(ppc_engine_kill(e, run, PPC_JOB_EKILLED), 0); /* done already */
+    for (int i = 0; i < NQ; i++) {
+        char a[32];
+        snprintf(a, sizeof a, "q%d", i);
+        CHECK_EQ_INT(ppc_engine_wait_job(e, q[i], WAIT_MS), 1);
+        if (i % 2)
+            CHECK_EQ_INT(q[i]->status, PPC_JOB_ECANCELLED);
+        else
+            CHECK(result_is(q[i], a));
+    }
+    REQUIRE(wait_npids(e, 1, WAIT_MS, pids, 8) == 1);
+    CHECK(pids[0] != first); /* replaced */
+    ppc_job *t = mkjob(fn, "sleep:10000");
+    t->timeout_ms = 200;
+    CHECK_EQ_INT(ppc_engine_submit(e, t, 0, 0), 0);
+    int64_t t0 = ctest_now_ms();
+    CHECK_EQ_INT(ppc_engine_wait_job(e, t, WAIT_MS), 1);
+    CHECK_EQ_INT(t->status, PPC_JOB_ETIMEOUT);
+    CHECK(ctest_now_ms() - t0 < 5000);
+    ppc_job *r = mkjob(fn, "exit:3");
+    r->retries = 2;
+    CHECK_EQ_INT(ppc_engine_submit(e, r, 0, 0), 0);
+    CHECK_EQ_INT(ppc_engine_wait_job(e, r, WAIT_MS), 1);
+    CHECK_EQ_INT(r->status, PPC_JOB_EWORKER);
+    CHECK_EQ_INT(r->retried, 2);
+    ppc_job *w = sub(e, fn, "sleep:100", 0);
+    CHECK_EQ_INT(ppc_engine_watch(e, w), 1);
+    ppc_event ev;
+    int kind;
+    while ((kind = ppc_engine_next_event(e, WAIT_MS, &ev)) == PPC_EV_LOG)
+        ; /* the deaths above were logged */
+    CHECK_EQ_INT(kind, PPC_EV_DONE);
+    CHECK(ev.job == w);
+    if (kind == PPC_EV_DONE)
+        ppc_job_decref(ev.job);
+    CHECK_EQ_INT(ppc_engine_watch(e, w), 0); /* done: no event */
+    ppc_engine_stop(e);
+    ppc_engine_free(e);
+    ppc_job_decref(run);
+    decref_all(q, NQ);
+    ppc_job_decref(t);
+    ppc_job_decref(r);
+    ppc_job_decref(w);
+    ppc_blob_decref(fn);
+}
+
 int main(int argc, char **argv)
 {
     /* a worker's death must not take the test with it */

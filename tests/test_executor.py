@@ -1,0 +1,161 @@
+"""pp.Executor through real workers: a concurrent.futures.Executor whose
+futures work with the stdlib's as_completed/wait and asyncio; kwargs;
+errors; several submitting threads; map with chunks, timeout and
+buffersize; shutdown (wait, cancel_futures) and RuntimeError after it;
+__main__ functions with their top-level imports."""
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+import pp
+import futures_jobs as F
+
+
+@pytest.mark.timeout(30)
+def test_submit_futures_stdlib_interop():
+    with pp.Executor(2) as ex:
+        assert isinstance(ex, cf.Executor)
+        f = ex.submit(F.add, 2, b=5)
+        assert isinstance(f, cf.Future) and f.result(timeout=10) == 7
+        fs = [ex.submit(F.square, i) for i in range(200)]
+        assert sorted(x.result() for x in cf.as_completed(fs, timeout=20)) == \
+            sorted(i * i for i in range(200))
+        done, not_done = cf.wait(fs, timeout=20)
+        assert len(done) == 200 and not not_done
+        bad = ex.submit(F.raise_counted, "/dev/null")
+        assert isinstance(bad.exception(timeout=10), ValueError)
+        assert ex.submit(lambda x: x - 1, 10).result() == 9
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            a = await loop.run_in_executor(ex, F.square, 12)
+            b = await asyncio.wrap_future(ex.submit(F.square, 3))
+            return a, b
+        assert asyncio.run(main()) == (144, 9)
+
+
+@pytest.mark.timeout(40)
+def test_several_threads_submit_at_once():
+    with pp.Executor(2) as ex:
+        errors = []
+
+        def worker(k):
+            try:
+                fs = [ex.submit(F.add, k, i) for i in range(300)]
+                assert [f.result(timeout=30) for f in fs] == [k + i for i in range(300)]
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(40)
+        assert not errors
+
+
+@pytest.mark.timeout(40)
+def test_map_timeout_buffersize_and_shutdown():
+    ex = pp.Executor(2)
+    assert list(ex.map(F.add, range(5), range(5))) == [0, 2, 4, 6, 8]
+    assert list(ex.map(F.inc, range(100000))) == list(range(1, 100001))
+    assert list(ex.map(F.inc, range(50), buffersize=4)) == list(range(1, 51))
+    it = ex.map(F.slow_id, [0, 1], [5, 5], timeout=0.3, chunksize=1)
+    with pytest.raises(cf.TimeoutError):
+        list(it)
+    # cancel_futures: queued futures are cancelled, the running ones finish
+    running = [ex.submit(F.slow_id, i, 0.5) for i in range(2)]
+    time.sleep(0.2)
+    queued = [ex.submit(F.slow_id, i, 0.5) for i in range(10)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert [f.result() for f in running] == [0, 1]
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError):
+        ex.submit(F.inc, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(F.inc, [1])
+    with pytest.raises(ValueError):
+        pp.Executor(0)
+
+
+@pytest.mark.timeout(30)
+def test_future_cancel_follows_job():
+    with pp.Executor(1) as ex:
+        first = ex.submit(F.slow_id, 1, 0.6)
+        time.sleep(0.2)
+        later = ex.submit(F.slow_id, 2, 0.1)
+        assert first.running() and not first.cancel()
+        assert later.cancel() and later.cancelled()
+        with pytest.raises(cf.CancelledError):
+            later.result()
+        assert first.result(timeout=10) == 1
+
+
+@pytest.mark.timeout(30)
+def test_main_functions_with_top_level_imports(run_python, ok):
+    out = ok(run_python("""
+        import math
+        import json as j
+        from os.path import join
+        import pp
+
+        class Box:
+            def __init__(self, v):
+                self.v = v
+
+        def work(x, box=None):
+            return math.sqrt(x) + (box.v if box else 0), j.dumps([x]), join("a", "b")
+
+        if __name__ == "__main__":
+            # each in fresh workers: an import one job ran must not hide another's
+            with pp.Executor(1) as ex:
+                print(ex.submit(work, 16).result())
+            with pp.Executor(1) as ex:
+                print(ex.submit(work, 9, box=Box(1)).result()[0])
+            with pp.Executor(1) as ex:
+                print(list(ex.map(work, [4]))[0][0])
+    """))
+    assert out.splitlines()[0] == "(4.0, '[16]', 'a/b')"
+    assert out.split()[-2:] == ["4.0", "2.0"]
+
+
+@pytest.mark.timeout(30)
+def test_future_result_paths():
+    """result() in each state: in time, with a timeout that passes, after
+    the job raised, after cancel, watched by a callback and by the stdlib's
+    wait, and many futures (the Executor's list pruned)."""
+    with pp.Executor(1) as ex:
+        slow = ex.submit(F.slow_id, 1, 0.5)
+        with pytest.raises(cf.TimeoutError):
+            slow.result(timeout=0.05)
+        assert slow.result(timeout=10) == 1 and slow.done() and not slow.running()
+        bad = ex.submit(F.fail_at, 3, 3)
+        with pytest.raises(KeyError):
+            bad.result()
+        assert isinstance(bad.exception(), KeyError)
+        block = ex.submit(F.slow_id, 0, 0.4)
+        queued = ex.submit(F.inc, 1)
+        assert queued.cancel()
+        with pytest.raises(cf.CancelledError):
+            queued.result()
+        seen = []
+        watched = ex.submit(F.inc, 41)
+        watched.add_done_callback(lambda f: seen.append(f.result()))
+        assert watched.result() == 42
+        assert block.result() == 0
+        for _ in range(100):
+            if seen:
+                break
+            time.sleep(0.02)
+        assert seen == [42]
+        waited = ex.submit(F.slow_id, 7, 0.2)
+        done, _ = cf.wait([waited], timeout=10)
+        assert done == {waited} and waited.result() == 7
+        many = [ex.submit(F.inc, i) for i in range(3000)]
+        assert [f.result() for f in many] == list(range(1, 3001))
+        assert len(ex._futures) < 3000  # done ones dropped on the way
+        with pytest.raises(TypeError):
+            ex.submit()
