@@ -7,8 +7,9 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-# bump the stamp's number when the dependency list changes
-STAMP := $(VENV)/.ppc-deps-4
+# bump DEPS_REV when the dependency lists change: every venv reinstalls
+DEPS_REV := 4
+STAMP := $(VENV)/.ppc-deps-$(DEPS_REV)
 SRC := $(wildcard src/core/*.c src/core/*.h src/py/*.c src/py/*.h)
 EXT := pp/_ppc$(shell $(PY) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CC ?= cc
@@ -102,13 +103,13 @@ test-py:
 
 # One interpreter: make test-py-one V=3.12 PYV=/path/to/python3.12
 MV := build/venv-$(V)
-$(MV)/.ppc-deps:
+$(MV)/.ppc-deps-$(DEPS_REV):
 	rm -rf $(MV)
 	$(PYV) -m venv $(MV)
 	$(MV)/bin/python -m pip install -q --upgrade pip
 	$(MV)/bin/python -m pip install -q --upgrade setuptools wheel $(TEST_DEPS)
 	touch $@
-$(MV)/.ppc-ext: $(MV)/.ppc-deps $(SRC) setup.py
+$(MV)/.ppc-ext: $(MV)/.ppc-deps-$(DEPS_REV) $(SRC) setup.py
 	PPC_EXTRA_CFLAGS="$(TEST_CFLAGS)" $(MV)/bin/python setup.py -q build_ext --inplace --force \
 	  --build-temp $(MV)/tmp
 	touch $@
