@@ -29,23 +29,25 @@ class _WatchList(list):
 class _JobFuture(_cf.Future):
     """A Future bound to its job, settled lazily: from the job's done
     callback once something needs notifying (add_done_callback, the
-    stdlib's wait/as_completed, asyncio), else by result(), exception() or
-    done() in the caller's thread: a future only waited on costs no event.
-    cancel() cancels the job (only while it is queued); running() asks it.
+    stdlib's wait/as_completed, asyncio), else by exception(), done() or
+    repr() in the caller's thread: a future only waited on costs no event.
+    result() without a timeout returns the job's value as is (in C) and
+    leaves the future to be settled by those: the job is the truth, and
+    settling without the condition could slip between a waiter's look at
+    _state and its registering. cancel() cancels the job (only while it is
+    queued); running() asks it.
 
     The futures of one Executor share one condition (an RLock: the stdlib
     takes several futures' conditions at once), held by the Executor's own
     subclass: result() and exception() wait on the job, GIL-free, never on
-    the condition, and making a future sets one attribute."""
+    the condition. Making a future (Executor.submit, in C) fills its _job
+    slot and nothing else: Future.__init__'s fields are class defaults."""
 
-    # Future.__init__'s fields as class defaults: a future is made by
-    # __new__ plus its job (Executor.submit), nothing per future but that;
-    # _condition comes from the Executor's own subclass
     _state = "PENDING"
     _result = None
     _exception = None
     _done_callbacks = ()  # a list once a callback is added
-    _job = None
+    __slots__ = ("_job",)  # filled by whoever makes the future (read in C)
     _watched = False
     _wl = None
 
@@ -142,6 +144,10 @@ class _JobFuture(_cf.Future):
     def running(self):
         return self._state == _PENDING and self._job.running()
 
+    def __repr__(self):
+        self.done()  # result() leaves a finished future to be settled here
+        return _cf.Future.__repr__(self)
+
 
 _PENDING = "PENDING"  # concurrent.futures._base's state names
 _FINISHED = "FINISHED"
@@ -168,43 +174,19 @@ class Executor(_cf.Executor):
             raise ValueError("max_workers must be greater than 0 (0 only with ppservers)")
         ncpus = "autodetect" if max_workers is None else max_workers
         self._server = Server(ncpus, ppservers=ppservers, secret=secret, **server_options)
-        self._lock = threading.Lock()
         rlock = threading.RLock()
         # this Executor's futures: one condition for all (see _JobFuture)
         self._Future = type("Future", (_JobFuture,), {
             "_condition": threading.Condition(rlock), "_rlock": rlock,
             "__module__": __name__, "__slots__": ()})
-        self._new = _JobFuture.__new__
-        self._shutdown = False
-        self._futures = []  # for shutdown: done ones pruned now and then
-        self._prune_at = 1024
+        # submit's state in C: the Server's submit, the Future class, the
+        # futures kept for shutdown (done ones pruned now and then), the
+        # shutdown flag and the lock making check, submit and keep one step
+        self._core = _ppc._ExecutorCore(self._server.submit, self._Future)
 
-    # the common case in C (pp._ppc._executor_submit), every case here
+    # in C (pp._ppc._executor_submit): fn's globals when it is of __main__,
+    # keyword arguments through Chunk(fn, 2), then self._core.submit
     submit = _ppc._executor_submit
-
-    def _prune(self):
-        futures = self._futures
-        futures[:] = [f for f in futures if not f._job.done()]
-        self._prune_at = max(1024, 2 * len(futures))
-
-    def _submit_py(self, fn, /, *args, **kwargs):
-        """submit(fn, /, *args, **kwargs) -> concurrent.futures.Future"""
-        g = getattr(fn, "__globals__", None)
-        if g is not None and g.get("__name__") != "__main__":
-            g = None  # shipped by reference: its module imports what it needs
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if kwargs:
-                job = self._server.submit(_ppc.Chunk(fn, 2), (args, kwargs), globals=g)
-            else:
-                job = self._server.submit(fn, args, globals=g)
-            fut = self._new(self._Future)
-            fut._job = job
-            self._futures.append(fut)
-            if len(self._futures) >= self._prune_at:
-                self._prune()
-        return fut
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, buffersize=None):
         """Results of fn over the iterables, in order, as an iterator; chunks
@@ -212,9 +194,8 @@ class Executor(_cf.Executor):
         items in flight when given. TimeoutError when a result is not there
         within timeout seconds of this call."""
         from . import _map
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._core.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or a positive integer")
         if chunksize == 1 and buffersize is None:
@@ -225,10 +206,7 @@ class Executor(_cf.Executor):
                          globals=_main_globals(fn))
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._lock:
-            self._shutdown = True
-            pending = [f for f in self._futures if not f.done()]
-            self._futures = []
+        pending = [f for f in self._core.close() if not f.done()]
         if cancel_futures:
             for f in pending:
                 f.cancel()

@@ -13,6 +13,7 @@
  * from a done callback, no thread per job). */
 #include "ppc_py.h"
 #include "../core/frame.h"
+#include "structmember.h" /* T_OBJECT_EX: an Executor future's _job slot */
 #include <string.h>
 #include <sys/mman.h>
 
@@ -796,14 +797,11 @@ PyTypeObject ppc_JobType = {
 
 /* ------------------------------------------- pp.Executor's fast paths
  *
- * pp/executor.py binds these as methods (instancemethod): Executor.submit
- * and its futures' result() for the common case, in C, so a future costs
- * little more than its job. Anything unusual (keyword arguments, a
- * timeout, a future someone watches, an error) goes to the Python
- * methods _submit_py and _result_py, which handle every case. Both run
- * under the GIL without releasing it between their check and their update
- * (the modules declare the GIL used), so no other thread sees a half-made
- * change. */
+ * pp/executor.py binds these as methods (instancemethod): Executor.submit,
+ * wholly in C over the Executor's _core (an _ExecutorCore), and its
+ * futures' result() for the common case (no timeout, a value), so a
+ * future costs little more than its job. result()'s other cases go to the
+ * Python method _result_py, which handles every case. */
 
 static PyObject *interned(PyObject **slot, const char *s)
 {
@@ -818,45 +816,8 @@ static PyObject *getattr_s(PyObject *o, PyObject **slot, const char *name)
     return n ? PyObject_GetAttr(o, n) : NULL;
 }
 
-static int setattr_s(PyObject *o, PyObject **slot, const char *name, PyObject *v)
-{
-    PyObject *n = interned(slot, name);
-    return n ? PyObject_SetAttr(o, n, v) : -1;
-}
-
-static PyObject *s_state, *s_job, *s_wl, *s_cbs, *s_result, *s_result_py, *s_finished;
-static PyObject *s_submit_py, *s_shutdown, *s_server, *s_future, *s_futures, *s_prune_at,
-    *s_submit, *s_globals_kw, *s_lock, *s_acquire, *s_release;
-
-/* Drop the futures whose jobs are done from the Executor's list (kept for
- * shutdown); the next pruning when it has doubled. 0 or -1. */
-static int prune_futures(PyObject *self, PyObject *futs)
-{
-    Py_ssize_t n = PyList_GET_SIZE(futs), k = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *f = PyList_GET_ITEM(futs, i);
-        PyObject *job = getattr_s(f, &s_job, "_job");
-        int done = !job || !Py_IS_TYPE(job, &ppc_JobType) ||
-                   atomic_load(&((ppc_Job *)job)->job->state) == PPC_JOB_DONE ||
-                   cancelled_early((ppc_Job *)job);
-        if (!job)
-            PyErr_Clear();
-        Py_XDECREF(job);
-        if (!done) {
-            Py_INCREF(f);
-            PyObject *old = PyList_GET_ITEM(futs, k);
-            PyList_SET_ITEM(futs, k, f);
-            Py_DECREF(old);
-            k++;
-        }
-    }
-    if (PyList_SetSlice(futs, k, n, NULL) < 0)
-        return -1;
-    PyObject *at = PyLong_FromSsize_t(k * 2 > 1024 ? k * 2 : 1024);
-    int rc = at ? setattr_s(self, &s_prune_at, "_prune_at", at) : -1;
-    Py_XDECREF(at);
-    return rc;
-}
+static PyObject *s_job, *s_result_py;
+static PyObject *s_globals_kw, *s_core, *s_name, *s_main;
 
 static PyObject *slow(PyObject **slot, const char *name, PyObject *const *a, Py_ssize_t nargs,
                       PyObject *kwnames)
@@ -865,37 +826,21 @@ static PyObject *slow(PyObject **slot, const char *name, PyObject *const *a, Py_
     return n ? PyObject_VectorcallMethod(n, a, (size_t)nargs, kwnames) : NULL;
 }
 
-/* 1 when the attribute is the str "PENDING" */
-static int is_pending(PyObject *self)
-{
-    PyObject *st = getattr_s(self, &s_state, "_state");
-    int r = st && PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, "PENDING") == 0;
-    Py_XDECREF(st);
-    PyErr_Clear();
-    return r;
-}
-
-/* Nobody to notify: no waiter list made, no done callback added. */
-static int unwatched(PyObject *self)
-{
-    PyObject *wl = getattr_s(self, &s_wl, "_wl");
-    PyObject *cbs = wl ? getattr_s(self, &s_cbs, "_done_callbacks") : NULL;
-    int r = wl == Py_None && cbs && PySequence_Check(cbs) && PySequence_Size(cbs) == 0;
-    Py_XDECREF(wl);
-    Py_XDECREF(cbs);
-    PyErr_Clear();
-    return r;
-}
-
+/* result() without a timeout: the job is the truth (a future bound to a
+ * job settles from it), so its value is returned as is, the future left
+ * for the Python methods to settle under the condition when something
+ * asks (done, exception, repr, a waiter, a callback). Marking it finished
+ * here, without the condition, could slip between a waiter's look at
+ * _state and its registering (a lost wake-up). Errors, cancellation and
+ * timeouts: _result_py. */
 static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
                                PyObject *kwnames)
 {
     (void)mod;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != 1 || nkw != 0 || !is_pending(a[0]))
+    if (nargs != 1 || nkw != 0)
         return slow(&s_result_py, "_result_py", a, nargs, kwnames);
-    PyObject *self = a[0];
-    PyObject *job = getattr_s(self, &s_job, "_job");
+    PyObject *job = getattr_s(a[0], &s_job, "_job");
     if (!job || !Py_IS_TYPE(job, &ppc_JobType)) {
         Py_XDECREF(job);
         PyErr_Clear();
@@ -912,48 +857,270 @@ static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nar
         return slow(&s_result_py, "_result_py", a, nargs, kwnames);
     }
     Py_DECREF(job);
-    if (is_pending(self) && unwatched(self) && interned(&s_finished, "FINISHED") &&
-        setattr_s(self, &s_result, "_result", v) == 0 &&
-        setattr_s(self, &s_state, "_state", s_finished) == 0)
-        return v;
-    PyErr_Clear();
-    Py_DECREF(v);
-    return slow(&s_result_py, "_result_py", a, nargs, kwnames);
+    return v;
 }
 
+/* An Executor's state for submit, in C (pp/executor.py keeps it as
+ * _core): its Server's bound submit, its Future class, the futures not yet
+ * known done (for shutdown), the shutdown flag, and the lock that makes
+ * "not shut down, submit, remember the future" one step against shutdown.
+ * The lock is held across Server.submit, as the stdlib's executors hold
+ * theirs; waiting for it releases the GIL. */
+typedef struct {
+    PyObject_HEAD PyObject *submit; /* the Server's bound submit */
+    PyObject *cls;                  /* the Executor's Future class */
+    PyObject *futures;              /* list */
+    Py_ssize_t prune_at;
+    Py_ssize_t job_off; /* where a future's _job slot lies (its __slots__) */
+    int shutdown;
+    PyThread_type_lock lock;
+} ExecCore;
+
+/* A future's _job (borrowed; NULL while unset) */
+static PyObject *fut_job(ExecCore *c, PyObject *f)
+{
+    return *(PyObject **)((char *)f + c->job_off);
+}
+
+static void core_lock(ExecCore *c)
+{
+    if (!PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(c->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static int job_known_done(PyObject *job)
+{
+    return !Py_IS_TYPE(job, &ppc_JobType) ||
+           atomic_load(&((ppc_Job *)job)->job->state) == PPC_JOB_DONE ||
+           cancelled_early((ppc_Job *)job);
+}
+
+/* Drop the futures whose jobs are done from the list (kept for shutdown);
+ * the next pruning when it has doubled. 0 or -1. */
+static int prune_futures(ExecCore *c)
+{
+    PyObject *futs = c->futures;
+    Py_ssize_t n = PyList_GET_SIZE(futs), k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(futs, i);
+        PyObject *job = fut_job(c, f);
+        if (!job || !job_known_done(job)) {
+            Py_INCREF(f);
+            PyObject *old = PyList_GET_ITEM(futs, k);
+            PyList_SET_ITEM(futs, k, f);
+            Py_DECREF(old);
+            k++;
+        }
+    }
+    if (PyList_SetSlice(futs, k, n, NULL) < 0)
+        return -1;
+    c->prune_at = k * 2 > 1024 ? k * 2 : 1024;
+    return 0;
+}
+
+static PyObject *core_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    PyObject *submit, *cls;
+    static char *kwl[] = {"submit", "future_class", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!", kwl, &submit, &PyType_Type, &cls))
+        return NULL;
+    /* the futures are made here, so their _job slot is set and read
+     * directly: the class must have it as a __slots__ member */
+    PyObject *d = PyObject_GetAttrString(cls, "_job");
+    if (!d)
+        return NULL;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+             PyType_IsSubtype((PyTypeObject *)cls, PyDescr_TYPE(d)) &&
+             ((PyMemberDescrObject *)d)->d_member->offset >= (Py_ssize_t)sizeof(PyObject) &&
+             ((PyMemberDescrObject *)d)->d_member->offset <=
+                 ((PyTypeObject *)cls)->tp_basicsize - (Py_ssize_t)sizeof(PyObject *);
+    Py_ssize_t off = ok ? ((PyMemberDescrObject *)d)->d_member->offset : 0;
+    Py_DECREF(d);
+    if (!ok) {
+        PyErr_SetString(PyExc_TypeError, "future_class needs a _job slot (__slots__)");
+        return NULL;
+    }
+    ExecCore *c = (ExecCore *)tp->tp_alloc(tp, 0);
+    if (!c)
+        return NULL;
+    c->job_off = off;
+    c->lock = PyThread_allocate_lock();
+    c->futures = PyList_New(0);
+    if (!c->lock || !c->futures) {
+        Py_DECREF(c);
+        return PyErr_NoMemory();
+    }
+    Py_INCREF(submit);
+    c->submit = submit;
+    Py_INCREF(cls);
+    c->cls = cls;
+    c->prune_at = 1024;
+    return (PyObject *)c;
+}
+
+static int core_traverse(ExecCore *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->submit);
+    Py_VISIT(c->cls);
+    Py_VISIT(c->futures);
+    return 0;
+}
+
+static int core_clear(ExecCore *c)
+{
+    Py_CLEAR(c->submit);
+    Py_CLEAR(c->cls);
+    Py_CLEAR(c->futures);
+    return 0;
+}
+
+static void core_dealloc(ExecCore *c)
+{
+    PyObject_GC_UnTrack(c);
+    core_clear(c);
+    if (c->lock)
+        PyThread_free_lock(c->lock);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* A new future of the Executor's Future class bound to the job of
+ * fn(*args, **kwargs); RuntimeError after shutdown. kwargs NULL or a
+ * non-empty dict (then the job runs Chunk(fn, 2) over (args, kwargs)),
+ * g NULL or the globals fn takes along. */
+static PyObject *core_submit_impl(ExecCore *c, PyObject *fn, PyObject *args, PyObject *kwargs,
+                                  PyObject *g)
+{
+    PyObject *fut = NULL, *job = NULL, *chunk = NULL, *pair = NULL;
+    core_lock(c);
+    if (c->shutdown) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+        goto out;
+    }
+    if (kwargs) {
+        chunk = PyObject_CallFunction((PyObject *)&ppc_ChunkType, "Oi", fn, 2);
+        pair = chunk ? PyTuple_Pack(2, args, kwargs) : NULL;
+        if (!pair)
+            goto out;
+        fn = chunk;
+        args = pair;
+    }
+    if (g) {
+        if (!s_globals_kw && !(s_globals_kw = Py_BuildValue("(s)", "globals")))
+            goto out;
+        PyObject *call[4] = {NULL, fn, args, g};
+        job = PyObject_Vectorcall(c->submit, call + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                  s_globals_kw);
+    } else {
+        PyObject *call[3] = {NULL, fn, args};
+        job = PyObject_Vectorcall(c->submit, call + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (!job)
+        goto out;
+    PyTypeObject *cls = (PyTypeObject *)c->cls;
+    fut = cls->tp_alloc(cls, 0); /* its slots zeroed */
+    if (!fut)
+        goto out;
+    *(PyObject **)((char *)fut + c->job_off) = job; /* the reference moves over */
+    job = NULL;
+    if (PyList_Append(c->futures, fut) < 0) {
+        Py_CLEAR(fut);
+        goto out;
+    }
+    if (PyList_GET_SIZE(c->futures) >= c->prune_at && prune_futures(c) < 0)
+        Py_CLEAR(fut);
+out:
+    PyThread_release_lock(c->lock);
+    Py_XDECREF(job);
+    Py_XDECREF(chunk);
+    Py_XDECREF(pair);
+    return fut;
+}
+
+/* core.close() -> the futures not known done; no submit succeeds after */
+static PyObject *core_close(ExecCore *c, PyObject *unused)
+{
+    (void)unused;
+    PyObject *empty = PyList_New(0);
+    if (!empty)
+        return NULL;
+    core_lock(c);
+    c->shutdown = 1;
+    PyObject *old = c->futures;
+    c->futures = empty;
+    PyThread_release_lock(c->lock);
+    return old;
+}
+
+static PyObject *core_get_closed(ExecCore *c, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(c->shutdown);
+}
+
+static PyObject *core_get_pending(ExecCore *c, void *unused)
+{
+    (void)unused;
+    return PyList_GetSlice(c->futures, 0, PyList_GET_SIZE(c->futures));
+}
+
+static PyMethodDef core_methods[] = {
+    {"close", (PyCFunction)core_close, METH_NOARGS,
+     "Shut down: no submit succeeds after; returns the futures kept."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef core_getset[] = {
+    {"closed", (getter)core_get_closed, NULL, "True once closed.", NULL},
+    {"futures", (getter)core_get_pending, NULL, "A copy of the futures kept.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ExecCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc._ExecutorCore",
+    .tp_basicsize = sizeof(ExecCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "pp.Executor's submit state (pp/executor.py).",
+    .tp_new = core_new,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+};
+
+/* Executor.submit(fn, /, *args, **kwargs): one attribute read (_core),
+ * the rest in C. */
 static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
     (void)mod;
-    if (nargs < 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 0))
-        return slow(&s_submit_py, "_submit_py", a, nargs, kwnames);
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit expected at least 1 positional argument (the function)");
+        return NULL;
+    }
     PyObject *self = a[0], *fn = a[1];
     PyObject *g = NULL; /* a function of __main__ takes its globals (its imports) along */
     if (PyFunction_Check(fn)) {
         PyObject *gl = PyFunction_GET_GLOBALS(fn);
-        PyObject *nm = PyDict_GetItemString(gl, "__name__"); /* borrowed */
-        if (nm && PyUnicode_Check(nm) && PyUnicode_CompareWithASCIIString(nm, "__main__") == 0)
+        if (!interned(&s_name, "__name__") || !interned(&s_main, "__main__"))
+            return NULL;
+        PyObject *nm = PyDict_GetItemWithError(gl, s_name); /* borrowed */
+        if (!nm && PyErr_Occurred())
+            return NULL;
+        if (nm && (nm == s_main || (PyUnicode_Check(nm) && PyUnicode_Compare(nm, s_main) == 0)))
             g = gl;
     }
-    PyObject *lock = getattr_s(self, &s_lock, "_lock");
-    if (!lock)
+    PyObject *core = getattr_s(self, &s_core, "_core");
+    if (!core)
         return NULL;
-    PyObject *r = interned(&s_acquire, "acquire") ? PyObject_CallMethodNoArgs(lock, s_acquire)
-                                                  : NULL;
-    if (!r) {
-        Py_DECREF(lock);
-        return NULL;
-    }
-    Py_DECREF(r);
-    PyObject *fut = NULL, *job = NULL, *args = NULL, *server = NULL, *cls = NULL, *futs = NULL;
-    PyObject *sd = getattr_s(self, &s_shutdown, "_shutdown");
-    int down = sd ? PyObject_IsTrue(sd) : -1;
-    Py_XDECREF(sd);
-    if (down != 0) {
-        if (down > 0)
-            PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+    PyObject *args = NULL, *kwargs = NULL, *fut = NULL;
+    if (!Py_IS_TYPE(core, &ExecCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "Executor._core is not an executor core");
         goto out;
     }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     args = PyTuple_New(nargs - 2);
     if (!args)
         goto out;
@@ -961,69 +1128,18 @@ static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t n
         Py_INCREF(a[i]);
         PyTuple_SET_ITEM(args, i - 2, a[i]);
     }
-    server = getattr_s(self, &s_server, "_server");
-    if (!server || !interned(&s_submit, "submit"))
-        goto out;
-    if (g) {
-        if (!s_globals_kw && !(s_globals_kw = Py_BuildValue("(s)", "globals")))
+    if (nkw) {
+        if (!(kwargs = PyDict_New()))
             goto out;
-        PyObject *call[4] = {server, fn, args, g};
-        job = PyObject_VectorcallMethod(s_submit, call, 3, s_globals_kw);
-    } else {
-        PyObject *call[3] = {server, fn, args};
-        job = PyObject_VectorcallMethod(s_submit, call, 3, NULL);
+        for (Py_ssize_t i = 0; i < nkw; i++)
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), a[nargs + i]) < 0)
+                goto out;
     }
-    if (!job)
-        goto out;
-    cls = getattr_s(self, &s_future, "_Future");
-    if (!cls || !PyType_Check(cls)) {
-        if (cls)
-            PyErr_SetString(PyExc_TypeError, "Executor._Future is not a class");
-        goto out;
-    }
-    fut = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
-    if (!fut || setattr_s(fut, &s_job, "_job", job) < 0) {
-        Py_CLEAR(fut);
-        goto out;
-    }
-    futs = getattr_s(self, &s_futures, "_futures");
-    if (!futs || !PyList_Check(futs) || PyList_Append(futs, fut) < 0) {
-        if (futs && !PyList_Check(futs))
-            PyErr_SetString(PyExc_TypeError, "Executor._futures is not a list");
-        Py_CLEAR(fut);
-        goto out;
-    }
-    PyObject *at = getattr_s(self, &s_prune_at, "_prune_at");
-    Py_ssize_t lim = at ? PyLong_AsSsize_t(at) : -1;
-    Py_XDECREF(at);
-    if (lim < 0) {
-        Py_CLEAR(fut);
-        goto out;
-    }
-    if (PyList_GET_SIZE(futs) >= lim && prune_futures(self, futs) < 0)
-        Py_CLEAR(fut);
+    fut = core_submit_impl((ExecCore *)core, fn, args, kwargs, g);
 out:
-    Py_XDECREF(futs);
-    Py_XDECREF(cls);
-    Py_XDECREF(job);
-    Py_XDECREF(server);
+    Py_XDECREF(kwargs);
     Py_XDECREF(args);
-    {
-        PyObject *t, *v, *tb;
-        PyErr_Fetch(&t, &v, &tb);
-        PyObject *rr = interned(&s_release, "release")
-                           ? PyObject_CallMethodNoArgs(lock, s_release)
-                           : NULL;
-        Py_XDECREF(rr);
-        if (!rr && !t) {
-            Py_CLEAR(fut);
-        } else {
-            if (!rr)
-                PyErr_Clear();
-            PyErr_Restore(t, v, tb);
-        }
-    }
-    Py_DECREF(lock);
+    Py_DECREF(core);
     return fut;
 }
 
@@ -1036,6 +1152,13 @@ static PyMethodDef exec_defs[] = {
 
 int ppc_job_add_executor_methods(PyObject *m)
 {
+    if (PyType_Ready(&ExecCoreType) < 0)
+        return -1;
+    Py_INCREF(&ExecCoreType);
+    if (PyModule_AddObject(m, "_ExecutorCore", (PyObject *)&ExecCoreType) < 0) {
+        Py_DECREF(&ExecCoreType);
+        return -1;
+    }
     for (PyMethodDef *d = exec_defs; d->ml_name; d++) {
         PyObject *f = PyCFunction_New(d, NULL);
         PyObject *im = f ? PyInstanceMethod_New(f) : NULL;
