@@ -162,7 +162,7 @@ def _main_globals(fn):
     return g if g.get("__name__") == "__main__" else None
 
 
-class Executor(_cf.Executor):
+class Executor(_ppc._ExecutorCore, _cf.Executor):
     """Executor(max_workers=None, *, ppservers=(), secret=None, **server_options)
 
     max_workers: local worker processes (None: one per core; 0 with
@@ -179,14 +179,13 @@ class Executor(_cf.Executor):
         self._Future = type("Future", (_JobFuture,), {
             "_condition": threading.Condition(rlock), "_rlock": rlock,
             "__module__": __name__, "__slots__": ()})
-        # submit's state in C: the Server's submit, the Future class, the
-        # futures kept for shutdown (done ones pruned now and then), the
-        # shutdown flag and the lock making check, submit and keep one step
-        self._core = _ppc._ExecutorCore(self._server.submit, self._Future)
-
-    # in C (pp._ppc._executor_submit): fn's globals when it is of __main__,
-    # keyword arguments through Chunk(fn, 2), then self._core.submit
-    submit = _ppc._executor_submit
+        # submit and its state are the C base's (pp._ppc._ExecutorCore): the
+        # Server's submit, the Future class, the futures kept for shutdown
+        # (done ones pruned now and then), the shutdown flag and the lock
+        # making check, submit and keep one step. submit(fn, /, *args,
+        # **kwargs) takes fn's globals along when fn is of __main__ and runs
+        # keyword arguments through Chunk(fn, 2)
+        self._setup(self._server.submit, self._Future)
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, buffersize=None):
         """Results of fn over the iterables, in order, as an iterator; chunks
@@ -194,7 +193,7 @@ class Executor(_cf.Executor):
         items in flight when given. TimeoutError when a result is not there
         within timeout seconds of this call."""
         from . import _map
-        if self._core.closed:
+        if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or a positive integer")
@@ -206,7 +205,7 @@ class Executor(_cf.Executor):
                          globals=_main_globals(fn))
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        pending = [f for f in self._core.close() if not f.done()]
+        pending = [f for f in self._close() if not f.done()]
         if cancel_futures:
             for f in pending:
                 f.cancel()

@@ -159,7 +159,7 @@ def test_future_result_paths():
         # the futures kept for shutdown: a pruning (due by the time the list
         # has doubled) drops the done ones
         more = [ex.submit(F.inc, i) for i in range(7000)]
-        kept = set(map(id, ex._core.futures))
+        kept = set(map(id, ex._kept))
         assert not kept & set(map(id, many)) and len(kept) <= 7001
         assert [f.result() for f in more] == list(range(1, 7001))
         with pytest.raises(TypeError):

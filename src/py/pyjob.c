@@ -817,7 +817,13 @@ static PyObject *getattr_s(PyObject *o, PyObject **slot, const char *name)
 }
 
 static PyObject *s_job, *s_result_py;
-static PyObject *s_globals_kw, *s_core, *s_name, *s_main;
+
+/* The class holding the futures' _job slot (pp.executor._JobFuture) and
+ * the slot's offset, from the first Executor set up: result() reads the
+ * slot directly in its instances. */
+static PyTypeObject *jf_type;
+static Py_ssize_t jf_off;
+static PyObject *s_globals_kw, *s_name, *s_main;
 
 static PyObject *slow(PyObject **slot, const char *name, PyObject *const *a, Py_ssize_t nargs,
                       PyObject *kwnames)
@@ -840,7 +846,13 @@ static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nar
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs != 1 || nkw != 0)
         return slow(&s_result_py, "_result_py", a, nargs, kwnames);
-    PyObject *job = getattr_s(a[0], &s_job, "_job");
+    PyObject *job;
+    if (jf_type && PyObject_TypeCheck(a[0], jf_type)) {
+        job = *(PyObject **)((char *)a[0] + jf_off); /* the _job slot */
+        Py_XINCREF(job);
+    } else {
+        job = getattr_s(a[0], &s_job, "_job");
+    }
     if (!job || !Py_IS_TYPE(job, &ppc_JobType)) {
         Py_XDECREF(job);
         PyErr_Clear();
@@ -920,12 +932,36 @@ static int prune_futures(ExecCore *c)
     return 0;
 }
 
+/* Made empty, whatever the arguments (pp.Executor's own go to its
+ * __init__, which then calls _setup). */
 static PyObject *core_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
-    PyObject *submit, *cls;
-    static char *kwl[] = {"submit", "future_class", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!", kwl, &submit, &PyType_Type, &cls))
+    (void)args;
+    (void)kw;
+    ExecCore *c = (ExecCore *)tp->tp_alloc(tp, 0);
+    if (!c)
         return NULL;
+    c->lock = PyThread_allocate_lock();
+    c->futures = PyList_New(0);
+    if (!c->lock || !c->futures) {
+        Py_DECREF(c);
+        return PyErr_NoMemory();
+    }
+    c->prune_at = 1024;
+    return (PyObject *)c;
+}
+
+/* _setup(submit, future_class): the Server's bound submit and the class of
+ * the futures, once. */
+static PyObject *core_setup(ExecCore *c, PyObject *a)
+{
+    PyObject *submit, *cls;
+    if (!PyArg_ParseTuple(a, "OO!", &submit, &PyType_Type, &cls))
+        return NULL;
+    if (c->submit) {
+        PyErr_SetString(PyExc_RuntimeError, "the Executor is set up already");
+        return NULL;
+    }
     /* the futures are made here, so their _job slot is set and read
      * directly: the class must have it as a __slots__ member */
     PyObject *d = PyObject_GetAttrString(cls, "_job");
@@ -938,27 +974,23 @@ static PyObject *core_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
              ((PyMemberDescrObject *)d)->d_member->offset <=
                  ((PyTypeObject *)cls)->tp_basicsize - (Py_ssize_t)sizeof(PyObject *);
     Py_ssize_t off = ok ? ((PyMemberDescrObject *)d)->d_member->offset : 0;
-    Py_DECREF(d);
     if (!ok) {
+        Py_DECREF(d);
         PyErr_SetString(PyExc_TypeError, "future_class needs a _job slot (__slots__)");
         return NULL;
     }
-    ExecCore *c = (ExecCore *)tp->tp_alloc(tp, 0);
-    if (!c)
-        return NULL;
     c->job_off = off;
-    c->lock = PyThread_allocate_lock();
-    c->futures = PyList_New(0);
-    if (!c->lock || !c->futures) {
-        Py_DECREF(c);
-        return PyErr_NoMemory();
+    if (!jf_type) {
+        jf_type = PyDescr_TYPE(d);
+        Py_INCREF(jf_type);
+        jf_off = off;
     }
+    Py_DECREF(d);
     Py_INCREF(submit);
     c->submit = submit;
     Py_INCREF(cls);
     c->cls = cls;
-    c->prune_at = 1024;
-    return (PyObject *)c;
+    Py_RETURN_NONE;
 }
 
 static int core_traverse(ExecCore *c, visitproc visit, void *arg)
@@ -994,6 +1026,10 @@ static PyObject *core_submit_impl(ExecCore *c, PyObject *fn, PyObject *args, PyO
                                   PyObject *g)
 {
     PyObject *fut = NULL, *job = NULL, *chunk = NULL, *pair = NULL;
+    if (!c->submit) {
+        PyErr_SetString(PyExc_RuntimeError, "the Executor is not set up");
+        return NULL;
+    }
     core_lock(c);
     if (c->shutdown) {
         PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
@@ -1066,41 +1102,16 @@ static PyObject *core_get_pending(ExecCore *c, void *unused)
     return PyList_GetSlice(c->futures, 0, PyList_GET_SIZE(c->futures));
 }
 
-static PyMethodDef core_methods[] = {
-    {"close", (PyCFunction)core_close, METH_NOARGS,
-     "Shut down: no submit succeeds after; returns the futures kept."},
-    {NULL, NULL, 0, NULL}};
-
-static PyGetSetDef core_getset[] = {
-    {"closed", (getter)core_get_closed, NULL, "True once closed.", NULL},
-    {"futures", (getter)core_get_pending, NULL, "A copy of the futures kept.", NULL},
-    {NULL, NULL, NULL, NULL, NULL}};
-
-static PyTypeObject ExecCoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc._ExecutorCore",
-    .tp_basicsize = sizeof(ExecCore),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "pp.Executor's submit state (pp/executor.py).",
-    .tp_new = core_new,
-    .tp_dealloc = (destructor)core_dealloc,
-    .tp_traverse = (traverseproc)core_traverse,
-    .tp_clear = (inquiry)core_clear,
-    .tp_methods = core_methods,
-    .tp_getset = core_getset,
-};
-
-/* Executor.submit(fn, /, *args, **kwargs): one attribute read (_core),
- * the rest in C. */
-static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t nargs,
-                                 PyObject *kwnames)
+/* Executor.submit(fn, /, *args, **kwargs) */
+static PyObject *core_submit(ExecCore *self, PyObject *const *a, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
-    (void)mod;
-    if (nargs < 2) {
+    if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError,
                         "submit expected at least 1 positional argument (the function)");
         return NULL;
     }
-    PyObject *self = a[0], *fn = a[1];
+    PyObject *fn = a[0];
     PyObject *g = NULL; /* a function of __main__ takes its globals (its imports) along */
     if (PyFunction_Check(fn)) {
         PyObject *gl = PyFunction_GET_GLOBALS(fn);
@@ -1112,21 +1123,14 @@ static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t n
         if (nm && (nm == s_main || (PyUnicode_Check(nm) && PyUnicode_Compare(nm, s_main) == 0)))
             g = gl;
     }
-    PyObject *core = getattr_s(self, &s_core, "_core");
-    if (!core)
-        return NULL;
     PyObject *args = NULL, *kwargs = NULL, *fut = NULL;
-    if (!Py_IS_TYPE(core, &ExecCoreType)) {
-        PyErr_SetString(PyExc_TypeError, "Executor._core is not an executor core");
-        goto out;
-    }
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    args = PyTuple_New(nargs - 2);
+    args = PyTuple_New(nargs - 1);
     if (!args)
         goto out;
-    for (Py_ssize_t i = 2; i < nargs; i++) {
+    for (Py_ssize_t i = 1; i < nargs; i++) {
         Py_INCREF(a[i]);
-        PyTuple_SET_ITEM(args, i - 2, a[i]);
+        PyTuple_SET_ITEM(args, i - 1, a[i]);
     }
     if (nkw) {
         if (!(kwargs = PyDict_New()))
@@ -1135,19 +1139,44 @@ static PyObject *executor_submit(PyObject *mod, PyObject *const *a, Py_ssize_t n
             if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), a[nargs + i]) < 0)
                 goto out;
     }
-    fut = core_submit_impl((ExecCore *)core, fn, args, kwargs, g);
+    fut = core_submit_impl(self, fn, args, kwargs, g);
 out:
     Py_XDECREF(kwargs);
     Py_XDECREF(args);
-    Py_DECREF(core);
     return fut;
 }
+
+static PyMethodDef core_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))core_submit, METH_FASTCALL | METH_KEYWORDS,
+     "submit(fn, /, *args, **kwargs) -> concurrent.futures.Future\n\nSchedule fn(*args, "
+     "**kwargs) on the Server; RuntimeError after shutdown."},
+    {"_setup", (PyCFunction)core_setup, METH_VARARGS,
+     "_setup(submit, future_class): the Server's submit and the futures' class."},
+    {"_close", (PyCFunction)core_close, METH_NOARGS,
+     "Shut down: no submit succeeds after; returns the futures kept."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef core_getset[] = {
+    {"_closed", (getter)core_get_closed, NULL, "True once shut down.", NULL},
+    {"_kept", (getter)core_get_pending, NULL, "A copy of the futures kept for shutdown.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ExecCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pp._ppc._ExecutorCore",
+    .tp_basicsize = sizeof(ExecCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "pp.Executor's base: submit and its state (pp/executor.py).",
+    .tp_new = core_new,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+};
 
 static PyMethodDef exec_defs[] = {
     {"_future_result", (PyCFunction)(void (*)(void))future_result, METH_FASTCALL | METH_KEYWORDS,
      "result(timeout=None) of an Executor's future (pp/executor.py)."},
-    {"_executor_submit", (PyCFunction)(void (*)(void))executor_submit,
-     METH_FASTCALL | METH_KEYWORDS, "Executor.submit(fn, /, *args, **kwargs) (pp/executor.py)."},
     {NULL, NULL, 0, NULL}};
 
 int ppc_job_add_executor_methods(PyObject *m)
