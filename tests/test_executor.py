@@ -188,3 +188,22 @@ def test_futures_read_by_result_still_notify():
         assert time.monotonic() - t0 < 10  # notified, not timed out
         assert all(f.done() and not f.cancelled() for f in fs)
         assert "finished" in repr(fs[5]) and seen == [fs[0]]
+
+
+@pytest.mark.timeout(30)
+def test_executor_core_refuses_misuse():
+    """The C base of pp.Executor checks what it is given: no submit before
+    set-up, one set-up only, a Future class without the _job slot refused."""
+    from pp import _ppc
+    core = _ppc._ExecutorCore(1, x=2)  # arguments go to Executor.__init__
+    with pytest.raises(RuntimeError):
+        core.submit(abs, -1)
+    with pytest.raises(TypeError):
+        core._setup(abs, cf.Future)  # no _job slot
+    with pytest.raises(TypeError):
+        core._setup(abs, 3)
+    with pp.Executor(1) as ex:
+        with pytest.raises(RuntimeError):
+            ex._setup(ex.server.submit, ex._Future)
+        assert ex.submit(F.inc, 1).result(timeout=10) == 2
+    assert core._close() == [] and core._closed

@@ -797,11 +797,11 @@ PyTypeObject ppc_JobType = {
 
 /* ------------------------------------------- pp.Executor's fast paths
  *
- * pp/executor.py binds these as methods (instancemethod): Executor.submit,
- * wholly in C over the Executor's _core (an _ExecutorCore), and its
- * futures' result() for the common case (no timeout, a value), so a
- * future costs little more than its job. result()'s other cases go to the
- * Python method _result_py, which handles every case. */
+ * pp.Executor derives from _ExecutorCore, whose submit is wholly in C,
+ * and its futures' result() is _future_result (bound as a method,
+ * instancemethod) for the common case (no timeout, a value), so a future
+ * costs little more than its job. result()'s other cases go to the Python
+ * method _result_py, which handles every case. */
 
 static PyObject *interned(PyObject **slot, const char *s)
 {
@@ -872,8 +872,7 @@ static PyObject *future_result(PyObject *mod, PyObject *const *a, Py_ssize_t nar
     return v;
 }
 
-/* An Executor's state for submit, in C (pp/executor.py keeps it as
- * _core): its Server's bound submit, its Future class, the futures not yet
+/* pp.Executor's C base: its Server's bound submit, its Future class, the futures not yet
  * known done (for shutdown), the shutdown flag, and the lock that makes
  * "not shut down, submit, remember the future" one step against shutdown.
  * The lock is held across Server.submit, as the stdlib's executors hold
@@ -965,6 +964,11 @@ static PyObject *core_setup(ExecCore *c, PyObject *a)
     /* the futures are made here, so their _job slot is set and read
      * directly: the class must have it as a __slots__ member */
     PyObject *d = PyObject_GetAttrString(cls, "_job");
+    if (!d && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_INCREF(Py_None);
+        d = Py_None;
+    }
     if (!d)
         return NULL;
     int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
@@ -1026,7 +1030,7 @@ static PyObject *core_submit_impl(ExecCore *c, PyObject *fn, PyObject *args, PyO
                                   PyObject *g)
 {
     PyObject *fut = NULL, *job = NULL, *chunk = NULL, *pair = NULL;
-    if (!c->submit) {
+    if (!c->submit || !c->futures) {
         PyErr_SetString(PyExc_RuntimeError, "the Executor is not set up");
         return NULL;
     }
@@ -1075,7 +1079,7 @@ out:
     return fut;
 }
 
-/* core.close() -> the futures not known done; no submit succeeds after */
+/* _close() -> the futures kept (not known done); no submit succeeds after */
 static PyObject *core_close(ExecCore *c, PyObject *unused)
 {
     (void)unused;
@@ -1087,7 +1091,7 @@ static PyObject *core_close(ExecCore *c, PyObject *unused)
     PyObject *old = c->futures;
     c->futures = empty;
     PyThread_release_lock(c->lock);
-    return old;
+    return old ? old : PyList_New(0); /* NULL once cleared by the GC */
 }
 
 static PyObject *core_get_closed(ExecCore *c, void *unused)
@@ -1099,6 +1103,8 @@ static PyObject *core_get_closed(ExecCore *c, void *unused)
 static PyObject *core_get_pending(ExecCore *c, void *unused)
 {
     (void)unused;
+    if (!c->futures)
+        return PyList_New(0);
     return PyList_GetSlice(c->futures, 0, PyList_GET_SIZE(c->futures));
 }
 
