@@ -128,19 +128,22 @@ static uint64_t rd_le(const uint8_t *p, int n)
     return v;
 }
 
-/* One string of the exception pickle: SHORT_BINUNICODE, BINUNICODE or
- * BINUNICODE8, then an optional memo opcode. 0, or -1 if it is not one. */
-static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, size_t *n)
+/* One length-prefixed pickle item: opcode op1, op4 or op8 followed by a
+ * 1-, 4- or 8-byte little-endian length and the bytes, then an optional
+ * memo opcode. Its bytes in *s, *n and *pp moved past it: 0, or -1 if it
+ * is not one. */
+static int pk_sized(const uint8_t **pp, const uint8_t *end, uint8_t op1, uint8_t op4,
+                    uint8_t op8, const uint8_t **s, size_t *n)
 {
     const uint8_t *p = *pp;
     uint64_t len;
-    if (p < end && *p == 0x8c && end - p >= 2) {
+    if (p < end && *p == op1 && end - p >= 2) {
         len = p[1];
         p += 2;
-    } else if (p < end && *p == 'X' && end - p >= 5) {
+    } else if (p < end && *p == op4 && end - p >= 5) {
         len = rd_le(p + 1, 4);
         p += 5;
-    } else if (p < end && *p == 0x8d && end - p >= 9) {
+    } else if (p < end && *p == op8 && end - p >= 9) {
         len = rd_le(p + 1, 8);
         p += 9;
     } else {
@@ -161,6 +164,13 @@ static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, siz
     return 0;
 }
 
+/* One string of the exception pickle: SHORT_BINUNICODE, BINUNICODE or
+ * BINUNICODE8, then an optional memo opcode. 0, or -1 if it is not one. */
+static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, size_t *n)
+{
+    return pk_sized(pp, end, 0x8c, 'X', 0x8d, s, n);
+}
+
 /* The worker's exception pickle, (pickled exception or None, traceback,
  * type name, message) at protocol 3 or later, read without Python: 0, or
  * -1 when it is not in that form. */
@@ -175,31 +185,13 @@ static int parse_exception(const uint8_t *p, size_t n, status_err *er)
         p++;
     if (p >= end)
         return -1;
-    uint64_t len = 0;
     if (*p == 'N') {
         p++;
-    } else {
-        if (*p == 'C' && end - p >= 2) {
-            len = p[1];
-            p += 2;
-        } else if (*p == 'B' && end - p >= 5) {
-            len = rd_le(p + 1, 4);
-            p += 5;
-        } else if (*p == 0x8e && end - p >= 9) {
-            len = rd_le(p + 1, 8);
-            p += 9;
-        } else {
+    } else { /* the pickled exception: SHORT_BINBYTES, BINBYTES or BINBYTES8 */
+        const uint8_t *ex;
+        size_t nex;
+        if (pk_sized(&p, end, 'C', 'B', 0x8e, &ex, &nex) < 0)
             return -1;
-        }
-        if (len > (uint64_t)(end - p))
-            return -1;
-        p += len;
-        if (p < end && *p == 0x94)
-            p++;
-        else if (p < end && *p == 'q' && end - p >= 2)
-            p += 2;
-        else if (p < end && *p == 'r' && end - p >= 5)
-            p += 5;
     }
     const uint8_t *tb, *ty, *msg;
     size_t ntb, nty, nmsg;
