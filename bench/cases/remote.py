@@ -67,12 +67,7 @@ def main(args):
     asked = n
     n = max(100, min(n, int(r0 * 15)))
     common.PHASE[0] = "run"
-    t0 = common.now()
-    jobs = [job_server.submit(tiny, (i,)) for i in range(n)]
-    res = [j() for j in jobs]
-    t = common.now() - t0
-    if res != [i + 1 for i in range(n)]:
-        raise RuntimeError("wrong results")
+    t = common.time_tiny(job_server, tiny, n)
     os.unlink(log.name)
     extra.update(value=n / t, unit="jobs/s", jobs=n, jobs_asked=asked, seconds=t, workers=2)
     return extra

@@ -59,12 +59,7 @@ def main(args):
         n = 20000 if args.quick else 100000
         [j() for j in [c.submit(tiny, (i,)) for i in range(1000)]]
         common.PHASE[0] = "run"
-        t0 = common.now()
-        jobs = [c.submit(tiny, (i,)) for i in range(n)]
-        res = [j() for j in jobs]
-        t = common.now() - t0
-        if res != [i + 1 for i in range(n)]:
-            raise RuntimeError("wrong results")
+        t = common.time_tiny(c, tiny, n)
         extra.update(value=n / t, unit="jobs/s", jobs=n, seconds=t, workers=2)
     else:
         mb = 16 if args.quick else 64

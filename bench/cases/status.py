@@ -99,13 +99,7 @@ def run_remote(pp, status, n):
         time.sleep(0.3)
 
     def batch():
-        t0 = common.now()
-        jobs = [s.submit(tiny, (i,)) for i in range(n)]
-        res = [j() for j in jobs]
-        t = common.now() - t0
-        if res != [i + 1 for i in range(n)]:
-            raise RuntimeError("wrong remote result")
-        return n / t
+        return n / common.time_tiny(s, tiny, n)
     rate = batches(batch)
     if poller:
         stop(poller)
