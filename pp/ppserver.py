@@ -63,6 +63,19 @@ secret = ...), the PP_SECRET variable, or pp_secret = '...' in
 """
 
 
+# command-line options that turn a setting on, and those that set one from
+# their argument (setting, conversion); the others are handled one by one
+_FLAGS = {"-d": "debug", "-a": "autodiscovery", "-r": "restart", "--status": "show_status",
+          "--watch": "watch"}
+_SETTINGS = {
+    "-f": ("format", str), "-n": ("proto", int), "-i": ("interface", str),
+    "-b": ("broadcast", str), "-p": ("port", int), "-w": ("workers", int),
+    "-t": ("timeout", float), "-k": ("socket_timeout", float), "-P": ("pid_file", str),
+    "--certfile": ("certfile", str), "--keyfile": ("keyfile", str), "--cafile": ("cafile", str),
+    "--status-port": ("status_port", int), "--status-host": ("status_host", str),
+}
+
+
 def _parse(argv):
     opts, args = getopt.getopt(argv, "hdarn:c:b:i:p:w:s:t:f:k:P:",
                                ["secret-file=", "new-secret", "certfile=", "keyfile=",
@@ -75,7 +88,7 @@ def _parse(argv):
         "secret": None, "timeout": None, "socket_timeout": 3600.0, "pid_file": None,
         "discover_port": 51000, "secret_file": None, "certfile": None, "keyfile": None,
         "cafile": None, "secret_on_cmdline": False, "connect": None,
-        "discover_port": 51000, "status_port": None, "status_host": None,
+        "status_port": None, "status_host": None,
         "show_status": False, "watch": False,
     }
     config_path = None
@@ -109,27 +122,14 @@ def _parse(argv):
             if key in src:
                 cfg[name] = fn(src[key])
     for o, a in opts:
-        if o == "-h":
+        if o in _FLAGS:
+            cfg[_FLAGS[o]] = True
+        elif o in _SETTINGS:
+            name, fn = _SETTINGS[o]
+            cfg[name] = fn(a)
+        elif o == "-h":
             print(USAGE % {"version": _version()})
             raise SystemExit(0)
-        elif o == "-d":
-            cfg["debug"] = True
-        elif o == "-f":
-            cfg["format"] = a
-        elif o == "-a":
-            cfg["autodiscovery"] = True
-        elif o == "-r":
-            cfg["restart"] = True
-        elif o == "-n":
-            cfg["proto"] = int(a)
-        elif o == "-i":
-            cfg["interface"] = a
-        elif o == "-b":
-            cfg["broadcast"] = a
-        elif o == "-p":
-            cfg["port"] = int(a)
-        elif o == "-w":
-            cfg["workers"] = int(a)
         elif o == "-s":
             cfg["secret"] = a
             cfg["secret_file"] = None
@@ -141,27 +141,11 @@ def _parse(argv):
             from pp import new_secret
             print(new_secret())
             raise SystemExit(0)
-        elif o in ("--certfile", "--keyfile", "--cafile"):
-            cfg[o[2:]] = a
-        elif o == "-t":
-            cfg["timeout"] = float(a)
-        elif o == "-k":
-            cfg["socket_timeout"] = float(a)
-        elif o == "-P":
-            cfg["pid_file"] = a
         elif o == "--connect":
             host, sep, port = a.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise getopt.GetoptError("--connect wants host:port, not %r" % a)
             cfg["connect"] = (host.strip("[]"), int(port))
-        elif o == "--status-port":
-            cfg["status_port"] = int(a)
-        elif o == "--status-host":
-            cfg["status_host"] = a
-        elif o == "--status":
-            cfg["show_status"] = True
-        elif o == "--watch":
-            cfg["watch"] = True
     if args:
         raise getopt.GetoptError("unexpected arguments: %s" % " ".join(args))
     if cfg["secret_file"]:

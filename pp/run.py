@@ -237,6 +237,18 @@ def _rank0(script, args, jobid, size, ncpus, env):
                 pass
 
 
+def _read_line(sock, limit=300):
+    """Bytes from sock up to and with a newline, at most limit of them (less
+    if the peer closes first)."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < limit:
+        chunk = sock.recv(limit - len(line))
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
 def _gather(ctl, secret, size, hellos, deadline):
     """Accept the other ranks' hellos on the control port until all came
     or the deadline passed (0: only those already waiting)."""
@@ -248,12 +260,7 @@ def _gather(ctl, secret, size, hellos, deadline):
         conn, _ = ctl.accept()
         try:
             conn.settimeout(2)  # a rank sends its hello at once; a silent peer waits less
-            line = b""
-            while not line.endswith(b"\n") and len(line) < 300:
-                chunk = conn.recv(300 - len(line))
-                if not chunk:
-                    break
-                line += chunk
+            line = _read_line(conn)
             word, rank, nonce, mac = line.decode("ascii").split()
             if word != "hello" or not hmac.compare_digest(mac, _mac(secret, "hello", rank,
                                                                     nonce)):
@@ -346,12 +353,7 @@ def _node(rank, jobid, ncpus, env):
         os.close(devnull)
     server = pp.Server(ncpus=ncpus, secret=secret, _connect=(host, int(info["port"])))
     try:
-        line = b""
-        while not line.endswith(b"\n") and len(line) < 300:
-            chunk = ctl.recv(300 - len(line))
-            if not chunk:
-                break
-            line += chunk
+        line = _read_line(ctl)
     finally:
         server.destroy()
         ctl.close()

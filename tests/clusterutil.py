@@ -44,6 +44,17 @@ def free_port(kind=socket.SOCK_STREAM):
     return port
 
 
+def run_ppserver(args, env=None, timeout=20):
+    """python -m pp.ppserver ARGS to its end (PP_SECRET unset unless env
+    gives it): the CompletedProcess, output captured as text."""
+    e = conftest.child_env()
+    e.pop("PP_SECRET", None)
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "pp.ppserver"] + list(args), env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def frame(ftype, payload=b"", fid=0, flags=0, aux=0, extra=0, length=None):
     return HDR.pack(len(payload) if length is None else length, fid, ftype, flags, aux,
                     extra) + payload
@@ -245,14 +256,5 @@ import pytest  # noqa: E402
 @pytest.fixture
 def start_ppserver(tmp_path):
     """start_ppserver(**PPServer kwargs) -> PPServer; all stopped at teardown."""
-    made = []
-
-    def start(**kw):
-        s = PPServer(tmp_path, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.stop()
+    yield from conftest.tracked(lambda **kw: PPServer(tmp_path, **kw), PPServer.stop)
 

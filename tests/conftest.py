@@ -54,18 +54,25 @@ def server():
     s.destroy()
 
 
-@pytest.fixture
-def fresh_server():
+def tracked(make, close):
+    """The body of a factory fixture (use with ``yield from``): yields a
+    function that calls make(*args, **kwargs) and keeps what it returns;
+    at teardown close(x) is called on each of them, oldest first."""
     made = []
 
-    def make(*args, **kwargs):
-        s = pp.Server(*args, **kwargs)
-        made.append(s)
-        return s
+    def new(*args, **kwargs):
+        x = make(*args, **kwargs)
+        made.append(x)
+        return x
 
-    yield make
-    for s in made:
-        s.destroy()
+    yield new
+    for x in made:
+        close(x)
+
+
+@pytest.fixture
+def fresh_server():
+    yield from tracked(pp.Server, pp.Server.destroy)
 
 
 def _wait_until(pred, timeout=20.0, interval=0.01):

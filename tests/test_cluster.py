@@ -35,7 +35,7 @@ from clusterutil import (F_AUTH, F_BYE, F_CHALLENGE, F_ERROR, F_FUNC, F_HELLO, F
                          F_RESULT, F_WELCOME, HDR, PROTO_VERSION, PPServer, Wire, alive, frame, free_port,
                          hello_payload, mac, rss_kb, start_ppserver, welcome_payload)  # noqa: F401
 import tlswire
-from conftest import child_env, _wait_until as wait_until
+from conftest import child_env, tracked, _wait_until as wait_until
 
 SECRET = "cluster-secret-for-tests"
 
@@ -484,16 +484,7 @@ class FakeNode:
 
 @pytest.fixture
 def fake_node():
-    made = []
-
-    def make(**kw):
-        n = FakeNode(**kw)
-        made.append(n)
-        return n
-
-    yield make
-    for n in made:
-        n.close()
+    yield from tracked(FakeNode, FakeNode.close)
 
 
 @pytest.mark.timeout(30)

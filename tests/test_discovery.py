@@ -30,7 +30,6 @@ import hmac
 import logging
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -41,6 +40,7 @@ import pytest
 
 import pp
 import cluster_jobs as J
+import netnsutil
 from clusterutil import PPServer, TESTS_DIR, free_port, start_ppserver  # noqa: F401
 from conftest import child_env, _wait_until as wait_until
 
@@ -553,47 +553,19 @@ ADDR_A, ADDR_B, BCAST = "10.213.7.1", "10.213.7.2", "10.213.7.255"
 ADDR_OUT = "10.99.0.2"  # a second address of B's end, outside A's subnet
 
 
-def _ip(*args):
-    return subprocess.run(["ip"] + list(args), capture_output=True, text=True, timeout=10)
-
-
 @pytest.fixture
 def netns_pair():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (running as uid %d)" % os.geteuid())
-    if not shutil.which("ip"):
-        pytest.skip("the ip command (iproute2) is not installed")
-    made = []
-    try:
-        for ns in (NS_A, NS_B):
-            r = _ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip("cannot create a network namespace: %s" % r.stderr.strip())
-            made.append(ns)
-        veth_a, veth_b = "ppcva%d" % (os.getpid() % 10000), "ppcvb%d" % (os.getpid() % 10000)
-        steps = [
-            ("link", "add", veth_a, "netns", NS_A, "type", "veth", "peer", "name", veth_b,
-             "netns", NS_B),
-            ("-n", NS_A, "addr", "add", ADDR_A + "/24", "brd", BCAST, "dev", veth_a),
-            ("-n", NS_B, "addr", "add", ADDR_B + "/24", "brd", BCAST, "dev", veth_b),
-            ("-n", NS_B, "addr", "add", ADDR_OUT + "/24", "dev", veth_b),
-            ("-n", NS_A, "link", "set", veth_a, "up"),
-            ("-n", NS_B, "link", "set", veth_b, "up"),
-            ("-n", NS_A, "link", "set", "lo", "up"),
-            ("-n", NS_B, "link", "set", "lo", "up"),
-            # A could answer ADDR_OUT: only its subnet rule keeps it silent
-            ("-n", NS_A, "route", "add", "10.99.0.0/24", "dev", veth_a),
-            ("-n", NS_B, "route", "add", ADDR_A + "/32", "dev", veth_b, "src", ADDR_B),
-        ]
-        for st in steps:
-            r = _ip(*st)
-            if r.returncode != 0:
-                pytest.skip("cannot set up veth between namespaces (ip %s): %s"
-                            % (" ".join(st), r.stderr.strip()))
-        yield NS_A, NS_B
-    finally:
-        for ns in made:
-            _ip("netns", "del", ns)  # deleting a namespace removes its veth end
+    pid = os.getpid() % 10000
+    veth_a, veth_b = "ppcva%d" % pid, "ppcvb%d" % pid
+    extra = [
+        ("-n", NS_B, "addr", "add", ADDR_OUT + "/24", "dev", veth_b),
+        # A could answer ADDR_OUT: only its subnet rule keeps it silent
+        ("-n", NS_A, "route", "add", "10.99.0.0/24", "dev", veth_a),
+        ("-n", NS_B, "route", "add", ADDR_A + "/32", "dev", veth_b, "src", ADDR_B),
+    ]
+    with netnsutil.netns_pair(NS_A, NS_B, veth_a, veth_b, ADDR_A, ADDR_B, brd=BCAST,
+                              extra=extra) as pair:
+        yield pair
 
 
 NS_CLIENT = """

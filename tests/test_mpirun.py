@@ -20,6 +20,7 @@ import time
 import pytest
 
 import pp
+import netnsutil
 from conftest import child_env
 from pp.run import job_secret
 
@@ -254,39 +255,12 @@ NS_A, NS_B = "ppc-run-a-%d" % os.getpid(), "ppc-run-b-%d" % os.getpid()
 ADDR_A, ADDR_B = "10.213.9.1", "10.213.9.2"
 
 
-def _ip(*args):
-    return subprocess.run(["ip"] + list(args), capture_output=True, text=True, timeout=10)
-
-
 @pytest.fixture
 def netns_pair():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (running as uid %d)" % os.geteuid())
-    if not shutil.which("ip"):
-        pytest.skip("the ip command (iproute2) is not installed")
-    made = []
-    try:
-        for ns in (NS_A, NS_B):
-            r = _ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip("cannot create a network namespace: %s" % r.stderr.strip())
-            made.append(ns)
-        va, vb = "ppcra%d" % (os.getpid() % 10000), "ppcrb%d" % (os.getpid() % 10000)
-        for st in [("link", "add", va, "netns", NS_A, "type", "veth", "peer", "name", vb,
-                    "netns", NS_B),
-                   ("-n", NS_A, "addr", "add", ADDR_A + "/24", "dev", va),
-                   ("-n", NS_B, "addr", "add", ADDR_B + "/24", "dev", vb),
-                   ("-n", NS_A, "link", "set", va, "up"), ("-n", NS_B, "link", "set", vb, "up"),
-                   ("-n", NS_A, "link", "set", "lo", "up"),
-                   ("-n", NS_B, "link", "set", "lo", "up")]:
-            r = _ip(*st)
-            if r.returncode != 0:
-                pytest.skip("cannot set up veth between namespaces (ip %s): %s"
-                            % (" ".join(st), r.stderr.strip()))
-        yield NS_A, NS_B
-    finally:
-        for ns in made:
-            _ip("netns", "del", ns)
+    pid = os.getpid() % 10000
+    with netnsutil.netns_pair(NS_A, NS_B, "ppcra%d" % pid, "ppcrb%d" % pid,
+                              ADDR_A, ADDR_B) as pair:
+        yield pair
 
 
 @pytest.mark.timeout(60)

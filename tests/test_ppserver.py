@@ -13,25 +13,15 @@ restart and worker count, through real ppserver processes on loopback.
 """
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 import pp
 import cluster_jobs as J
-from clusterutil import PPServer, Wire, alive, free_port, start_ppserver  # noqa: F401
-from conftest import child_env, _wait_until as wait_until
-
-
-def run_ppserver(args, env=None, timeout=20):
-    e = child_env()
-    e.pop("PP_SECRET", None)
-    if env:
-        e.update(env)
-    return subprocess.run([sys.executable, "-m", "pp.ppserver"] + list(args), env=e,
-                          capture_output=True, text=True, timeout=timeout)
+from clusterutil import (PPServer, Wire, alive, free_port, run_ppserver,  # noqa: F401
+                         start_ppserver)
+from conftest import _wait_until as wait_until
 
 
 def client(node, secret="cluster-secret-for-tests", **kw):

@@ -33,7 +33,7 @@ import pp
 import tls_jobs as T
 import tlswire
 from clusterutil import F_ERROR, PPServer, Wire, frame, rss_kb, start_ppserver  # noqa: F401
-from conftest import _wait_until as wait_until
+from conftest import tracked, _wait_until as wait_until
 from tlsrelay import Relay
 
 SECRET = "tls-attack-suite-secret-0123456789"
@@ -61,16 +61,7 @@ pytestmark = pytest.mark.skipif(not _can_bind("127.0.0.2"),
 
 @pytest.fixture
 def relay():
-    made = []
-
-    def make(*a, **kw):
-        r = Relay(*a, **kw)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
+    yield from tracked(Relay, Relay.close)
 
 
 # ----------------------------------------------------------- on-path relay

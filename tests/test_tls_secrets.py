@@ -4,24 +4,13 @@ the warnings for a short secret, a secret on the command line and a secret
 file other users can read; real ppserver processes on loopback."""
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 
 import pp
 import tls_jobs as T
-from clusterutil import PPServer, start_ppserver  # noqa: F401
-from conftest import child_env, _wait_until as wait_until
-
-
-def run_ppserver(args, env=None, timeout=20):
-    e = child_env()
-    e.pop("PP_SECRET", None)
-    if env:
-        e.update(env)
-    return subprocess.run([sys.executable, "-m", "pp.ppserver"] + list(args), env=e,
-                          capture_output=True, text=True, timeout=timeout)
+from clusterutil import PPServer, run_ppserver, start_ppserver  # noqa: F401
+from conftest import _wait_until as wait_until
 
 
 def secret_file(tmp_path, value, mode=0o600, name="secret"):

@@ -1,11 +1,14 @@
 # bench/cases/common.py - helpers shared by the benchmark case scripts:
 # argument parsing, the one-JSON-line result protocol, a hard watchdog,
-# /proc scanning (RSS, descendants) and clean-up of every child a case made.
+# /proc scanning (RSS, descendants), clean-up of every child a case made,
+# and starting a node process on 127.0.0.1 (a free port, its pid file, waiting
+# for it to listen).
 # Nothing here is shipped to workers; job functions live in the case scripts.
 import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -182,3 +185,51 @@ def ncpus():
 
 def now():
     return time.perf_counter()
+
+
+
+def time_tiny(server, tiny, n):
+    """Seconds for n jobs tiny(i), i in range(n), one submit each, through
+    server, every result taken; tiny is the case's x + 1 (results checked)."""
+    t0 = now()
+    jobs = [server.submit(tiny, (i,)) for i in range(n)]
+    res = [j() for j in jobs]
+    t = now() - t0
+    if res != [i + 1 for i in range(n)]:
+        raise RuntimeError("wrong results")
+    return t
+
+
+# ---------------------------------------------------------------- nodes
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def register_node(proc):
+    """Name a node process the case started in the driver's pid directory
+    (BENCH_PIDDIR), so the driver kills it even if this case cannot."""
+    piddir = os.environ.get("BENCH_PIDDIR")
+    if piddir:
+        with open(os.path.join(piddir, "ppserver.%d" % proc.pid), "w") as f:
+            f.write("%d\n" % proc.pid)
+
+
+def wait_port(port, proc, limit):
+    """None once 127.0.0.1:port accepts connections, else why not (proc
+    exited, or nothing listening after limit seconds)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return "exited with %s" % proc.returncode
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return None
+        except OSError:
+            time.sleep(0.05)
+    return "not listening after %.0f s" % limit

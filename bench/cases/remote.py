@@ -9,38 +9,15 @@
 # also kills the whole process group). Only 127.0.0.1 is ever used.
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import common
 
 
 def tiny(x):
     return x + 1
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, proc, limit):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return "exited with %s" % proc.returncode
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return None
-        except OSError:
-            time.sleep(0.05)
-    return "not listening after %.0f s" % limit
 
 
 def extra_args(ap):
@@ -60,19 +37,16 @@ def main(args):
                       ("ppc", False): 10000, ("ppc", True): 2000}[(impl, bool(args.quick))]
     pp = common.import_pp(impl)
     extra = common.pp_info(pp)
-    port, secret = free_port(), secrets.token_hex(16)
+    port, secret = common.free_port(), secrets.token_hex(16)
     log = tempfile.NamedTemporaryFile(prefix="ppserver-", suffix=".log", delete=False)
     cmd = [server, "-i", "127.0.0.1", "-p", str(port), "-w", "2", "-s", secret, "-t", "120"]
     common.PHASE[0] = "start ppserver"
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    piddir = os.environ.get("BENCH_PIDDIR")
-    if piddir:
-        with open(os.path.join(piddir, "ppserver.%d" % proc.pid), "w") as f:
-            f.write("%d\n" % proc.pid)
+    common.register_node(proc)
     # no explicit kill here: common.finish() kills every descendant (the
     # server and its workers, found while the server still lives) on every
     # exit path, and the driver kills the process group and the pid file.
-    err = wait_port(port, proc, 20)
+    err = common.wait_port(port, proc, 20)
     if err:
         log.flush()
         with open(log.name, errors="replace") as f:
@@ -93,12 +67,7 @@ def main(args):
     asked = n
     n = max(100, min(n, int(r0 * 15)))
     common.PHASE[0] = "run"
-    t0 = common.now()
-    jobs = [job_server.submit(tiny, (i,)) for i in range(n)]
-    res = [j() for j in jobs]
-    t = common.now() - t0
-    if res != [i + 1 for i in range(n)]:
-        raise RuntimeError("wrong results")
+    t = common.time_tiny(job_server, tiny, n)
     os.unlink(log.name)
     extra.update(value=n / t, unit="jobs/s", jobs=n, jobs_asked=asked, seconds=t, workers=2)
     return extra

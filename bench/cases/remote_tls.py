@@ -12,12 +12,9 @@
 #                     4, then take the results) after a small warm-up;
 #                     MB/s of payload one way
 # Only 127.0.0.1 is used; the node is killed at the end.
-import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 
 import common
 
@@ -39,14 +36,6 @@ def echo(x):
     return x
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def main(args):
     impl = args.impl
     if impl not in ("ppc", "ppc_plain"):
@@ -54,14 +43,11 @@ def main(args):
     pp = common.import_pp("ppc")
     extra = common.pp_info(pp)
     plain = impl == "ppc_plain"
-    port, secret = free_port(), secrets.token_urlsafe(32)
+    port, secret = common.free_port(), secrets.token_urlsafe(32)
     common.PHASE[0] = "start node"
     node = subprocess.Popen([sys.executable, "-c", NODE, str(port), secret, "1" if plain else "0"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    piddir = os.environ.get("BENCH_PIDDIR")
-    if piddir:
-        with open(os.path.join(piddir, "ppserver.%d" % node.pid), "w") as f:
-            f.write("%d\n" % node.pid)
+    common.register_node(node)
     if node.stdout.readline().strip() != b"ready":
         raise RuntimeError("the node did not start (exit %s)" % node.poll())
     common.PHASE[0] = "client connect + warm-up"
@@ -73,12 +59,7 @@ def main(args):
         n = 20000 if args.quick else 100000
         [j() for j in [c.submit(tiny, (i,)) for i in range(1000)]]
         common.PHASE[0] = "run"
-        t0 = common.now()
-        jobs = [c.submit(tiny, (i,)) for i in range(n)]
-        res = [j() for j in jobs]
-        t = common.now() - t0
-        if res != [i + 1 for i in range(n)]:
-            raise RuntimeError("wrong results")
+        t = common.time_tiny(c, tiny, n)
         extra.update(value=n / t, unit="jobs/s", jobs=n, seconds=t, workers=2)
     else:
         mb = 16 if args.quick else 64

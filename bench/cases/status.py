@@ -8,9 +8,7 @@
 # batch for about 1.5 s (so it spans ~15 polls) and gives its median batch;
 # the case reports each side's median over the runs and the loss (target:
 # <= 3%). ppc only.
-import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,14 +34,6 @@ while True:
 
 def tiny(x):
     return x + 1
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_poller(urls):
@@ -90,27 +80,17 @@ def run_isprime(pp, status, n):
 
 
 def run_remote(pp, status, n):
-    port, secret = free_port(), secrets.token_hex(16)
+    port, secret = common.free_port(), secrets.token_hex(16)
     cmd = [sys.executable, "-m", "pp.ppserver", "-i", "127.0.0.1", "-p", str(port), "-w", "2",
            "-s", secret, "-t", "120"]
-    sport = free_port()
+    sport = common.free_port()
     if status:
         cmd += ["--status-port", str(sport)]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    piddir = os.environ.get("BENCH_PIDDIR")
-    if piddir:
-        with open(os.path.join(piddir, "ppserver.%d" % proc.pid), "w") as f:
-            f.write("%d\n" % proc.pid)
-    end = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > end or proc.poll() is not None:
-                raise RuntimeError("ppserver did not start")
-            time.sleep(0.05)
+    common.register_node(proc)
+    if common.wait_port(port, proc, 20):
+        raise RuntimeError("ppserver did not start")
     s = pp.Server(ncpus=0, ppservers=("127.0.0.1:%d" % port,), secret=secret,
                   status_port=0 if status else None)
     [j() for j in [s.submit(tiny, (i,)) for i in range(200)]]  # warm-up
@@ -119,13 +99,7 @@ def run_remote(pp, status, n):
         time.sleep(0.3)
 
     def batch():
-        t0 = common.now()
-        jobs = [s.submit(tiny, (i,)) for i in range(n)]
-        res = [j() for j in jobs]
-        t = common.now() - t0
-        if res != [i + 1 for i in range(n)]:
-            raise RuntimeError("wrong remote result")
-        return n / t
+        return n / common.time_tiny(s, tiny, n)
     rate = batches(batch)
     if poller:
         stop(poller)

@@ -128,19 +128,22 @@ static uint64_t rd_le(const uint8_t *p, int n)
     return v;
 }
 
-/* One string of the exception pickle: SHORT_BINUNICODE, BINUNICODE or
- * BINUNICODE8, then an optional memo opcode. 0, or -1 if it is not one. */
-static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, size_t *n)
+/* One length-prefixed pickle item: opcode op1, op4 or op8 followed by a
+ * 1-, 4- or 8-byte little-endian length and the bytes, then an optional
+ * memo opcode. Its bytes in *s, *n and *pp moved past it: 0, or -1 if it
+ * is not one. */
+static int pk_sized(const uint8_t **pp, const uint8_t *end, uint8_t op1, uint8_t op4,
+                    uint8_t op8, const uint8_t **s, size_t *n)
 {
     const uint8_t *p = *pp;
     uint64_t len;
-    if (p < end && *p == 0x8c && end - p >= 2) {
+    if (p < end && *p == op1 && end - p >= 2) {
         len = p[1];
         p += 2;
-    } else if (p < end && *p == 'X' && end - p >= 5) {
+    } else if (p < end && *p == op4 && end - p >= 5) {
         len = rd_le(p + 1, 4);
         p += 5;
-    } else if (p < end && *p == 0x8d && end - p >= 9) {
+    } else if (p < end && *p == op8 && end - p >= 9) {
         len = rd_le(p + 1, 8);
         p += 9;
     } else {
@@ -161,6 +164,13 @@ static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, siz
     return 0;
 }
 
+/* One string of the exception pickle: SHORT_BINUNICODE, BINUNICODE or
+ * BINUNICODE8, then an optional memo opcode. 0, or -1 if it is not one. */
+static int pk_str(const uint8_t **pp, const uint8_t *end, const uint8_t **s, size_t *n)
+{
+    return pk_sized(pp, end, 0x8c, 'X', 0x8d, s, n);
+}
+
 /* The worker's exception pickle, (pickled exception or None, traceback,
  * type name, message) at protocol 3 or later, read without Python: 0, or
  * -1 when it is not in that form. */
@@ -175,31 +185,13 @@ static int parse_exception(const uint8_t *p, size_t n, status_err *er)
         p++;
     if (p >= end)
         return -1;
-    uint64_t len = 0;
     if (*p == 'N') {
         p++;
-    } else {
-        if (*p == 'C' && end - p >= 2) {
-            len = p[1];
-            p += 2;
-        } else if (*p == 'B' && end - p >= 5) {
-            len = rd_le(p + 1, 4);
-            p += 5;
-        } else if (*p == 0x8e && end - p >= 9) {
-            len = rd_le(p + 1, 8);
-            p += 9;
-        } else {
+    } else { /* the pickled exception: SHORT_BINBYTES, BINBYTES or BINBYTES8 */
+        const uint8_t *ex;
+        size_t nex;
+        if (pk_sized(&p, end, 'C', 'B', 0x8e, &ex, &nex) < 0)
             return -1;
-        }
-        if (len > (uint64_t)(end - p))
-            return -1;
-        p += len;
-        if (p < end && *p == 0x94)
-            p++;
-        else if (p < end && *p == 'q' && end - p >= 2)
-            p += 2;
-        else if (p < end && *p == 'r' && end - p >= 5)
-            p += 5;
     }
     const uint8_t *tb, *ty, *msg;
     size_t ntb, nty, nmsg;
@@ -397,24 +389,40 @@ static const char *node_name(ppc_status *s, uint32_t node)
     return "local";
 }
 
+/* What the status views say of the local engine: its counters, read under
+ * the engine's lock, and whether its worker pool is dead (why, if it is). */
+typedef struct {
+    int ncpus, nclients, dead;
+    uint64_t lj, lt; /* local jobs done, their time in ns */
+    size_t pending;
+    const char *why;
+} local_view;
+
+static void read_local(ppc_engine *e, local_view *v)
+{
+    pthread_mutex_lock(&e->mu);
+    v->ncpus = e->ncpus;
+    v->lj = e->local_njobs;
+    v->lt = e->local_time_ns;
+    v->pending = e->total_pending;
+    v->nclients = e->nclients;
+    pthread_mutex_unlock(&e->mu);
+    v->why = NULL;
+    v->dead = ppc_pool_dead(e->pool, &v->why);
+}
+
 static void render_json(ppc_status *s, out *o)
 {
     ppc_engine *e = s->e;
     int64_t now = ppc_now_ms();
     advance(s, now);
-    pthread_mutex_lock(&e->mu);
-    int ncpus = e->ncpus;
-    uint64_t lj = e->local_njobs, lt = e->local_time_ns;
-    size_t pending = e->total_pending;
-    int nclients = e->nclients;
-    pthread_mutex_unlock(&e->mu);
-    const char *why = NULL;
-    int dead = ppc_pool_dead(e->pool, &why);
+    local_view v;
+    read_local(e, &v);
     put(o, "{\"version\":1,\"role\":\"%s\",\"running\":true,\"uptime_seconds\":%.3f,",
         e->listen_fd >= 0 ? "ppserver" : "client", (double)(now - s->started_ms) / 1000.0);
     put(o, "\"time\":%lld,\"queue\":%zu,\"pending\":%zu,", (long long)time(NULL), e->rq_len,
-        pending);
-    uint64_t total = lj;
+        v.pending);
+    uint64_t total = v.lj;
     for (int i = 0; i < e->nrn; i++)
         total += e->rn[i]->njobs;
     put(o, "\"jobs_done\":%llu,\"errors_total\":%llu,", (unsigned long long)total,
@@ -425,8 +433,8 @@ static void render_json(ppc_status *s, out *o)
         linfl += w->inflight;
     put(o, "\"nodes\":[{\"name\":\"local\",\"address\":\"local\",\"state\":\"%s\",\"cores\":%d,"
            "\"jobs\":%llu,\"job_seconds\":%.6f,\"inflight\":%d,\"link\":null}",
-        ncpus > 0 && !dead ? "up" : "down", ncpus, (unsigned long long)lj, (double)lt / 1e9,
-        linfl);
+        v.ncpus > 0 && !v.dead ? "up" : "down", v.ncpus, (unsigned long long)v.lj,
+        (double)v.lt / 1e9, linfl);
     for (int i = 0; i < e->nrn; i++) {
         ppc_rnode *r = e->rn[i];
         put(o, ",{\"name\":");
@@ -469,7 +477,7 @@ static void render_json(ppc_status *s, out *o)
             sconn_state(c->state), c->active, link_tls(&c->c) ? "true" : "false",
             link_auth(e, c->state == S_READY, c->state == S_HELLO || c->state == S_AUTH));
     }
-    put(o, "],\"nclients\":%d,", nclients);
+    put(o, "],\"nclients\":%d,", v.nclients);
     /* jobs per second over the last minute, oldest first; the last entry is
      * the current (partial) second */
     put(o, "\"jobs_per_second\":[");
@@ -514,8 +522,8 @@ static void render_json(ppc_status *s, out *o)
         put(o, "}");
     }
     put(o, "],\"pool_error\":");
-    if (dead && why)
-        put_jstr(o, why);
+    if (v.dead && v.why)
+        put_jstr(o, v.why);
     else
         put(o, "null");
     put(o, "}\n");
@@ -530,17 +538,11 @@ static void render_metrics(ppc_status *s, out *o)
 {
     ppc_engine *e = s->e;
     int64_t now = ppc_now_ms();
-    pthread_mutex_lock(&e->mu);
-    int ncpus = e->ncpus;
-    uint64_t lj = e->local_njobs, lt = e->local_time_ns;
-    size_t pending = e->total_pending;
-    int nclients = e->nclients;
-    pthread_mutex_unlock(&e->mu);
-    const char *why;
-    int dead = ppc_pool_dead(e->pool, &why);
+    local_view v;
+    read_local(e, &v);
 
     metric_head(o, "ppc_jobs_total", "counter", "Jobs completed, by node.");
-    put(o, "ppc_jobs_total{node=\"local\"} %llu\n", (unsigned long long)lj);
+    put(o, "ppc_jobs_total{node=\"local\"} %llu\n", (unsigned long long)v.lj);
     for (int i = 0; i < e->nrn; i++) {
         put(o, "ppc_jobs_total{node=\"");
         put_label(o, e->rn[i]->name);
@@ -548,21 +550,21 @@ static void render_metrics(ppc_status *s, out *o)
     }
     metric_head(o, "ppc_job_time_seconds_total", "counter",
                 "Execution time of completed jobs, by node.");
-    put(o, "ppc_job_time_seconds_total{node=\"local\"} %.9f\n", (double)lt / 1e9);
+    put(o, "ppc_job_time_seconds_total{node=\"local\"} %.9f\n", (double)v.lt / 1e9);
     for (int i = 0; i < e->nrn; i++) {
         put(o, "ppc_job_time_seconds_total{node=\"");
         put_label(o, e->rn[i]->name);
         put(o, "\"} %.9f\n", (double)e->rn[i]->time_ns / 1e9);
     }
     metric_head(o, "ppc_node_cores", "gauge", "Cores (worker slots) of a node.");
-    put(o, "ppc_node_cores{node=\"local\"} %d\n", ncpus);
+    put(o, "ppc_node_cores{node=\"local\"} %d\n", v.ncpus);
     for (int i = 0; i < e->nrn; i++) {
         put(o, "ppc_node_cores{node=\"");
         put_label(o, e->rn[i]->name);
         put(o, "\"} %d\n", e->rn[i]->ncpus);
     }
     metric_head(o, "ppc_node_up", "gauge", "1 when a node can take jobs.");
-    put(o, "ppc_node_up{node=\"local\"} %d\n", ncpus > 0 && !dead);
+    put(o, "ppc_node_up{node=\"local\"} %d\n", v.ncpus > 0 && !v.dead);
     for (int i = 0; i < e->nrn; i++) {
         put(o, "ppc_node_up{node=\"");
         put_label(o, e->rn[i]->name);
@@ -587,12 +589,12 @@ static void render_metrics(ppc_status *s, out *o)
     metric_head(o, "ppc_queue_jobs", "gauge", "Jobs waiting in the run queue.");
     put(o, "ppc_queue_jobs %zu\n", e->rq_len);
     metric_head(o, "ppc_pending_jobs", "gauge", "Jobs submitted and not yet done.");
-    put(o, "ppc_pending_jobs %zu\n", pending);
+    put(o, "ppc_pending_jobs %zu\n", v.pending);
     metric_head(o, "ppc_job_errors_total", "counter",
                 "Jobs that raised or whose worker failed.");
     put(o, "ppc_job_errors_total %llu\n", (unsigned long long)s->nerrors);
     metric_head(o, "ppc_clients", "gauge", "ppserver: clients connected.");
-    put(o, "ppc_clients %d\n", nclients);
+    put(o, "ppc_clients %d\n", v.nclients);
     metric_head(o, "ppc_job_duration_seconds", "histogram", "Execution time of jobs.");
     uint64_t cum = 0;
     for (int b = 0; b < PPC_STATUS_NBUCKETS; b++) {

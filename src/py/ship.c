@@ -367,6 +367,18 @@ typedef struct {
     int star;
 } ppc_Chunk;
 
+/* A new Chunk of type t holding func (a new reference) and star. */
+static PyObject *chunk_make(PyTypeObject *t, PyObject *func, int star)
+{
+    ppc_Chunk *c = (ppc_Chunk *)t->tp_alloc(t, 0);
+    if (!c)
+        return NULL;
+    Py_INCREF(func);
+    c->func = func;
+    c->star = star;
+    return (PyObject *)c;
+}
+
 static PyObject *Chunk_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"func", "star", NULL};
@@ -382,13 +394,7 @@ static PyObject *Chunk_new(PyTypeObject *t, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "Chunk needs a callable");
         return NULL;
     }
-    ppc_Chunk *c = (ppc_Chunk *)t->tp_alloc(t, 0);
-    if (!c)
-        return NULL;
-    Py_INCREF(func);
-    c->func = func;
-    c->star = star;
-    return (PyObject *)c;
+    return chunk_make(t, func, star);
 }
 
 static void Chunk_dealloc(ppc_Chunk *c)
@@ -478,13 +484,7 @@ static PyObject *chunk_of(PyObject *func, int star)
 {
     if (PyType_Ready(&ppc_ChunkType) < 0)
         return NULL;
-    ppc_Chunk *c = PyObject_New(ppc_Chunk, &ppc_ChunkType);
-    if (!c)
-        return NULL;
-    Py_INCREF(func);
-    c->func = func;
-    c->star = star;
-    return (PyObject *)c;
+    return chunk_make(&ppc_ChunkType, func, star);
 }
 
 /* Is this spec (or the one a "map" spec wraps) a code object? */
