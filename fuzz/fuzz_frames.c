@@ -47,8 +47,6 @@ typedef struct pass {
     size_t end;      /* stream offset of the first byte not consumed */
 } pass;
 
-static const uint8_t SECRET[] = FUZZ_SECRET;
-
 static void mix(uint64_t *d, uint64_t v)
 {
     *d ^= v;
@@ -58,7 +56,8 @@ static void mix(uint64_t *d, uint64_t v)
 
 static int known_type(uint8_t t)
 {
-    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX);
+    return (t >= PPC_F_INIT && t <= PPC_F_VMOK) || (t >= PPC_F_HELLO && t <= PPC_F_TYPE_MAX) ||
+           t == PPC_F_KILL;
 }
 
 /* The contract of ppc_frame_parse(head, avail, FUZZ_FRAME_LIMIT, f) -> rc. */
