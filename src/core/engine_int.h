@@ -58,6 +58,9 @@ typedef struct ppc_worker {
     int pidfd;          /* watched by epoll; -1: polled on the loop's timer */
     int64_t gone_since; /* ms */
     int killed;         /* we sent SIGKILL */
+    int kill_sent;      /* SIGKILLed for a job's kill()/timeout: the job may
+                           finish before the signal lands, and the next one
+                           dies of it instead (settle requeues that one) */
     int expected;       /* it was told to go and had nothing left to do */
     char why[96];       /* the engine's reason (a broken protocol), or "" */
     int64_t busy_since; /* loop time (ms) its current job started; status page */

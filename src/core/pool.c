@@ -262,6 +262,12 @@ static void settle(ppc_pool *p, ppc_worker *w, int st)
                                                  : "the job was killed; its worker was replaced");
             ppc_pool_args_done(p, j, 1);
             ppc_engine_complete(e, j);
+        } else if (j && w->kill_sent) {
+            /* killed for a job that finished before the signal landed:
+             * this one did nothing wrong and runs again */
+            ppc_engine_log(e, PPC_LOG_DEBUG, "worker %d was killed for a job that had finished; "
+                           "its next job runs again", (int)w->pid);
+            ppc_engine_requeue_front(e, j);
         } else if (j) {
             char msg[200];
             snprintf(msg, sizeof msg, "worker process %d died while running the job (%s)",
@@ -662,8 +668,10 @@ static int on_frame(ppc_pool *p, ppc_worker *w, const ppc_frame *f)
         /* the next job runs now: its timeout counts; a kill waits for this */
         if (w->fl_head->timeout_ms)
             w->fl_head->started_ms = ppc_now_ms();
-        if (atomic_load(&w->fl_head->killreq))
+        if (atomic_load(&w->fl_head->killreq)) {
+            w->kill_sent = 1;
             kill(w->pid, SIGKILL);
+        }
     }
     if (f->aux & (PPC_AUX_NOSHM | PPC_AUX_NOVM)) {
         /* the worker cannot map our segments (NOSHM: from now on arguments
@@ -924,8 +932,10 @@ int ppc_pool_kill_job(ppc_pool *p, ppc_job *j)
                 continue;
             /* the worker runs its head; a job behind it gets killed when
              * it becomes the head (on_frame), so no other job is lost */
-            if (w->fl_head == j)
+            if (w->fl_head == j) {
+                w->kill_sent = 1;
                 kill(w->pid, SIGKILL);
+            }
             return 1;
         }
     }
@@ -939,8 +949,10 @@ int ppc_pool_kill_client_job(ppc_pool *p, void *origin, uint64_t client_id)
             if (x->origin != origin || x->client_id != client_id)
                 continue;
             atomic_store(&x->killreq, PPC_JOB_EKILLED);
-            if (w->fl_head == x)
+            if (w->fl_head == x) {
+                w->kill_sent = 1;
                 kill(w->pid, SIGKILL);
+            }
             return 1;
         }
     }
@@ -957,8 +969,10 @@ int ppc_pool_timeouts(ppc_pool *p, int64_t now)
         int64_t left = j->started_ms + (int64_t)j->timeout_ms - now;
         if (left <= 0) {
             int expect = 0;
-            if (atomic_compare_exchange_strong(&j->killreq, &expect, PPC_JOB_ETIMEOUT))
+            if (atomic_compare_exchange_strong(&j->killreq, &expect, PPC_JOB_ETIMEOUT)) {
+                w->kill_sent = 1;
                 kill(w->pid, SIGKILL);
+            }
         } else if (t < 0 || left < t) {
             t = (int)left;
         }
