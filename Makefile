@@ -62,9 +62,9 @@ demo-cluster: build
 # C unit tests of the plain-C engine, plain and under ASan + UBSan.
 build/ctest/%: tests/c/%.c $(CORE_SRC) $(wildcard src/core/*.h tests/c/*.h) tests/c/echo_worker.c
 	@mkdir -p build/ctest
-	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lssl -lcrypto -lmicrohttpd
+	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< $(CORE_SRC) -lpthread -lssl -lcrypto
 	$(CC) $(CWARN) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
-	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lssl -lcrypto -lmicrohttpd
+	  -fno-sanitize-recover=all -Isrc/core -o $@-asan $< $(CORE_SRC) -lpthread -lssl -lcrypto
 build/ctest/echo_worker: tests/c/echo_worker.c $(CORE_SRC)
 	@mkdir -p build/ctest
 	$(CC) $(CWARN) -O1 -g -Isrc/core -o $@ $< src/core/buf.c src/core/frame.c

@@ -27,7 +27,7 @@ setup(
             + SHARED + ["src/py/worker.c"],  # worker.c: forked workers
             include_dirs=["src/core", "src/py"],
             depends=HEADERS,
-            libraries=["ssl", "crypto", "microhttpd"],
+            libraries=["ssl", "crypto"],
             extra_compile_args=CFLAGS + extra,
             extra_link_args=ldextra,
         ),

@@ -251,7 +251,8 @@ static int kdf_start(ppc_engine *e, ppc_rnode *r)
 static void start_tls(ppc_engine *e, ppc_rnode *r)
 {
     struct ssl_st *ssl =
-        ppc_tls_new(e->tls_cctx, r->c.fd, e->tls_mode == PPC_TLS_PSK ? r->tls_key : NULL);
+        e->tls_cctx ? ppc_tls_new(e->tls_cctx, r->c.fd, e->tls_mode == PPC_TLS_PSK ? r->tls_key : NULL)
+                    : NULL;
     if (!ssl) {
         failed(e, r, "cannot start TLS (out of memory?)");
         return;
@@ -760,9 +761,14 @@ int ppc_tls_engine_init(ppc_engine *e, const ppc_engine_opts *o, char *err, size
         return -1;
     }
     e->tls_mode = cf ? PPC_TLS_CERT : PPC_TLS_PSK;
-    e->tls_cctx = ppc_tls_ctx_new(0, cf, kf, ca, err, errlen);
-    if (!e->tls_cctx)
-        return -1;
+    /* Contexts only for the sides this engine can play: the first one made
+     * initialises OpenSSL (over a millisecond), which a Server of local
+     * workers alone never needs. */
+    if (e->nrn > 0 || o->discover || o->has_rendezvous) { /* it may get nodes */
+        e->tls_cctx = ppc_tls_ctx_new(0, cf, kf, ca, err, errlen);
+        if (!e->tls_cctx)
+            return -1;
+    }
     if (o->listen_port >= 0 || o->connect_host) { /* a node: listening or dialing */
         e->tls_sctx = ppc_tls_ctx_new(1, cf, kf, ca, err, errlen);
         if (!e->tls_sctx)

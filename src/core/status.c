@@ -15,11 +15,17 @@
  * Counters: ppc_status_note_job runs for every finished job on the
  * completion path: a per-second ring (jobs/s over the last minute), a
  * fixed-bucket job-time histogram, and a bounded ring of recent errors
- * with their remote traceback text. Fixed memory, no allocation, no lock. */
+ * with their remote traceback text. Fixed memory, no allocation, no lock.
+ *
+ * libmicrohttpd is loaded with dlopen when the first status page starts,
+ * not linked: it brings GnuTLS and several more libraries, whose loading
+ * would otherwise cost every `import pp` over a millisecond. */
 #define _GNU_SOURCE
 #include "status.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -37,6 +43,54 @@
 #include "net.h"
 #include "result.h"
 #include "tls.h"
+
+/* libmicrohttpd's functions, from dlopen (see the top comment) */
+static struct {
+    __typeof__(&MHD_get_connection_info) get_connection_info;
+    __typeof__(&MHD_create_response_from_buffer) create_response_from_buffer;
+    __typeof__(&MHD_add_response_header) add_response_header;
+    __typeof__(&MHD_queue_response) queue_response;
+    __typeof__(&MHD_destroy_response) destroy_response;
+    __typeof__(&MHD_lookup_connection_value) lookup_connection_value;
+    __typeof__(&MHD_get_timeout) get_timeout;
+    __typeof__(&MHD_run) run;
+    __typeof__(&MHD_start_daemon) start_daemon;
+    __typeof__(&MHD_get_daemon_info) get_daemon_info;
+    __typeof__(&MHD_quiesce_daemon) quiesce_daemon;
+    __typeof__(&MHD_stop_daemon) stop_daemon;
+} M;
+static pthread_once_t mhd_once = PTHREAD_ONCE_INIT;
+static char mhd_err[160];
+
+static void mhd_load(void)
+{
+    static const char *const names[] = {"libmicrohttpd.so.12", "libmicrohttpd.so"};
+    void *h = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !h; i++)
+        h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(mhd_err, sizeof mhd_err, "cannot load libmicrohttpd: %s", dlerror());
+        return;
+    }
+#define LOAD(f)                                                                                    \
+    if (!(*(void **)&M.f = dlsym(h, "MHD_" #f))) {                                                 \
+        snprintf(mhd_err, sizeof mhd_err, "libmicrohttpd lacks MHD_" #f);                          \
+        return;                                                                                    \
+    }
+    LOAD(get_connection_info)
+    LOAD(create_response_from_buffer)
+    LOAD(add_response_header)
+    LOAD(queue_response)
+    LOAD(destroy_response)
+    LOAD(lookup_connection_value)
+    LOAD(get_timeout)
+    LOAD(run)
+    LOAD(start_daemon)
+    LOAD(get_daemon_info)
+    LOAD(quiesce_daemon)
+    LOAD(stop_daemon)
+#undef LOAD
+}
 
 #define MAX_CONNS 32          /* connections at once */
 #define MAX_CONNS_PER_IP 8
@@ -629,7 +683,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     (void)socket_context;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+            M.get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         watched *w = find_watch(s, NULL);
         if (w && ci) {
             w->c = c;
@@ -646,23 +700,23 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char *type,
                              void *data, size_t len, enum MHD_ResponseMemoryMode mode)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, data, mode);
+    struct MHD_Response *r = M.create_response_from_buffer(len, data, mode);
     if (!r) {
         if (mode == MHD_RESPMEM_MUST_FREE)
             free(data);
         return MHD_NO;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(r, "Content-Security-Policy",
+    M.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    M.add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    M.add_response_header(r, "X-Content-Type-Options", "nosniff");
+    M.add_response_header(r, "Content-Security-Policy",
                             "default-src 'self'; img-src 'self' data:");
     if (code == MHD_HTTP_UNAUTHORIZED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"ppc\"");
+        M.add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"ppc\"");
     if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-    enum MHD_Result rc = MHD_queue_response(c, code, r);
-    MHD_destroy_response(r);
+        M.add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+    enum MHD_Result rc = M.queue_response(c, code, r);
+    M.destroy_response(r);
     return rc;
 }
 
@@ -675,7 +729,7 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned code, const
 static int token_ok(ppc_status *s, struct MHD_Connection *c)
 {
     ppc_engine *e = s->e;
-    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *h = M.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7) != 0)
         return 0;
     const char *t = h + 7;
@@ -706,10 +760,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         s->refused++;
         return reply_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "read-only: GET only\n");
     }
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+    const char *cl = M.lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (*upload_data_size != 0 || (cl && strcmp(cl, "0") != 0) ||
-        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        M.lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
         s->refused++;
         return reply_text(c, MHD_HTTP_BAD_REQUEST, "a GET has no body\n");
     }
@@ -757,7 +811,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void schedule_next(ppc_status *s)
 {
     MHD_UNSIGNED_LONG_LONG to;
-    if (MHD_get_timeout(s->d, &to) == MHD_YES)
+    if (M.get_timeout(s->d, &to) == MHD_YES)
         s->next_run = ppc_now_ms() + (to > 60000 ? 60000 : (int64_t)to);
     else
         s->next_run = -1;
@@ -765,7 +819,7 @@ static void schedule_next(ppc_status *s)
 
 void ppc_status_event(ppc_status *s)
 {
-    MHD_run(s->d);
+    M.run(s->d);
     schedule_next(s);
 }
 
@@ -789,7 +843,7 @@ int ppc_status_tick(ppc_status *s)
             next = w->deadline;
     }
     if (cut || (s->next_run >= 0 && now >= s->next_run)) {
-        MHD_run(s->d);
+        M.run(s->d);
         schedule_next(s);
         next = s->next_run;
         for (size_t i = 0; i < sizeof s->conns / sizeof s->conns[0]; i++)
@@ -836,6 +890,11 @@ static int copy_assets(ppc_status *s, const ppc_engine_opts *o)
 ppc_status *ppc_status_start(ppc_engine *e, char *err, size_t errlen)
 {
     const ppc_engine_opts *o = &e->opts;
+    pthread_once(&mhd_once, mhd_load);
+    if (mhd_err[0]) {
+        snprintf(err, errlen, "status page: %s", mhd_err);
+        return NULL;
+    }
     ppc_status *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -872,7 +931,7 @@ ppc_status *ppc_status_start(ppc_engine *e, char *err, size_t errlen)
     unsigned flags = MHD_USE_EPOLL;
     if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(
+    s->d = M.start_daemon(
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_LISTEN_SOCKET, s->listen_fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNS, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)MAX_CONNS_PER_IP, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
@@ -882,7 +941,7 @@ ppc_status *ppc_status_start(ppc_engine *e, char *err, size_t errlen)
         snprintf(err, errlen, "status page: cannot start the HTTP daemon");
         goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *di = M.get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
     if (!di) {
         snprintf(err, errlen, "status page: the HTTP library has no epoll fd");
         goto fail;
@@ -912,8 +971,8 @@ void ppc_status_free(ppc_status *s)
             epoll_ctl(s->e->epfd, EPOLL_CTL_DEL, s->mhd_epfd, NULL);
         /* the listening socket is ours: take it back before the stop */
         ppc_fd_forget(s->mhd_epfd); /* the library closes it */
-        MHD_quiesce_daemon(s->d);
-        MHD_stop_daemon(s->d);
+        M.quiesce_daemon(s->d);
+        M.stop_daemon(s->d);
     }
     if (s->listen_fd >= 0)
         ppc_fd_close(s->listen_fd);
