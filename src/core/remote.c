@@ -131,7 +131,8 @@ static void drop_conn(ppc_engine *e, ppc_rnode *r)
     ppc_u64set_free(&r->fns); /* a new connection starts with no blobs */
 }
 
-/* The connection failed or was lost: retry later. */
+/* The connection failed, was lost, or its handshake failed (refused, wrong
+ * secret, other version): retried later with the growing backoff. */
 static void lost(ppc_engine *e, ppc_rnode *r, const char *why_in)
 {
     char why[200]; /* why_in may live in the connection closed below */
@@ -155,12 +156,6 @@ static void lost(ppc_engine *e, ppc_rnode *r, const char *why_in)
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
 
-/* The handshake failed (refused, wrong secret, other version): retried
- * with the growing backoff, like a lost connection, logged as an error. */
-static void failed(ppc_engine *e, ppc_rnode *r, const char *why)
-{
-    lost(e, r, why);
-}
 
 static void start_connect(ppc_engine *e, ppc_rnode *r)
 {
@@ -254,7 +249,7 @@ static void start_tls(ppc_engine *e, ppc_rnode *r)
         e->tls_cctx ? ppc_tls_new(e->tls_cctx, r->c.fd, e->tls_mode == PPC_TLS_PSK ? r->tls_key : NULL)
                     : NULL;
     if (!ssl) {
-        failed(e, r, "cannot start TLS (out of memory?)");
+        lost(e, r, "cannot start TLS (out of memory?)");
         return;
     }
     ppc_conn_tls_start(&r->c, ssl, 0);
@@ -270,7 +265,7 @@ static int tls_advance(ppc_engine *e, ppc_rnode *r)
         snprintf(m, sizeof m, "TLS handshake refused (%s): %s",
                  e->tls_mode == PPC_TLS_PSK ? "wrong secret?" : "certificate not accepted?",
                  ppc_conn_why(&r->c, "connection closed"));
-        failed(e, r, m);
+        lost(e, r, m);
         return -1;
     }
     if (rc == 0)
@@ -301,7 +296,7 @@ static void kdf_poll(ppc_engine *e, ppc_rnode *r)
         return;
     }
     if (failed_now || kdf_start(e, r) < 0) {
-        failed(e, r, "cannot derive the TLS key (out of memory?)");
+        lost(e, r, "cannot derive the TLS key (out of memory?)");
         return;
     }
     if (!r->tls_kdf) /* derived here: go on at once */
@@ -315,7 +310,7 @@ static void on_preamble(ppc_engine *e, ppc_rnode *r)
     uint8_t salt[PPC_TLS_SALT_LEN];
     if (ppc_buf_unread(&r->c.in) != PPC_TLS_PREAMBLE_LEN ||
         ppc_tls_preamble_decode(ppc_buf_head(&r->c.in), PPC_TLS_PREAMBLE_LEN, &mode, salt) < 0) {
-        failed(e, r, "not a ppc node (no TLS preamble; an older ppc version?)");
+        lost(e, r, "not a ppc node (no TLS preamble; an older ppc version?)");
         return;
     }
     ppc_buf_consume(&r->c.in, PPC_TLS_PREAMBLE_LEN);
@@ -324,7 +319,7 @@ static void on_preamble(ppc_engine *e, ppc_rnode *r)
         return;
     }
     if (mode != e->tls_mode) {
-        failed(e, r,
+        lost(e, r,
                mode == PPC_TLS_CERT
                    ? "the node uses TLS certificates; give this client certfile, keyfile, cafile"
                : mode == PPC_TLS_PLAIN
@@ -363,14 +358,14 @@ static void on_welcome(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
 {
     ppc_welcome w;
     if (ppc_welcome_decode(f->payload, (size_t)f->len, &w) < 0) {
-        failed(e, r, "not a ppc node (malformed welcome)");
+        lost(e, r, "not a ppc node (malformed welcome)");
         return;
     }
     if (w.h.version != PPC_PROTO_VERSION) {
         char m[128];
         snprintf(m, sizeof m, "protocol version %u, this client speaks %u", w.h.version,
                  PPC_PROTO_VERSION);
-        failed(e, r, m);
+        lost(e, r, m);
         return;
     }
     r->same_py = w.h.py_major == e->opts.py_major && w.h.py_minor == e->opts.py_minor;
@@ -447,7 +442,7 @@ static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         if (r->state == R_READY)
             lost(e, r, msg);
         else
-            failed(e, r, msg);
+            lost(e, r, msg);
         return;
     }
     switch (r->state) {
@@ -455,7 +450,7 @@ static void on_frame(ppc_engine *e, ppc_rnode *r, const ppc_frame *f)
         if (f->type == PPC_F_WELCOME)
             on_welcome(e, r, f);
         else
-            failed(e, r, "not a ppc node (unexpected handshake)");
+            lost(e, r, "not a ppc node (unexpected handshake)");
         return;
     case R_READY:
         if (f->type == PPC_F_RESULT)
